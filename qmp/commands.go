@@ -1,0 +1,246 @@
+package qmp
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/digitalocean/go-qemu/qmp/raw"
+)
+
+// Typed helpers for the commands the snapshot engine needs. They use
+// go-qemu's qmp/raw types where those match QEMU 7.2, and our own JSON
+// where raw's QEMU 2.11 schema is wrong or crashes (blockdev-add,
+// block-commit, query-named-block-nodes with flat) or is brittle.
+
+// BlockInfo is one entry of query-block. raw.BlockInfo decodes the
+// image's format-specific union strictly and fails the whole reply on a
+// subtype newer than QEMU 2.11 (QEMU 8 added "file"), so qsnapd keeps
+// only the members it reads.
+type BlockInfo struct {
+	Device   string           `json:"device"`
+	Qdev     string           `json:"qdev,omitempty"`
+	Type     string           `json:"type"`
+	Inserted *BlockDeviceInfo `json:"inserted,omitempty"`
+}
+
+// BlockDeviceInfo is a node as query-block and query-named-block-nodes
+// describe it.
+type BlockDeviceInfo struct {
+	File             string    `json:"file"`
+	NodeName         string    `json:"node-name,omitempty"`
+	Drv              string    `json:"drv"`
+	Ro               bool      `json:"ro"`
+	BackingFile      string    `json:"backing_file,omitempty"`
+	BackingFileDepth int       `json:"backing_file_depth"`
+	Image            ImageInfo `json:"image"`
+}
+
+// ImageInfo describes an image and, nested, its backing chain.
+type ImageInfo struct {
+	Filename              string     `json:"filename"`
+	Format                string     `json:"format"`
+	VirtualSize           int64      `json:"virtual-size"`
+	BackingFilename       string     `json:"backing-filename,omitempty"`
+	FullBackingFilename   string     `json:"full-backing-filename,omitempty"`
+	BackingFilenameFormat string     `json:"backing-filename-format,omitempty"`
+	BackingImage          *ImageInfo `json:"backing-image,omitempty"`
+}
+
+// QueryBlock runs query-block.
+func (c *Client) QueryBlock(ctx context.Context) ([]BlockInfo, error) {
+	var out []BlockInfo
+	err := c.Execute(ctx, "query-block", nil, &out)
+	return out, err
+}
+
+// QueryNamedBlockNodes runs query-named-block-nodes; flat leaves out the
+// nested backing-image trees.
+func (c *Client) QueryNamedBlockNodes(ctx context.Context, flat bool) ([]BlockDeviceInfo, error) {
+	var out []BlockDeviceInfo
+	args := struct {
+		Flat bool `json:"flat"`
+	}{flat}
+	err := c.Execute(ctx, "query-named-block-nodes", args, &out)
+	return out, err
+}
+
+// QueryCommands returns the set of command names QEMU accepts.
+func (c *Client) QueryCommands(ctx context.Context) (map[string]bool, error) {
+	infos, err := raw.NewMonitor(c.Bind(ctx)).QueryCommands()
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[string]bool, len(infos))
+	for _, ci := range infos {
+		set[ci.Name] = true
+	}
+	return set, nil
+}
+
+// Status is the reply of query-status. raw.StatusInfo decodes the state
+// into an enum frozen at QEMU 2.11, which fails on newer states.
+type Status struct {
+	Status  string `json:"status"`
+	Running bool   `json:"running"`
+}
+
+// QueryStatus runs query-status.
+func (c *Client) QueryStatus(ctx context.Context) (Status, error) {
+	var st Status
+	err := c.Execute(ctx, "query-status", nil, &st)
+	return st, err
+}
+
+// QueryChardev runs query-chardev.
+func (c *Client) QueryChardev(ctx context.Context) ([]raw.ChardevInfo, error) {
+	return raw.NewMonitor(c.Bind(ctx)).QueryChardev()
+}
+
+// Transaction runs the actions as one all-or-nothing QMP transaction.
+func (c *Client) Transaction(ctx context.Context, actions ...raw.TransactionAction) error {
+	args := struct {
+		Actions []raw.TransactionAction `json:"actions"`
+	}{actions}
+	return c.Execute(ctx, "transaction", args, nil)
+}
+
+// SnapshotSync is a blockdev-snapshot-sync action: switch the node (or
+// device) to a new overlay file.
+func SnapshotSync(node, file, overlayNode string, mode raw.NewImageMode) raw.TransactionAction {
+	format := "qcow2"
+	return raw.TransactionActionBlockdevSnapshotSync{
+		NodeName:         &node,
+		SnapshotFile:     file,
+		SnapshotNodeName: optional(overlayNode),
+		Format:           &format,
+		Mode:             &mode,
+	}
+}
+
+// Snapshot is a blockdev-snapshot action: put the already added overlay
+// node on top of node.
+func Snapshot(node, overlay string) raw.TransactionAction {
+	return raw.TransactionActionBlockdevSnapshot{Node: node, Overlay: overlay}
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// BlockdevOptions is the subset of blockdev-add's arguments qsnapd uses:
+// a protocol node (Filename set) or a format node on top of one (File
+// set). raw.BlockdevOptions overflows the stack when marshalled.
+type BlockdevOptions struct {
+	Driver   string `json:"driver"`
+	NodeName string `json:"node-name"`
+	// Filename is the path, for the "file" protocol driver.
+	Filename string `json:"filename,omitempty"`
+	// File is the node-name of the protocol node, for format drivers.
+	File string `json:"file,omitempty"`
+	// NoBacking opens the image without its backing file ("backing":
+	// null), as blockdev-snapshot requires of the overlay.
+	NoBacking bool  `json:"-"`
+	ReadOnly  *bool `json:"read-only,omitempty"`
+}
+
+// MarshalJSON adds "backing": null when NoBacking is set.
+func (o BlockdevOptions) MarshalJSON() ([]byte, error) {
+	type plain BlockdevOptions
+	if !o.NoBacking {
+		return json.Marshal(plain(o))
+	}
+	return json.Marshal(struct {
+		plain
+		Backing *string `json:"backing"`
+	}{plain: plain(o)})
+}
+
+// BlockdevAdd runs blockdev-add.
+func (c *Client) BlockdevAdd(ctx context.Context, o BlockdevOptions) error {
+	return c.Execute(ctx, "blockdev-add", o, nil)
+}
+
+// BlockdevDel runs blockdev-del.
+func (c *Client) BlockdevDel(ctx context.Context, nodeName string) error {
+	args := struct {
+		NodeName string `json:"node-name"`
+	}{nodeName}
+	return c.Execute(ctx, "blockdev-del", args, nil)
+}
+
+// BlockCommitArgs are block-commit's arguments. raw.BlockCommit lacks
+// base-node, top-node, auto-finalize and auto-dismiss; without base-node
+// a commit goes to the deepest image.
+type BlockCommitArgs struct {
+	JobID        string `json:"job-id,omitempty"`
+	Device       string `json:"device"`
+	TopNode      string `json:"top-node,omitempty"`
+	BaseNode     string `json:"base-node,omitempty"`
+	AutoFinalize *bool  `json:"auto-finalize,omitempty"`
+	AutoDismiss  *bool  `json:"auto-dismiss,omitempty"`
+	Speed        int64  `json:"speed,omitempty"`
+}
+
+// BlockCommit starts a block-commit job.
+func (c *Client) BlockCommit(ctx context.Context, a BlockCommitArgs) error {
+	return c.Execute(ctx, "block-commit", a, nil)
+}
+
+// BlockJobComplete pivots a ready job.
+func (c *Client) BlockJobComplete(ctx context.Context, device string) error {
+	return raw.NewMonitor(c.Bind(ctx)).BlockJobComplete(device)
+}
+
+// BlockJobCancel cancels a job; after READY it ends without pivoting.
+func (c *Client) BlockJobCancel(ctx context.Context, device string, force bool) error {
+	return raw.NewMonitor(c.Bind(ctx)).BlockJobCancel(device, &force)
+}
+
+// BlockJob is one entry of query-block-jobs. raw.BlockJobInfo predates
+// the job status and auto-finalize members.
+type BlockJob struct {
+	Type         string `json:"type"`
+	Device       string `json:"device"`
+	Len          int64  `json:"len"`
+	Offset       int64  `json:"offset"`
+	Busy         bool   `json:"busy"`
+	Paused       bool   `json:"paused"`
+	Ready        bool   `json:"ready"`
+	Status       string `json:"status"`
+	AutoFinalize bool   `json:"auto-finalize"`
+	AutoDismiss  bool   `json:"auto-dismiss"`
+	Error        string `json:"error,omitempty"`
+}
+
+// QueryBlockJobs runs query-block-jobs.
+func (c *Client) QueryBlockJobs(ctx context.Context) ([]BlockJob, error) {
+	var jobs []BlockJob
+	err := c.Execute(ctx, "query-block-jobs", nil, &jobs)
+	return jobs, err
+}
+
+// JobDismiss removes a concluded job.
+func (c *Client) JobDismiss(ctx context.Context, id string) error {
+	// raw has no job-dismiss: it came in QEMU 2.12.
+	args := struct {
+		ID string `json:"id"`
+	}{id}
+	return c.Execute(ctx, "job-dismiss", args, nil)
+}
+
+// Stop pauses the guest's CPUs.
+func (c *Client) Stop(ctx context.Context) error { return raw.NewMonitor(c.Bind(ctx)).Stop() }
+
+// Cont resumes the guest's CPUs.
+func (c *Client) Cont(ctx context.Context) error { return raw.NewMonitor(c.Bind(ctx)).Cont() }
+
+// Quit ends QEMU. The connection closes right after the reply.
+func (c *Client) Quit(ctx context.Context) error { return raw.NewMonitor(c.Bind(ctx)).Quit() }
+
+// HumanMonitorCommand runs an HMP command line and returns its output.
+func (c *Client) HumanMonitorCommand(ctx context.Context, cmdline string) (string, error) {
+	return raw.NewMonitor(c.Bind(ctx)).HumanMonitorCommand(cmdline, nil)
+}
