@@ -238,6 +238,15 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qmp connect %s: %w", c.path, err)
 	}
+	s := newSession(c, conn)
+	if err := s.handshake(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("qmp connect %s: %w", c.path, err)
+	}
+	return s, nil
+}
+
+func newSession(c *Client, conn net.Conn) *session {
 	s := &session{
 		client:  c,
 		conn:    conn,
@@ -246,12 +255,8 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 		done:    make(chan struct{}),
 	}
 	s.scan = bufio.NewScanner(conn)
-	s.scan.Buffer(make([]byte, 0, 64<<10), c.opts.maxLine)
-	if err := s.handshake(ctx); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("qmp connect %s: %w", c.path, err)
-	}
-	return s, nil
+	s.scan.Buffer(make([]byte, 0, min(64<<10, c.opts.maxLine)), c.opts.maxLine)
+	return s
 }
 
 // session is one connection's worth of state. The reader goroutine owns

@@ -1,0 +1,54 @@
+# qsnapd build, test and benchmark entry points. Targets install what they
+# need: Debian packages through apt-get, Go modules through the proxy.
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X github.com/qsnapd/qsnapd/internal/version.Version=$(VERSION)
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tests use: QEMU, its image tool, mkfs.ext4 and
+# busybox for the test guest.
+DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static
+FUZZTIME ?= 60s
+BENCHCOUNT ?= 6
+
+.PHONY: all build deps test test-short bench fuzz fmt vet clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/qsnapd ./cmd/qsnapd
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/qsnapctl ./cmd/qsnapctl
+
+# deps installs only what is missing, so it is cheap to run every time.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(GO) mod download
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
+
+test: deps fmt vet
+	$(GO) test -race -count=1 -timeout 25m ./...
+
+test-short:
+	$(GO) test -short -race -count=1 ./...
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count $(BENCHCOUNT) ./... | tee bench.out
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeLine$$' -fuzztime $(FUZZTIME) ./qmp/
+	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./qmp/
+
+clean:
+	rm -rf bin bench.out
