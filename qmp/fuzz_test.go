@@ -82,9 +82,15 @@ func FuzzSession(f *testing.F) {
 			defer peerEnd.Close()
 			r := bufio.NewReader(peerEnd)
 			steps := []func() error{
-				func() error { _, err := peerEnd.Write([]byte(`{"QMP":{"version":{},"capabilities":[]}}` + "\n")); return err },
+				func() error {
+					_, err := peerEnd.Write([]byte(`{"QMP":{"version":{},"capabilities":[]}}` + "\n"))
+					return err
+				},
 				func() error { _, err := r.ReadBytes('\n'); return err },
-				func() error { _, err := peerEnd.Write([]byte(`{"return":{},"id":"qsnapd-negotiate"}` + "\n")); return err },
+				func() error {
+					_, err := peerEnd.Write([]byte(`{"return":{},"id":"qsnapd-negotiate"}` + "\n"))
+					return err
+				},
 				func() error { _, err := r.ReadBytes('\n'); return err }, // the command
 				func() error { _, err := peerEnd.Write(stream); return err },
 			}

@@ -53,8 +53,8 @@ type boundMonitor struct {
 	ctx context.Context
 }
 
-func (b *boundMonitor) Connect() error                { return b.c.Connect(b.ctx) }
-func (b *boundMonitor) Disconnect() error             { return b.c.Close() }
+func (b *boundMonitor) Connect() error                 { return b.c.Connect(b.ctx) }
+func (b *boundMonitor) Disconnect() error              { return b.c.Close() }
 func (b *boundMonitor) Run(cmd []byte) ([]byte, error) { return b.c.runRaw(b.ctx, cmd) }
 func (b *boundMonitor) Events(ctx context.Context) (<-chan qmp.Event, error) {
 	return b.c.Events(ctx)

@@ -1,0 +1,27 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		wantCode int
+		wantOut  string
+		wantErr  string
+	}{
+		{[]string{"--version"}, 0, "qsnapd ", ""},
+		{[]string{"--help"}, 0, "", "-version"},
+		{[]string{"--bogus"}, 2, "", "flag provided but not defined"},
+	} {
+		var out, errOut bytes.Buffer
+		code := run(tc.args, &out, &errOut)
+		if code != tc.wantCode || !strings.Contains(out.String(), tc.wantOut) || !strings.Contains(errOut.String(), tc.wantErr) {
+			t.Errorf("run(%v) = %d, stdout %q, stderr %q; want %d, %q, %q",
+				tc.args, code, out.String(), errOut.String(), tc.wantCode, tc.wantOut, tc.wantErr)
+		}
+	}
+}
