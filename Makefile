@@ -5,9 +5,10 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X github.com/qsnapd/qsnapd/internal/version.Version=$(VERSION)
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests use: QEMU, its image tool, mkfs.ext4 and
-# busybox for the test guest.
-DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static
+# Debian packages the tests use: QEMU and its image tools, mkfs.ext4 and
+# busybox for the test guest, virt-xml-validate (with xmllint) to check
+# snapshot XML against libvirt's schema.
+DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static libvirt-clients libxml2-utils
 FUZZTIME ?= 60s
 BENCHCOUNT ?= 6
 

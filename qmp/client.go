@@ -44,8 +44,9 @@ type Client struct {
 	path string
 	opts options
 
-	mu   sync.Mutex
-	sess *session
+	dialMu sync.Mutex // serialises Connect; held across the handshake
+	mu     sync.Mutex // guards sess; never held across I/O
+	sess   *session
 
 	nextID atomic.Uint64
 	stats  struct{ garbage, late, events atomic.Uint64 }
@@ -75,16 +76,18 @@ func (c *Client) Path() string { return c.path }
 // Connect dials the socket and completes the handshake, replacing a
 // session that has ended. It is a no-op while a session is live.
 func (c *Client) Connect(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sess != nil && !c.sess.isClosed() {
+	c.dialMu.Lock()
+	defer c.dialMu.Unlock()
+	if s := c.session(); s != nil && !s.isClosed() {
 		return nil
 	}
 	s, err := c.dial(ctx)
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
 	c.sess = s
+	c.mu.Unlock()
 	go s.readLoop()
 	return nil
 }
@@ -439,7 +442,8 @@ func (s *session) write(ctx context.Context, buf []byte) error {
 		if ctx.Err() != nil {
 			err = ctxErr(ctx)
 		}
-		s.close(fmt.Errorf("%w: write: %w", ErrDisconnected, err))
+		err = fmt.Errorf("%w: write: %w", ErrDisconnected, err)
+		s.close(err)
 		return err
 	}
 	return nil

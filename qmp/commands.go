@@ -135,32 +135,52 @@ func optional(s string) *string {
 // set). raw.BlockdevOptions overflows the stack when marshalled.
 type BlockdevOptions struct {
 	Driver   string `json:"driver"`
-	NodeName string `json:"node-name"`
+	NodeName string `json:"node-name,omitempty"`
 	// Filename is the path, for the "file" protocol driver.
 	Filename string `json:"filename,omitempty"`
 	// File is the node-name of the protocol node, for format drivers.
-	File string `json:"file,omitempty"`
+	File string `json:"-"`
+	// FileOptions defines the protocol node inline instead; QEMU names
+	// it and deletes it with its parent.
+	FileOptions *BlockdevOptions `json:"-"`
 	// NoBacking opens the image without its backing file ("backing":
 	// null), as blockdev-snapshot requires of the overlay.
 	NoBacking bool  `json:"-"`
 	ReadOnly  *bool `json:"read-only,omitempty"`
 }
 
-// MarshalJSON adds "backing": null when NoBacking is set.
+// MarshalJSON writes "file" as a reference or inline definition, and
+// "backing": null when NoBacking is set.
 func (o BlockdevOptions) MarshalJSON() ([]byte, error) {
 	type plain BlockdevOptions
-	if !o.NoBacking {
-		return json.Marshal(plain(o))
+	var file any
+	switch {
+	case o.FileOptions != nil:
+		file = o.FileOptions
+	case o.File != "":
+		file = o.File
+	}
+	var backing *json.RawMessage
+	if o.NoBacking {
+		null := json.RawMessage("null")
+		backing = &null
 	}
 	return json.Marshal(struct {
 		plain
-		Backing *string `json:"backing"`
-	}{plain: plain(o)})
+		File    any              `json:"file,omitempty"`
+		Backing *json.RawMessage `json:"backing,omitempty"`
+	}{plain(o), file, backing})
 }
 
 // BlockdevAdd runs blockdev-add.
 func (c *Client) BlockdevAdd(ctx context.Context, o BlockdevOptions) error {
 	return c.Execute(ctx, "blockdev-add", o, nil)
+}
+
+// BlockdevSnapshot runs blockdev-snapshot on its own, outside a
+// transaction: the overlay node goes on top of node.
+func (c *Client) BlockdevSnapshot(ctx context.Context, node, overlay string) error {
+	return c.Execute(ctx, "blockdev-snapshot", raw.BlockdevSnapshot{Node: node, Overlay: overlay}, nil)
 }
 
 // BlockdevDel runs blockdev-del.
@@ -243,4 +263,41 @@ func (c *Client) Quit(ctx context.Context) error { return raw.NewMonitor(c.Bind(
 // HumanMonitorCommand runs an HMP command line and returns its output.
 func (c *Client) HumanMonitorCommand(ctx context.Context, cmdline string) (string, error) {
 	return raw.NewMonitor(c.Bind(ctx)).HumanMonitorCommand(cmdline, nil)
+}
+
+// QueryUUID returns the VM's UUID (all zeros when QEMU was given none).
+func (c *Client) QueryUUID(ctx context.Context) (string, error) {
+	info, err := raw.NewMonitor(c.Bind(ctx)).QueryUUID()
+	return info.UUID, err
+}
+
+// QueryName returns the VM's -name, empty when it has none.
+func (c *Client) QueryName(ctx context.Context) (string, error) {
+	var info struct {
+		Name string `json:"name"`
+	}
+	err := c.Execute(ctx, "query-name", nil, &info)
+	return info.Name, err
+}
+
+// BlockGraph is the block graph as x-debug-query-block-graph gives it.
+type BlockGraph struct {
+	Nodes []struct {
+		ID   uint64 `json:"id"`
+		Type string `json:"type"` // block-backend, block-job or block-driver
+		Name string `json:"name"`
+	} `json:"nodes"`
+	Edges []struct {
+		Parent uint64 `json:"parent"`
+		Child  uint64 `json:"child"`
+	} `json:"edges"`
+}
+
+// QueryBlockGraph runs x-debug-query-block-graph, the one command that
+// says which nodes a block job holds. It is unstable by QEMU's policy,
+// so callers treat a failure as "unknown".
+func (c *Client) QueryBlockGraph(ctx context.Context) (BlockGraph, error) {
+	var g BlockGraph
+	err := c.Execute(ctx, "x-debug-query-block-graph", nil, &g)
+	return g, err
 }

@@ -21,6 +21,10 @@ type Disk struct {
 	// File and Format describe the active image.
 	File   string
 	Format string
+	// VirtualSize is the guest-visible size in bytes.
+	VirtualSize int64
+	// ReadOnly is set for read-only media.
+	ReadOnly bool
 	// Backing is the chain below the active image, nearest first.
 	Backing []Image
 }
@@ -55,6 +59,9 @@ func DisksFromBlockInfo(infos []BlockInfo) []Disk {
 			NodeName: ins.NodeName,
 			File:     ins.File,
 			Format:   ins.Drv,
+
+			VirtualSize: ins.Image.VirtualSize,
+			ReadOnly:    ins.Ro,
 		}
 		switch {
 		case d.QdevID != "":

@@ -5,6 +5,7 @@ package qemutest
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,7 +235,10 @@ func Start(tb testing.TB, o Options) *VM {
 func (vm *VM) waitSocket(path string, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
-		if _, err := os.Stat(path); err == nil {
+		// QEMU creates the socket file a moment before it accepts on
+		// it, so only a connection proves it is ready.
+		if conn, err := net.Dial("unix", path); err == nil {
+			conn.Close()
 			return nil
 		}
 		select {

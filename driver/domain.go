@@ -1,0 +1,270 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/qsnapd/qsnapd/qmp"
+	"github.com/qsnapd/qsnapd/transaction"
+)
+
+// Domain is a registered VM: its QMP connection, its state, and the lock
+// that lets one snapshot, freeze or thaw run at a time.
+type Domain struct {
+	cfg    DomainConfig
+	drv    *Driver
+	client *qmp.Client
+	log    *zap.Logger
+	lock   chan struct{}
+
+	stopOnce sync.Once
+	stopCh   chan struct{}
+
+	mu           sync.Mutex
+	connected    bool
+	since        time.Time
+	version      string
+	uuid         string
+	commands     map[string]bool
+	lastErr      error
+	needRecovery bool
+	recovered    chan struct{} // closed after the first recovery pass
+}
+
+// DomainInfo is a domain's state, for listings.
+type DomainInfo struct {
+	Name           string    `json:"name"`
+	QMP            string    `json:"qmp"`
+	Agent          string    `json:"agent,omitempty"`
+	Connected      bool      `json:"connected"`
+	Since          time.Time `json:"since,omitzero"`
+	QEMUVersion    string    `json:"qemu_version,omitempty"`
+	UUID           string    `json:"uuid,omitempty"`
+	HasTransaction bool      `json:"transaction"`
+	Error          string    `json:"error,omitempty"`
+}
+
+func newDomain(cfg DomainConfig, drv *Driver) *Domain {
+	return &Domain{
+		cfg:       cfg,
+		drv:       drv,
+		client:    qmp.New(cfg.QMP, drv.cfg.QMPOptions...),
+		log:       drv.log.With(zap.String("domain", cfg.Name)),
+		lock:      make(chan struct{}, 1),
+		stopCh:    make(chan struct{}),
+		recovered: make(chan struct{}),
+	}
+}
+
+// Info returns the domain's state.
+func (dom *Domain) Info() DomainInfo {
+	dom.mu.Lock()
+	defer dom.mu.Unlock()
+	info := DomainInfo{
+		Name: dom.cfg.Name, QMP: dom.cfg.QMP, Agent: dom.cfg.Agent,
+		Connected: dom.connected, Since: dom.since, QEMUVersion: dom.version,
+		UUID: dom.uuid, HasTransaction: dom.commands["transaction"],
+	}
+	if dom.lastErr != nil && !dom.connected {
+		info.Error = dom.lastErr.Error()
+	}
+	return info
+}
+
+// acquire takes the domain's lock, waiting at most until ctx ends.
+func (dom *Domain) acquire(ctx context.Context) (release func(), err error) {
+	select {
+	case dom.lock <- struct{}{}:
+		return func() { <-dom.lock }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: another operation holds domain '%s': %w", ErrBusy, dom.cfg.Name, ctx.Err())
+	}
+}
+
+// ready returns the QMP client of a connected domain, or fails at once.
+func (dom *Domain) ready() (*qmp.Client, error) {
+	dom.mu.Lock()
+	defer dom.mu.Unlock()
+	if !dom.connected || !dom.client.Connected() {
+		msg := "not connected"
+		if dom.lastErr != nil {
+			msg = dom.lastErr.Error()
+		}
+		return nil, fmt.Errorf("%w: domain '%s': %s", ErrDisconnected, dom.cfg.Name, msg)
+	}
+	return dom.client, nil
+}
+
+// mode is how this domain's disks switch.
+func (dom *Domain) mode() transaction.Mode {
+	dom.mu.Lock()
+	defer dom.mu.Unlock()
+	if dom.drv.cfg.Transaction == "never" || !dom.commands["transaction"] {
+		return transaction.ModeSequential
+	}
+	return transaction.ModeAtomic
+}
+
+// connect dials QMP and learns what the domain's QEMU can do.
+func (dom *Domain) connect(ctx context.Context) error {
+	if err := dom.client.Connect(ctx); err != nil {
+		dom.setErr(err)
+		return err
+	}
+	cmds, err := dom.client.QueryCommands(ctx)
+	if err == nil {
+		for _, need := range []string{"blockdev-add", "blockdev-snapshot", "block-commit"} {
+			if !cmds[need] {
+				err = fmt.Errorf("%w: QEMU lacks %s", ErrUnsupported, need)
+			}
+		}
+	}
+	var uuid string
+	if err == nil {
+		uuid, err = dom.client.QueryUUID(ctx)
+	}
+	if err != nil {
+		dom.client.Close()
+		dom.setErr(err)
+		return err
+	}
+	g, _ := dom.client.Greeting()
+	dom.mu.Lock()
+	dom.connected, dom.since, dom.lastErr = true, time.Now(), nil
+	dom.commands, dom.uuid, dom.version = cmds, uuid, g.Version.String()
+	dom.needRecovery = true
+	dom.mu.Unlock()
+	return nil
+}
+
+func (dom *Domain) setErr(err error) {
+	dom.mu.Lock()
+	dom.lastErr = err
+	dom.mu.Unlock()
+}
+
+// stop ends the supervisor and the connection.
+func (dom *Domain) stop() {
+	dom.stopOnce.Do(func() { close(dom.stopCh) })
+	dom.client.Close()
+}
+
+// supervise keeps the domain connected: it reconnects with backoff after
+// EOF and reconciles unfinished operations after every connect.
+func (dom *Domain) supervise(ctx context.Context) {
+	cfg := dom.drv.cfg
+	backoff := cfg.ReconnectMin
+	recoveredOnce := false
+	for {
+		if !dom.client.Connected() {
+			cctx, cancel := context.WithTimeout(ctx, qmp.DefaultHandshakeTimeout)
+			err := dom.connect(cctx)
+			cancel()
+			if err != nil {
+				if !sleep(ctx, dom.stopCh, backoff) {
+					return
+				}
+				backoff = min(backoff*2, cfg.ReconnectMax)
+				continue
+			}
+			dom.log.Info("domain connected")
+		}
+		backoff = cfg.ReconnectMin
+
+		retry := dom.recoverIfNeeded(ctx)
+		if !recoveredOnce {
+			recoveredOnce = true
+			close(dom.recovered)
+		}
+		var retryC <-chan time.Time
+		if retry {
+			retryC = time.After(backoff)
+		}
+		select {
+		case <-dom.client.Disconnected():
+			dom.mu.Lock()
+			dom.connected = false
+			dom.lastErr = qmp.ErrDisconnected
+			dom.mu.Unlock()
+			dom.log.Warn("domain disconnected")
+		case <-retryC:
+		case <-dom.stopCh:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// recoverIfNeeded runs recovery when a connect or a failed operation
+// asked for it, and reports whether it must be tried again.
+func (dom *Domain) recoverIfNeeded(ctx context.Context) bool {
+	dom.mu.Lock()
+	need := dom.needRecovery
+	dom.mu.Unlock()
+	if !need {
+		return false
+	}
+	release, err := dom.acquire(ctx)
+	if err != nil {
+		return false
+	}
+	defer release()
+	if err := dom.drv.recoverDomain(ctx, dom); err != nil {
+		dom.log.Warn("recovery incomplete; will retry", zap.Error(err))
+		return true
+	}
+	dom.mu.Lock()
+	dom.needRecovery = false
+	dom.mu.Unlock()
+	return false
+}
+
+// requestRecovery makes the supervisor reconcile the journal again, for
+// an operation whose disks' state could not be learned.
+func (dom *Domain) requestRecovery() {
+	dom.mu.Lock()
+	dom.needRecovery = true
+	dom.mu.Unlock()
+}
+
+// WaitRecovered waits for the first recovery pass after startup or
+// attach.
+func (d *Driver) WaitRecovered(ctx context.Context, name string) error {
+	dom, err := d.domain(name)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-dom.recovered:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func sleep(ctx context.Context, stop <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-stop:
+		return false
+	}
+}
+
+// qmpErr maps a QMP failure to the driver's error kinds.
+func qmpErr(what string, err error) error {
+	if errors.Is(err, qmp.ErrDisconnected) {
+		return fmt.Errorf("%w: %s: %w", ErrDisconnected, what, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrOperationFailed, what, err)
+}

@@ -1,0 +1,281 @@
+// Package driver manages domains and their snapshots: per-domain
+// serialization, the snapshot lifecycle, the metadata store, the
+// operation journal and recovery after a crash.
+package driver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/qsnapd/qsnapd/qmp"
+)
+
+// Config is the driver's part of the daemon configuration.
+type Config struct {
+	// StateDir holds the store.
+	StateDir string
+	// Transaction is "auto" (use QMP transaction when QEMU has it) or
+	// "never" (always switch disk by disk).
+	Transaction string
+	// AllowedDirs are where overlays may be created; empty means the
+	// directory of each disk's current image.
+	AllowedDirs []string
+	// RollbackTimeout bounds the rollback of one disk.
+	RollbackTimeout time.Duration
+	// ReconnectMin and ReconnectMax bound the backoff between attempts
+	// to reach a domain's QMP socket.
+	ReconnectMin, ReconnectMax time.Duration
+	// OpRetention is how long finished operations stay readable.
+	OpRetention time.Duration
+	// QMPOptions tune every domain's QMP client (ceilings, for tests).
+	QMPOptions []qmp.Option `toml:"-"`
+}
+
+// Validate checks the configuration and fills in defaults.
+func (c *Config) Validate() error {
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("state_dir must be an absolute path, got %q", c.StateDir)
+	}
+	switch c.Transaction {
+	case "":
+		c.Transaction = "auto"
+	case "auto", "never":
+	default:
+		return fmt.Errorf("transaction must be auto or never, got %q", c.Transaction)
+	}
+	for _, d := range c.AllowedDirs {
+		if !filepath.IsAbs(d) {
+			return fmt.Errorf("allowed_dirs: %q is not an absolute path", d)
+		}
+	}
+	for name, d := range map[string]*time.Duration{
+		"rollback_timeout": &c.RollbackTimeout, "reconnect_min": &c.ReconnectMin,
+		"reconnect_max": &c.ReconnectMax, "op_retention": &c.OpRetention,
+	} {
+		if *d < 0 {
+			return fmt.Errorf("%s must not be negative", name)
+		}
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = 100 * time.Millisecond
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = 30 * time.Second
+	}
+	if c.ReconnectMax < c.ReconnectMin {
+		c.ReconnectMax = c.ReconnectMin
+	}
+	if c.OpRetention == 0 {
+		c.OpRetention = 24 * time.Hour
+	}
+	return nil
+}
+
+// Driver is the snapshot engine of one host.
+type Driver struct {
+	cfg   Config
+	store *Store
+	log   *zap.Logger
+
+	// Hooks, when set, runs at each journaled step of a snapshot; tests
+	// use it to crash the process at an exact point.
+	Hooks struct {
+		AtStep func(step string)
+	}
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	domains map[string]*Domain
+}
+
+// Open opens the store, and connects and recovers every registered
+// domain in the background.
+func Open(cfg Config, log *zap.Logger) (*Driver, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("driver config: %w", err)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	store, err := OpenStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &Driver{cfg: cfg, store: store, log: log, ctx: ctx, cancel: cancel, domains: map[string]*Domain{}}
+	if err := store.PruneOps(time.Now().Add(-cfg.OpRetention)); err != nil {
+		log.Warn("prune finished operations failed", zap.Error(err))
+	}
+	configs, err := store.Domains()
+	if err != nil {
+		store.Close()
+		cancel()
+		return nil, fmt.Errorf("load domains: %w", err)
+	}
+	for _, dc := range configs {
+		dom := newDomain(dc, d)
+		d.domains[dc.Name] = dom
+		d.startSupervisor(dom)
+	}
+	return d, nil
+}
+
+// Close stops the supervisors and closes every connection and the
+// store. Callers finish their requests first.
+func (d *Driver) Close() error {
+	d.cancel()
+	d.mu.Lock()
+	doms := make([]*Domain, 0, len(d.domains))
+	for _, dom := range d.domains {
+		doms = append(doms, dom)
+	}
+	d.mu.Unlock()
+	for _, dom := range doms {
+		dom.client.Close()
+	}
+	d.wg.Wait()
+	return d.store.Close()
+}
+
+// Store gives read access to metadata and the journal.
+func (d *Driver) Store() *Store { return d.store }
+
+func (d *Driver) startSupervisor(dom *Domain) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		dom.supervise(d.ctx)
+	}()
+}
+
+func (d *Driver) hook(step string) {
+	if d.Hooks.AtStep != nil {
+		d.Hooks.AtStep(step)
+	}
+}
+
+// domain looks up a registered domain.
+func (d *Driver) domain(name string) (*Domain, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dom, ok := d.domains[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: no domain named '%s'", ErrNoDomain, name)
+	}
+	return dom, nil
+}
+
+// Domains lists the registered domains by name.
+func (d *Driver) Domains() []DomainInfo {
+	d.mu.Lock()
+	doms := make([]*Domain, 0, len(d.domains))
+	for _, dom := range d.domains {
+		doms = append(doms, dom)
+	}
+	d.mu.Unlock()
+	sort.Slice(doms, func(i, j int) bool { return doms[i].cfg.Name < doms[j].cfg.Name })
+	out := make([]DomainInfo, len(doms))
+	for i, dom := range doms {
+		out[i] = dom.Info()
+	}
+	return out
+}
+
+// DomainInfo returns one domain's state.
+func (d *Driver) DomainInfo(name string) (DomainInfo, error) {
+	dom, err := d.domain(name)
+	if err != nil {
+		return DomainInfo{}, err
+	}
+	return dom.Info(), nil
+}
+
+// AttachDomain registers a domain and connects to it. The first connect
+// must succeed, so that a wrong path is an error rather than a domain
+// that never comes up; after that the daemon reconnects by itself.
+func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo, error) {
+	if err := validateDomainConfig(cfg); err != nil {
+		return DomainInfo{}, err
+	}
+	d.mu.Lock()
+	if _, ok := d.domains[cfg.Name]; ok {
+		d.mu.Unlock()
+		return DomainInfo{}, fmt.Errorf("%w: domain '%s' is registered already", ErrDomainExists, cfg.Name)
+	}
+	dom := newDomain(cfg, d)
+	d.domains[cfg.Name] = dom // reserve the name while connecting
+	d.mu.Unlock()
+
+	err := dom.connect(ctx)
+	if err == nil {
+		err = d.store.PutDomain(cfg)
+	}
+	if err != nil {
+		dom.client.Close()
+		d.mu.Lock()
+		delete(d.domains, cfg.Name)
+		d.mu.Unlock()
+		return DomainInfo{}, fmt.Errorf("attach domain %s: %w", cfg.Name, err)
+	}
+	d.startSupervisor(dom)
+	return dom.Info(), nil
+}
+
+// DetachDomain forgets a domain; it waits for the domain's running
+// operation, within ctx.
+func (d *Driver) DetachDomain(ctx context.Context, name string) error {
+	dom, err := d.domain(name)
+	if err != nil {
+		return err
+	}
+	release, err := dom.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := d.store.DeleteDomain(name); err != nil {
+		return fmt.Errorf("%w: detach domain %s: %w", ErrOperationFailed, name, err)
+	}
+	d.mu.Lock()
+	delete(d.domains, name)
+	d.mu.Unlock()
+	dom.stop()
+	return nil
+}
+
+func validateDomainConfig(cfg DomainConfig) error {
+	switch {
+	case cfg.Name == "" || len(cfg.Name) > 255:
+		return fmt.Errorf("%w: a domain needs a name of 1 to 255 bytes", ErrInvalidArg)
+	case strings.ContainsAny(cfg.Name, "/\x00\n"):
+		return fmt.Errorf("%w: domain name '%s' contains '/', a newline or NUL", ErrInvalidArg, cfg.Name)
+	case !filepath.IsAbs(cfg.QMP):
+		return fmt.Errorf("%w: the QMP socket path '%s' is not absolute", ErrInvalidArg, cfg.QMP)
+	case cfg.Agent != "" && !filepath.IsAbs(cfg.Agent):
+		return fmt.Errorf("%w: the agent socket path '%s' is not absolute", ErrInvalidArg, cfg.Agent)
+	}
+	return nil
+}
+
+// newOpID returns a random operation id; its first 8 characters name
+// the operation's QEMU nodes, so they must differ between operations.
+func newOpID() string {
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		panic(errors.New("crypto/rand failed: " + err.Error()))
+	}
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,33 @@
+package driver
+
+import "errors"
+
+// Error kinds, named after libvirt's error codes where one fits. Errors
+// returned by the driver wrap exactly one of them, so the API can map
+// them to a status and a code with errors.Is.
+var (
+	// ErrInvalidArg: the request is malformed or contradicts itself.
+	ErrInvalidArg = errors.New("invalid argument")
+	// ErrUnsupported: valid for libvirt, but not something qsnapd does.
+	ErrUnsupported = errors.New("unsupported configuration")
+	// ErrSnapshotExists: a snapshot of that name exists.
+	ErrSnapshotExists = errors.New("snapshot exists")
+	// ErrNoDomain: no domain of that name is registered.
+	ErrNoDomain = errors.New("domain not found")
+	// ErrDomainExists: a domain of that name is registered already.
+	ErrDomainExists = errors.New("domain exists")
+	// ErrNoSnapshot: the domain has no snapshot of that name.
+	ErrNoSnapshot = errors.New("domain snapshot not found")
+	// ErrDisconnected: the domain's QEMU cannot be reached now.
+	ErrDisconnected = errors.New("domain disconnected")
+	// ErrBusy: another operation holds the domain past the caller's
+	// deadline.
+	ErrBusy = errors.New("operation in progress")
+	// ErrOperationInvalid: the request is valid but not in this state.
+	ErrOperationInvalid = errors.New("operation invalid")
+	// ErrOperationFailed: QEMU or the host failed the operation; the
+	// error says what was left behind.
+	ErrOperationFailed = errors.New("operation failed")
+	// ErrClosed: the driver is shutting down.
+	ErrClosed = errors.New("driver closed")
+)

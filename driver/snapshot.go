@@ -1,0 +1,294 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/qsnapd/qsnapd/internal/revert"
+	"github.com/qsnapd/qsnapd/transaction"
+)
+
+// Steps of the snapshot lifecycle, as hooks, logs and errors name them.
+const (
+	StepValidate = "validate"
+	StepPrepare  = "prepare"
+	StepSwitch   = "switch"
+	StepRecord   = "record"
+	StepRollback = "rollback"
+	StepHalt     = "halt"
+)
+
+// Hook points, each right after the journal records the phase before it.
+const (
+	HookPrepared  = "prepared"  // journal says prepared; no file yet
+	HookOverlays  = "overlays"  // files created and nodes added
+	HookSwitching = "switching" // journal says switching; disks not switched
+	HookSwitched  = "switched"  // disks switched; no metadata yet
+	HookCommitted = "committed" // metadata durable
+)
+
+// CreateResult describes a snapshot that was taken.
+type CreateResult struct {
+	Name        string                `json:"name"`
+	XML         string                `json:"xml"`
+	OpID        string                `json:"operation"`
+	Mode        transaction.Mode      `json:"mode"`
+	Disks       []transaction.Outcome `json:"disks"`
+	Indications []string              `json:"indications"`
+	Total       time.Duration         `json:"total_ns"`
+	Switch      time.Duration         `json:"switch_ns"`
+}
+
+// OpError is a failed operation with each disk's outcome.
+type OpError struct {
+	OpID  string
+	Step  string
+	Disks []transaction.Outcome
+	Err   error
+}
+
+func (e *OpError) Error() string {
+	return fmt.Sprintf("%s: %v", e.Step, e.Err)
+}
+
+func (e *OpError) Unwrap() error { return e.Err }
+
+// CreateSnapshot takes a snapshot as virDomainSnapshotCreateXML does.
+// Everything is checked before anything changes; on failure nothing is
+// left behind except what the error lists as stuck on an overlay.
+func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRequest) (*CreateResult, error) {
+	start := time.Now()
+	dom, err := d.domain(domain)
+	if err != nil {
+		return nil, err
+	}
+	if err := req.Flags.check(); err != nil {
+		return nil, err
+	}
+	def, err := parseSnapshotXML(req.XML)
+	if err != nil {
+		return nil, err
+	}
+	release, err := dom.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	if req.Flags&FlagRedefine != 0 {
+		return d.redefine(dom, def, req.Flags)
+	}
+	client, err := dom.ready()
+	if err != nil {
+		return nil, err
+	}
+	disks, err := client.Disks(ctx)
+	if err != nil {
+		return nil, qmpErr("list disks", err)
+	}
+	busy, err := busyDisks(ctx, client, disks)
+	if err != nil {
+		return nil, qmpErr("list block jobs", err)
+	}
+	spec, err := d.validateCreate(def, req.Flags, domainView{name: domain, disks: disks, busy: busy, mode: dom.mode()})
+	if err != nil {
+		return nil, err
+	}
+	// From the first side effect on, the operation completes or rolls
+	// back even if the caller goes away; each QMP command keeps its own
+	// ceiling.
+	return d.create(context.WithoutCancel(ctx), dom, spec, start)
+}
+
+func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, start time.Time) (*CreateResult, error) {
+	op := &OpRecord{ID: newOpID(), Domain: dom.cfg.Name, Kind: "snapshot", Snapshot: spec.name, Flags: spec.flags, Started: start.UTC()}
+	plan := &transaction.Plan{OpID: op.ID, Domain: dom.cfg.Name, Mode: spec.mode, Phase: transaction.PhasePrepared}
+	for i, ds := range spec.disks {
+		if !ds.external {
+			continue
+		}
+		plan.Disks = append(plan.Disks, &transaction.Disk{
+			Target: ds.Target, Node: ds.NodeName, Source: ds.File, SourceFormat: ds.Format,
+			VirtualSize: ds.VirtualSize, Overlay: ds.overlay, OverlayNode: transaction.NodeName(op.ID, i),
+			Reuse: ds.reuse, WasEmpty: ds.wasEmpty, State: transaction.DiskPlanned,
+		})
+	}
+	op.Plan = plan
+	log := dom.log.With(zap.String("op", op.ID), zap.String("snapshot", spec.name))
+	exec := d.executor(dom, op)
+
+	if err := d.store.SaveOp(op); err != nil {
+		return nil, &OpError{OpID: op.ID, Step: StepPrepare, Err: fmt.Errorf("%w: journal: %w", ErrOperationFailed, err)}
+	}
+	d.hook(HookPrepared)
+
+	var undo revert.Stack
+	undo.Add(func(ctx context.Context) error { return exec.Cleanup(ctx, plan) })
+	if err := exec.Prepare(ctx, plan); err != nil {
+		return nil, d.fail(ctx, dom, op, &undo, StepPrepare, qmpErr("prepare", err))
+	}
+	d.hook(HookOverlays)
+
+	plan.Phase = transaction.PhaseSwitching
+	if err := d.store.SaveOp(op); err != nil {
+		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, fmt.Errorf("%w: journal: %w", ErrOperationFailed, err))
+	}
+	d.hook(HookSwitching)
+	// Registered before the switch: a switch whose reply was lost may
+	// still have happened, and Rollback acts only on switched disks.
+	undo.Add(func(ctx context.Context) error { return exec.Rollback(ctx, plan) })
+	if err := exec.Switch(ctx, plan); err != nil {
+		if errors.Is(err, transaction.ErrStateUnknown) {
+			// Deleting files QEMU may use would be worse than leaving
+			// them: the journal keeps the operation for recovery.
+			dom.requestRecovery()
+			return nil, &OpError{OpID: op.ID, Step: StepSwitch, Disks: plan.Outcomes(),
+				Err: fmt.Errorf("%w: %w; recovery will reconcile the disks", ErrOperationFailed, err)}
+		}
+		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, qmpErr("switch", err))
+	}
+	d.hook(HookSwitched)
+
+	rec := d.record(dom, spec, plan)
+	plan.Phase = transaction.PhaseDone
+	var err error
+	if spec.flags&FlagNoMetadata != 0 {
+		err = d.store.SaveOp(op)
+	} else if rec.XML, err = snapshotXML(&rec); err == nil {
+		err = d.store.PutSnapshot(rec, true, op)
+	}
+	if err != nil {
+		plan.Phase = transaction.PhaseSwitching
+		return nil, d.fail(ctx, dom, op, &undo, StepRecord, fmt.Errorf("%w: record metadata: %w", ErrOperationFailed, err))
+	}
+	undo.Release()
+	d.hook(HookCommitted)
+
+	res := &CreateResult{
+		Name: spec.name, XML: rec.XML, OpID: op.ID, Mode: plan.Mode, Disks: plan.Outcomes(),
+		Indications: []string{}, Switch: plan.SwitchWindow(),
+	}
+	if res.XML == "" { // NO_METADATA: still show what was taken
+		res.XML, _ = snapshotXML(&rec)
+	}
+	if spec.flags&FlagHalt != 0 {
+		if err := dom.client.Quit(ctx); err != nil {
+			// The snapshot is durable; HALT failing does not undo it.
+			res.Indications = append(res.Indications, "halt-failed: "+err.Error())
+		} else {
+			res.Indications = append(res.Indications, "halted")
+		}
+	}
+	res.Total = time.Since(start)
+	log.Info("snapshot created", zap.String("mode", string(plan.Mode)), zap.Int("disks", len(plan.Disks)),
+		zap.Float64("switch_seconds", res.Switch.Seconds()), zap.Float64("duration_seconds", res.Total.Seconds()))
+	return res, nil
+}
+
+// fail undoes what the operation did and closes its journal entry. The
+// error carries every disk's outcome.
+func (d *Driver) fail(ctx context.Context, dom *Domain, op *OpRecord, undo *revert.Stack, step string, cause error) error {
+	rerr := undo.Revert(ctx)
+	plan := op.Plan
+	plan.Phase = transaction.PhaseFailed
+	err := cause
+	if rerr != nil {
+		err = fmt.Errorf("%w; undo: %w", cause, rerr)
+	}
+	op.Error = err.Error()
+	if serr := d.store.SaveOp(op); serr != nil {
+		dom.log.Error("journal of failed operation not saved", zap.String("op", op.ID), zap.Error(serr))
+	}
+	dom.log.Info("snapshot failed", zap.String("op", op.ID), zap.String("step", step),
+		zap.String("mode", string(plan.Mode)), zap.Int("stuck", len(plan.Stuck())))
+	return &OpError{OpID: op.ID, Step: step, Disks: plan.Outcomes(), Err: err}
+}
+
+// executor binds the transaction executor to a domain and an operation's
+// journal entry.
+func (d *Driver) executor(dom *Domain, op *OpRecord) *transaction.Executor {
+	return &transaction.Executor{
+		QMP:             dom.client,
+		Journal:         opJournal{store: d.store, op: op},
+		Log:             dom.log,
+		RollbackTimeout: d.cfg.RollbackTimeout,
+	}
+}
+
+type opJournal struct {
+	store *Store
+	op    *OpRecord
+}
+
+func (j opJournal) Save(_ context.Context, p *transaction.Plan) error {
+	j.op.Plan = p
+	return j.store.SaveOp(j.op)
+}
+
+// record builds the metadata of a snapshot that was taken.
+func (d *Driver) record(dom *Domain, spec *createSpec, plan *transaction.Plan) SnapshotRecord {
+	parent, _ := d.store.Current(dom.cfg.Name)
+	info := dom.Info()
+	rec := SnapshotRecord{
+		Name: spec.name, Description: spec.description, CreationTime: spec.created.Unix(),
+		State: "disk-snapshot", Parent: parent,
+		Domain: DomainIdentity{Name: dom.cfg.Name, UUID: info.UUID, QMP: dom.cfg.QMP},
+	}
+	byTarget := map[string]*transaction.Disk{}
+	for _, pd := range plan.Disks {
+		byTarget[pd.Target] = pd
+	}
+	for _, ds := range spec.disks {
+		sd := SnapshotDisk{Target: ds.Target, Snapshot: "no"}
+		if pd, ok := byTarget[ds.Target]; ok {
+			sd = SnapshotDisk{Target: pd.Target, Snapshot: "external", Overlay: pd.Overlay, Backing: pd.Source, BackingFormat: pd.SourceFormat}
+		}
+		rec.Disks = append(rec.Disks, sd)
+	}
+	return rec
+}
+
+// redefine stores metadata given with REDEFINE; no disk changes.
+func (d *Driver) redefine(dom *Domain, def *libvirtxml.DomainSnapshot, flags CreateFlags) (*CreateResult, error) {
+	if err := d.validateRedefine(dom.cfg.Name, def); err != nil {
+		return nil, err
+	}
+	created, _ := strconv.ParseInt(def.CreationTime, 10, 64)
+	rec := SnapshotRecord{
+		Name: def.Name, Description: def.Description, CreationTime: created, State: def.State,
+		Domain: DomainIdentity{Name: dom.cfg.Name, UUID: dom.Info().UUID, QMP: dom.cfg.QMP},
+	}
+	if def.Parent != nil {
+		rec.Parent = def.Parent.Name
+	}
+	if def.Domain != nil && def.Domain.UUID != "" {
+		rec.Domain.UUID = def.Domain.UUID
+	}
+	if def.Disks != nil {
+		for _, sd := range def.Disks.Disks {
+			disk := SnapshotDisk{Target: sd.Name, Snapshot: sd.Snapshot}
+			if sd.Source != nil && sd.Source.File != nil {
+				disk.Overlay = sd.Source.File.File
+			}
+			rec.Disks = append(rec.Disks, disk)
+		}
+	}
+	xml, err := def.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("%w: marshal snapshot XML: %v", ErrInvalidArg, err)
+	}
+	rec.XML = xml
+	if err := d.store.PutSnapshot(rec, flags&FlagCurrent != 0, nil); err != nil {
+		if errors.Is(err, ErrInvalidArg) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: store snapshot metadata: %w", ErrOperationFailed, err)
+	}
+	return &CreateResult{Name: rec.Name, XML: rec.XML, Disks: []transaction.Outcome{}, Indications: []string{"redefined"}}, nil
+}

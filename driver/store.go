@@ -1,0 +1,379 @@
+package driver
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/qsnapd/qsnapd/transaction"
+)
+
+// Store keeps domains, snapshot metadata and the operation journal in
+// one bbolt file, so that a snapshot's record and the end of its
+// operation commit together.
+type Store struct {
+	db *bolt.DB
+}
+
+var (
+	bucketDomains   = []byte("domains")
+	bucketSnapshots = []byte("snapshots") // one nested bucket per domain
+	bucketCurrent   = []byte("current")
+	bucketOps       = []byte("ops")
+)
+
+// DomainConfig is a registered domain.
+type DomainConfig struct {
+	Name  string `json:"name"`
+	QMP   string `json:"qmp"`
+	Agent string `json:"agent,omitempty"`
+}
+
+// SnapshotRecord is a snapshot's metadata.
+type SnapshotRecord struct {
+	Name         string         `json:"name"`
+	Description  string         `json:"description,omitempty"`
+	CreationTime int64          `json:"creation_time"`
+	State        string         `json:"state"`
+	Parent       string         `json:"parent,omitempty"`
+	Disks        []SnapshotDisk `json:"disks"`
+	Domain       DomainIdentity `json:"domain"`
+	// XML is the <domainsnapshot> document, as generated or redefined.
+	XML string `json:"xml"`
+}
+
+// SnapshotDisk is one disk of a snapshot: the overlay that took the new
+// writes and the image it sits on, which holds the snapshot's data.
+type SnapshotDisk struct {
+	Target        string `json:"target"`
+	Snapshot      string `json:"snapshot"` // external or no
+	Overlay       string `json:"overlay,omitempty"`
+	Backing       string `json:"backing,omitempty"`
+	BackingFormat string `json:"backing_format,omitempty"`
+}
+
+// DomainIdentity says which VM a snapshot belongs to.
+type DomainIdentity struct {
+	Name string `json:"name"`
+	UUID string `json:"uuid,omitempty"`
+	QMP  string `json:"qmp,omitempty"`
+}
+
+// OpRecord is the journal entry of one operation.
+type OpRecord struct {
+	ID       string            `json:"id"`
+	Domain   string            `json:"domain"`
+	Kind     string            `json:"kind"`
+	Snapshot string            `json:"snapshot,omitempty"`
+	Flags    CreateFlags       `json:"flags"`
+	Started  time.Time         `json:"started"`
+	Updated  time.Time         `json:"updated"`
+	Error    string            `json:"error,omitempty"`
+	Plan     *transaction.Plan `json:"plan,omitempty"`
+}
+
+// Phase is the plan's phase, or failed when there is none.
+func (op *OpRecord) Phase() transaction.Phase {
+	if op.Plan == nil {
+		return transaction.PhaseFailed
+	}
+	return op.Plan.Phase
+}
+
+// OpenStore opens (creating) the store in dir.
+func OpenStore(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	path := filepath.Join(dir, "qsnapd.db")
+	// A second daemon on the same state dir would wait forever for the
+	// file lock; fail instead.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketDomains, bucketSnapshots, bucketCurrent, bucketOps} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the store.
+func (s *Store) Close() error { return s.db.Close() }
+
+func put(b *bolt.Bucket, key string, v any) error {
+	buf, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(key), buf)
+}
+
+// PutDomain registers or updates a domain.
+func (s *Store) PutDomain(d DomainConfig) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return put(tx.Bucket(bucketDomains), d.Name, d)
+	})
+}
+
+// DeleteDomain forgets a domain; its snapshot metadata stays, as
+// libvirt keeps it for a domain that is defined again.
+func (s *Store) DeleteDomain(name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDomains).Delete([]byte(name))
+	})
+}
+
+// Domains lists the registered domains.
+func (s *Store) Domains() ([]DomainConfig, error) {
+	var out []DomainConfig
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDomains).ForEach(func(_, v []byte) error {
+			var d DomainConfig
+			if err := json.Unmarshal(v, &d); err != nil {
+				return err
+			}
+			out = append(out, d)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Snapshot returns one snapshot record.
+func (s *Store) Snapshot(domain, name string) (SnapshotRecord, error) {
+	var rec SnapshotRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSnapshots).Bucket([]byte(domain))
+		if b == nil {
+			return errNoSnapshot(domain, name)
+		}
+		v := b.Get([]byte(name))
+		if v == nil {
+			return errNoSnapshot(domain, name)
+		}
+		return json.Unmarshal(v, &rec)
+	})
+	return rec, err
+}
+
+func errNoSnapshot(domain, name string) error {
+	return fmt.Errorf("%w: domain %s has no snapshot named '%s'", ErrNoSnapshot, domain, name)
+}
+
+// Snapshots lists a domain's snapshots, oldest first.
+func (s *Store) Snapshots(domain string) ([]SnapshotRecord, error) {
+	var out []SnapshotRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSnapshots).Bucket([]byte(domain))
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(_, v []byte) error {
+			var rec SnapshotRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			out = append(out, rec)
+			return nil
+		})
+	})
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].CreationTime != out[j].CreationTime {
+			return out[i].CreationTime < out[j].CreationTime
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out, err
+}
+
+// Current returns the name of the domain's current snapshot, "" if none.
+func (s *Store) Current(domain string) (string, error) {
+	var name string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		name = string(tx.Bucket(bucketCurrent).Get([]byte(domain)))
+		return nil
+	})
+	return name, err
+}
+
+// SetCurrent makes an existing snapshot the current one.
+func (s *Store) SetCurrent(domain, name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSnapshots).Bucket([]byte(domain))
+		if b == nil || b.Get([]byte(name)) == nil {
+			return errNoSnapshot(domain, name)
+		}
+		return tx.Bucket(bucketCurrent).Put([]byte(domain), []byte(name))
+	})
+}
+
+// PutSnapshot stores a snapshot record (making it current if asked) and,
+// in the same transaction, the finished operation, if any.
+func (s *Store) PutSnapshot(rec SnapshotRecord, current bool, op *OpRecord) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(bucketSnapshots).CreateBucketIfNotExists([]byte(rec.Domain.Name))
+		if err != nil {
+			return err
+		}
+		if rec.Parent != "" && b.Get([]byte(rec.Parent)) == nil {
+			return fmt.Errorf("%w: parent snapshot '%s' of '%s' does not exist", ErrInvalidArg, rec.Parent, rec.Name)
+		}
+		if err := put(b, rec.Name, rec); err != nil {
+			return err
+		}
+		if current {
+			if err := tx.Bucket(bucketCurrent).Put([]byte(rec.Domain.Name), []byte(rec.Name)); err != nil {
+				return err
+			}
+		}
+		if op != nil {
+			return putOp(tx, op)
+		}
+		return nil
+	})
+}
+
+// DeleteSnapshotMetadata removes a snapshot record. As in libvirt, its
+// children move to its parent, and so does current.
+func (s *Store) DeleteSnapshotMetadata(domain, name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSnapshots).Bucket([]byte(domain))
+		if b == nil {
+			return errNoSnapshot(domain, name)
+		}
+		v := b.Get([]byte(name))
+		if v == nil {
+			return errNoSnapshot(domain, name)
+		}
+		var gone SnapshotRecord
+		if err := json.Unmarshal(v, &gone); err != nil {
+			return err
+		}
+		var children []SnapshotRecord
+		err := b.ForEach(func(_, v []byte) error {
+			var rec SnapshotRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			if rec.Parent == name {
+				children = append(children, rec)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, child := range children {
+			child.Parent = gone.Parent
+			xml, err := reparentXML(child.XML, gone.Parent)
+			if err != nil {
+				return fmt.Errorf("reparent %s: %w", child.Name, err)
+			}
+			child.XML = xml
+			if err := put(b, child.Name, child); err != nil {
+				return err
+			}
+		}
+		if err := b.Delete([]byte(name)); err != nil {
+			return err
+		}
+		cur := tx.Bucket(bucketCurrent)
+		if string(cur.Get([]byte(domain))) == name {
+			if gone.Parent == "" {
+				return cur.Delete([]byte(domain))
+			}
+			return cur.Put([]byte(domain), []byte(gone.Parent))
+		}
+		return nil
+	})
+}
+
+func putOp(tx *bolt.Tx, op *OpRecord) error {
+	op.Updated = time.Now().UTC()
+	return put(tx.Bucket(bucketOps), op.ID, op)
+}
+
+// SaveOp records an operation's journal entry durably.
+func (s *Store) SaveOp(op *OpRecord) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return putOp(tx, op) })
+}
+
+// Op returns one operation.
+func (s *Store) Op(id string) (*OpRecord, error) {
+	var op *OpRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketOps).Get([]byte(id))
+		if v == nil {
+			return errNoOp
+		}
+		op = new(OpRecord)
+		return json.Unmarshal(v, op)
+	})
+	return op, err
+}
+
+var errNoOp = errors.New("no such operation")
+
+// Ops lists operations, oldest first; with activeOnly, only those that
+// recovery must finish.
+func (s *Store) Ops(activeOnly bool) ([]*OpRecord, error) {
+	var out []*OpRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketOps).ForEach(func(_, v []byte) error {
+			op := new(OpRecord)
+			if err := json.Unmarshal(v, op); err != nil {
+				return err
+			}
+			if !activeOnly || op.Phase().Active() {
+				out = append(out, op)
+			}
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
+	return out, err
+}
+
+// PruneOps deletes finished operations older than cutoff, except those
+// that left a disk stuck on its overlay: an operator needs to see them.
+func (s *Store) PruneOps(cutoff time.Time) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOps)
+		var old [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			var op OpRecord
+			if err := json.Unmarshal(v, &op); err != nil {
+				return err
+			}
+			if !op.Phase().Active() && op.Updated.Before(cutoff) && (op.Plan == nil || len(op.Plan.Stuck()) == 0) {
+				old = append(old, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range old {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
