@@ -87,10 +87,12 @@ type Driver struct {
 	store *Store
 	log   *zap.Logger
 
-	// Hooks, when set, runs at each journaled step of a snapshot; tests
-	// use it to crash the process at an exact point.
+	// Hooks.AtStep, when set, runs at each journaled step of a snapshot
+	// (the Hook* constants, and "switch:<disk>" and "rollback:<disk>"
+	// for each disk). Tests use it to crash the process at an exact
+	// point, or return an error to fail that step.
 	Hooks struct {
-		AtStep func(step string)
+		AtStep func(step string) error
 	}
 
 	ctx    context.Context
@@ -161,10 +163,14 @@ func (d *Driver) startSupervisor(dom *Domain) {
 	}()
 }
 
-func (d *Driver) hook(step string) {
-	if d.Hooks.AtStep != nil {
-		d.Hooks.AtStep(step)
+func (d *Driver) hook(step string) error {
+	if d.Hooks.AtStep == nil {
+		return nil
 	}
+	if err := d.Hooks.AtStep(step); err != nil {
+		return fmt.Errorf("%w: injected at %s: %w", ErrOperationFailed, step, err)
+	}
+	return nil
 }
 
 // domain looks up a registered domain.

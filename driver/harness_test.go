@@ -43,7 +43,12 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if o.disks == 0 {
 		o.disks = 1
 	}
-	vm := qemutest.Start(t, qemutest.Options{Disks: o.disks, Style: o.style, SecondMonitor: true})
+	return newEnvWith(t, qemutest.Options{Disks: o.disks, Style: o.style, SecondMonitor: true}, o)
+}
+
+func newEnvWith(t *testing.T, vmOpts qemutest.Options, o envOpts) *env {
+	t.Helper()
+	vm := qemutest.Start(t, vmOpts)
 	e := &env{t: t, vm: vm, name: "vm1"}
 	qmpPath := vm.QMP
 	if o.proxy {

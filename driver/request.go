@@ -391,14 +391,15 @@ func busyDisks(ctx context.Context, c *qmp.Client, disks []qmp.Disk) (map[string
 		kind[n.ID], name[n.ID] = n.Type, n.Name
 	}
 	// Walk from each node a job holds up through its driver-node parents
-	// to the root, which is some disk's active node.
+	// to the root. The walk passes a disk's active node even where QEMU
+	// put an implicit filter (commit_top) above it.
 	parents := map[uint64][]uint64{}
 	for _, e := range g.Edges {
 		if kind[e.Parent] == "block-driver" {
 			parents[e.Child] = append(parents[e.Child], e.Parent)
 		}
 	}
-	roots := map[string]bool{}
+	held := map[string]bool{}
 	for _, e := range g.Edges {
 		if kind[e.Parent] != "block-job" {
 			continue
@@ -412,14 +413,12 @@ func busyDisks(ctx context.Context, c *qmp.Client, disks []qmp.Disk) (map[string
 				continue
 			}
 			seen[n] = true
-			if len(parents[n]) == 0 {
-				roots[name[n]] = true
-			}
+			held[name[n]] = true
 			stack = append(stack, parents[n]...)
 		}
 	}
 	for _, qd := range disks {
-		if roots[qd.NodeName] {
+		if held[qd.NodeName] {
 			busy[qd.Target] = true
 		}
 	}

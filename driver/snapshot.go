@@ -126,20 +126,25 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 	if err := d.store.SaveOp(op); err != nil {
 		return nil, &OpError{OpID: op.ID, Step: StepPrepare, Err: fmt.Errorf("%w: journal: %w", ErrOperationFailed, err)}
 	}
-	d.hook(HookPrepared)
-
 	var undo revert.Stack
 	undo.Add(func(ctx context.Context) error { return exec.Cleanup(ctx, plan) })
+	if err := d.hook(HookPrepared); err != nil {
+		return nil, d.fail(ctx, dom, op, &undo, StepPrepare, err)
+	}
 	if err := exec.Prepare(ctx, plan); err != nil {
 		return nil, d.fail(ctx, dom, op, &undo, StepPrepare, qmpErr("prepare", err))
 	}
-	d.hook(HookOverlays)
+	if err := d.hook(HookOverlays); err != nil {
+		return nil, d.fail(ctx, dom, op, &undo, StepPrepare, err)
+	}
 
 	plan.Phase = transaction.PhaseSwitching
 	if err := d.store.SaveOp(op); err != nil {
 		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, fmt.Errorf("%w: journal: %w", ErrOperationFailed, err))
 	}
-	d.hook(HookSwitching)
+	if err := d.hook(HookSwitching); err != nil {
+		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, err)
+	}
 	// Registered before the switch: a switch whose reply was lost may
 	// still have happened, and Rollback acts only on switched disks.
 	undo.Add(func(ctx context.Context) error { return exec.Rollback(ctx, plan) })
@@ -153,7 +158,9 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 		}
 		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, qmpErr("switch", err))
 	}
-	d.hook(HookSwitched)
+	if err := d.hook(HookSwitched); err != nil {
+		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, err)
+	}
 
 	rec := d.record(dom, spec, plan)
 	plan.Phase = transaction.PhaseDone
@@ -168,7 +175,8 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 		return nil, d.fail(ctx, dom, op, &undo, StepRecord, fmt.Errorf("%w: record metadata: %w", ErrOperationFailed, err))
 	}
 	undo.Release()
-	d.hook(HookCommitted)
+	// The snapshot is durable: a failure from here on does not undo it.
+	_ = d.hook(HookCommitted)
 
 	res := &CreateResult{
 		Name: spec.name, XML: rec.XML, OpID: op.ID, Mode: plan.Mode, Disks: plan.Outcomes(),
@@ -218,6 +226,10 @@ func (d *Driver) executor(dom *Domain, op *OpRecord) *transaction.Executor {
 		Journal:         opJournal{store: d.store, op: op},
 		Log:             dom.log,
 		RollbackTimeout: d.cfg.RollbackTimeout,
+		BeforeSwitch:    func(pd *transaction.Disk) error { return d.hook("switch:" + pd.Target) },
+		AfterCommitStart: func(pd *transaction.Disk) error {
+			return d.hook("rollback:" + pd.Target)
+		},
 	}
 }
 

@@ -46,9 +46,13 @@ type Executor struct {
 	Log     *zap.Logger
 	// RollbackTimeout bounds each disk's rollback; zero means the default.
 	RollbackTimeout time.Duration
-	// BeforeSwitch, when set, runs right before each switching command;
-	// tests use it to inject faults at an exact step.
+	// BeforeSwitch, when set, runs right before each disk's switch (once,
+	// with the first disk, in atomic mode); an error fails that disk.
 	BeforeSwitch func(d *Disk) error
+	// AfterCommitStart, when set, runs once a disk's rollback commit has
+	// started; an error fails that disk's rollback. Both hooks exist so
+	// tests can inject faults and crashes at exact steps.
+	AfterCommitStart func(d *Disk) error
 }
 
 func (e *Executor) log() *zap.Logger {

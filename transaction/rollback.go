@@ -81,6 +81,12 @@ func (e *Executor) rollbackDisk(ctx context.Context, d *Disk) error {
 	if err != nil {
 		return fmt.Errorf("start commit: %w", err)
 	}
+	if e.AfterCommitStart != nil {
+		if err := e.AfterCommitStart(d); err != nil {
+			e.cancelJob(ctx, id)
+			return err
+		}
+	}
 	if err := waitJob(ctx, sub, "BLOCK_JOB_READY"); err != nil {
 		e.cancelJob(ctx, id)
 		return fmt.Errorf("commit: %w", err)
