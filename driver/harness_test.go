@@ -207,6 +207,24 @@ func (e *env) hmp(cmd string) string {
 	return out
 }
 
+// qemuIO runs an HMP qemu-io command on disk target and returns what it
+// printed: QEMU prints qemu-io's output on its stdout, not the monitor.
+func (e *env) qemuIO(target, cmd string) string {
+	e.t.Helper()
+	mark := len(e.vm.Output())
+	e.hmp(fmt.Sprintf(`qemu-io -d /machine/peripheral/%s/virtio-backend "%s"`, target, cmd))
+	// It may run in a fault proxy's goroutine, so it reports by its
+	// return value, never t.Fatal.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out := e.vm.Output()[mark:]
+		if strings.Contains(out, "bytes at offset") || strings.Contains(out, "rror") || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // imageInfo runs qemu-img info -U on a file.
 func imageBacking(t *testing.T, path string) string {
 	t.Helper()
