@@ -1,0 +1,90 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/qsnapd/qsnapd/qmp"
+)
+
+// Snapshots lists a domain's snapshot records, oldest first. The domain
+// need not be connected: metadata is the daemon's own.
+func (d *Driver) Snapshots(domain string) ([]SnapshotRecord, error) {
+	if _, err := d.domain(domain); err != nil {
+		return nil, err
+	}
+	return d.store.Snapshots(domain)
+}
+
+// Snapshot returns one snapshot record.
+func (d *Driver) Snapshot(domain, name string) (SnapshotRecord, error) {
+	if _, err := d.domain(domain); err != nil {
+		return SnapshotRecord{}, err
+	}
+	return d.store.Snapshot(domain, name)
+}
+
+// Current returns the domain's current snapshot; ErrNoSnapshot if none.
+func (d *Driver) Current(domain string) (SnapshotRecord, error) {
+	if _, err := d.domain(domain); err != nil {
+		return SnapshotRecord{}, err
+	}
+	name, err := d.store.Current(domain)
+	if err != nil {
+		return SnapshotRecord{}, err
+	}
+	if name == "" {
+		return SnapshotRecord{}, fmt.Errorf("%w: domain '%s' has no current snapshot", ErrNoSnapshot, domain)
+	}
+	return d.store.Snapshot(domain, name)
+}
+
+// SetCurrent makes a snapshot the current one.
+func (d *Driver) SetCurrent(ctx context.Context, domain, name string) error {
+	dom, err := d.domain(domain)
+	if err != nil {
+		return err
+	}
+	release, err := dom.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return d.store.SetCurrent(domain, name)
+}
+
+// DeleteSnapshot deletes a snapshot's metadata. Deleting an external
+// disk snapshot's data (a block commit or pull of its overlays) is not
+// supported yet, so metadataOnly must be set.
+func (d *Driver) DeleteSnapshot(ctx context.Context, domain, name string, metadataOnly bool) error {
+	dom, err := d.domain(domain)
+	if err != nil {
+		return err
+	}
+	if !metadataOnly {
+		return fmt.Errorf("%w: deleting the data of external disk snapshot '%s' is not supported; delete its metadata only", ErrUnsupported, name)
+	}
+	release, err := dom.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return d.store.DeleteSnapshotMetadata(domain, name)
+}
+
+// Disks lists a connected domain's disks as QEMU sees them now.
+func (d *Driver) Disks(ctx context.Context, domain string) ([]qmp.Disk, error) {
+	dom, err := d.domain(domain)
+	if err != nil {
+		return nil, err
+	}
+	client, err := dom.ready()
+	if err != nil {
+		return nil, err
+	}
+	disks, err := client.Disks(ctx)
+	if err != nil {
+		return nil, qmpErr("list disks", err)
+	}
+	return disks, nil
+}
