@@ -19,7 +19,7 @@ const wait = 10 * time.Second // ceiling for anything that should happen
 
 // TestDecide checks rule counting and order without QEMU.
 func TestDecide(t *testing.T) {
-	fail := Fail{"GenericError", "x"}
+	fail := Fail{Class: "GenericError", Desc: "x"}
 	tests := []struct {
 		name  string
 		rules []Rule
@@ -83,7 +83,7 @@ func TestPassThrough(t *testing.T) {
 
 func TestFailSecondOnly(t *testing.T) {
 	p, c := setup(t)
-	p.Add(Rule{Command: "query-status", Nth: 2, Times: 1, Action: Fail{"GenericError", "injected"}})
+	p.Add(Rule{Command: "query-status", Nth: 2, Times: 1, Action: Fail{Class: "GenericError", Desc: "injected"}})
 	for i, wantErr := range []bool{false, true, false} {
 		id := c.send("query-status")
 		m := c.reply(id)
