@@ -368,10 +368,9 @@ func (d *Driver) validateRedefine(domain string, def *libvirtxml.DomainSnapshot)
 // graph is the only view of which nodes a job uses; where it fails, job
 // names that match a disk are the fallback, and QEMU's own op blockers
 // remain the last guard.
-func busyDisks(ctx context.Context, c *qmp.Client, disks []qmp.Disk) (map[string]bool, error) {
-	jobs, err := c.QueryBlockJobs(ctx)
-	if err != nil || len(jobs) == 0 {
-		return nil, err
+func busyDisks(ctx context.Context, c *qmp.Client, disks []qmp.Disk, jobs []qmp.BlockJob) map[string]bool {
+	if len(jobs) == 0 {
+		return nil
 	}
 	busy := map[string]bool{}
 	g, gerr := c.QueryBlockGraph(ctx)
@@ -383,7 +382,7 @@ func busyDisks(ctx context.Context, c *qmp.Client, disks []qmp.Disk) (map[string
 				}
 			}
 		}
-		return busy, nil
+		return busy
 	}
 	kind := map[uint64]string{}
 	name := map[uint64]string{}
@@ -422,5 +421,5 @@ func busyDisks(ctx context.Context, c *qmp.Client, disks []qmp.Disk) (map[string
 			busy[qd.Target] = true
 		}
 	}
-	return busy, nil
+	return busy
 }

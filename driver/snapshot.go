@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/qsnapd/qsnapd/internal/revert"
+	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
 )
 
@@ -88,14 +90,17 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	if err != nil {
 		return nil, err
 	}
-	disks, err := client.Disks(ctx)
-	if err != nil {
-		return nil, qmpErr("list disks", err)
+	// Both queries go out at once: QEMU answers them in turn, without a
+	// round trip in between.
+	var disks []qmp.Disk
+	var jobs []qmp.BlockJob
+	var g errgroup.Group
+	g.Go(func() (err error) { disks, err = client.Disks(ctx); return err })
+	g.Go(func() (err error) { jobs, err = client.QueryBlockJobs(ctx); return err })
+	if err := g.Wait(); err != nil {
+		return nil, qmpErr("list disks and block jobs", err)
 	}
-	busy, err := busyDisks(ctx, client, disks)
-	if err != nil {
-		return nil, qmpErr("list block jobs", err)
-	}
+	busy := busyDisks(ctx, client, disks, jobs)
 	spec, err := d.validateCreate(def, req.Flags, domainView{name: domain, disks: disks, busy: busy, mode: dom.mode()})
 	if err != nil {
 		return nil, err

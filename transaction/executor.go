@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp/raw"
@@ -72,26 +73,21 @@ func (e *Executor) save(ctx context.Context, p *Plan) error {
 	return nil
 }
 
-// Prepare creates the overlay files and adds their nodes to QEMU, all
-// disks in parallel, so that the switch only flips the block graph. On
-// failure the caller runs Cleanup, which undoes what was done.
+// Prepare creates the overlay files and adds their nodes to QEMU, so
+// that the switch only flips the block graph. Each disk's node is added
+// as soon as its file exists, so that QEMU opening one overlay overlaps
+// the host creating the next. On failure the caller runs Cleanup, which
+// undoes what was done.
 func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
-	var files errgroup.Group
+	g, gctx := errgroup.WithContext(ctx)
 	for _, d := range p.Disks {
-		if d.Reuse {
-			continue
-		}
-		files.Go(func() error { return createOverlay(d) })
-	}
-	if err := files.Wait(); err != nil {
-		return fmt.Errorf("prepare overlays: %w", err)
-	}
-	// QEMU runs monitor commands one at a time; sending them together
-	// saves the round trips in between.
-	nodes, nctx := errgroup.WithContext(ctx)
-	for _, d := range p.Disks {
-		nodes.Go(func() error {
-			err := e.QMP.BlockdevAdd(nctx, qmp.BlockdevOptions{
+		g.Go(func() error {
+			if !d.Reuse {
+				if err := createOverlay(d); err != nil {
+					return err
+				}
+			}
+			err := e.QMP.BlockdevAdd(gctx, qmp.BlockdevOptions{
 				Driver:      "qcow2",
 				NodeName:    d.OverlayNode,
 				FileOptions: &qmp.BlockdevOptions{Driver: "file", Filename: d.Overlay},
@@ -106,8 +102,21 @@ func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 			return nil
 		})
 	}
-	if err := nodes.Wait(); err != nil {
+	if err := g.Wait(); err != nil {
 		return fmt.Errorf("prepare overlays: %w", err)
+	}
+	// The new directory entries must be durable before the snapshot is
+	// recorded; one fsync per directory covers all of them.
+	dirs := map[string]bool{}
+	for _, d := range p.Disks {
+		if d.FileCreated && !d.WasEmpty {
+			dirs[filepath.Dir(d.Overlay)] = true
+		}
+	}
+	for dir := range dirs {
+		if err := qcow2.SyncDir(dir); err != nil {
+			return fmt.Errorf("prepare overlays: %w", err)
+		}
 	}
 	return nil
 }
@@ -115,7 +124,7 @@ func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 func createOverlay(d *Disk) error {
 	o := qcow2.Options{VirtualSize: uint64(d.VirtualSize), BackingFile: d.Source, BackingFormat: d.SourceFormat}
 	if !d.WasEmpty {
-		if err := qcow2.Create(d.Overlay, o); err != nil {
+		if err := qcow2.CreateFile(d.Overlay, o); err != nil {
 			return fmt.Errorf("create overlay %s for disk %s: %w", d.Overlay, d.Target, err)
 		}
 		d.FileCreated = true

@@ -152,7 +152,19 @@ func appendExt(h []byte, typ uint32, data []byte) []byte {
 // Create makes a new image file at path (mode 0644 before umask), fsyncs
 // it and its directory. It fails with ErrExists if path exists, and
 // removes the file it created on any later error.
-func Create(path string, o Options) (err error) {
+func Create(path string, o Options) error {
+	if err := CreateFile(path, o); err != nil {
+		return err
+	}
+	if err := SyncDir(filepath.Dir(path)); err != nil {
+		return errors.Join(err, os.Remove(path))
+	}
+	return nil
+}
+
+// CreateFile is Create without the directory fsync, for callers that
+// create several files in one directory and sync it once with SyncDir.
+func CreateFile(path string, o Options) (err error) {
 	p, err := newPlan(o)
 	if err != nil {
 		return err
@@ -169,15 +181,17 @@ func Create(path string, o Options) (err error) {
 			err = errors.Join(err, os.Remove(path)) // undo the create
 		}
 	}()
-	if err = errors.Join(p.write(f), f.Close()); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path)) // fsync the new directory entry
+	return errors.Join(p.write(f), f.Close())
+}
+
+// SyncDir fsyncs a directory, making the entries created in it durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
 	if err == nil {
 		err = errors.Join(d.Sync(), d.Close())
 	}
 	if err != nil {
-		return fmt.Errorf("qcow2: fsync directory of %s: %w", path, err)
+		return fmt.Errorf("qcow2: fsync directory %s: %w", dir, err)
 	}
 	return nil
 }
