@@ -65,12 +65,14 @@ func newDomain(cfg DomainConfig, drv *Driver) *Domain {
 func (dom *Domain) Info() DomainInfo {
 	dom.mu.Lock()
 	defer dom.mu.Unlock()
+	// The client knows of an EOF before the supervisor does.
+	connected := dom.connected && dom.client.Connected()
 	info := DomainInfo{
 		Name: dom.cfg.Name, QMP: dom.cfg.QMP, Agent: dom.cfg.Agent,
-		Connected: dom.connected, Since: dom.since, QEMUVersion: dom.version,
+		Connected: connected, Since: dom.since, QEMUVersion: dom.version,
 		UUID: dom.uuid, HasTransaction: dom.commands["transaction"],
 	}
-	if dom.lastErr != nil && !dom.connected {
+	if dom.lastErr != nil && !connected {
 		info.Error = dom.lastErr.Error()
 	}
 	return info

@@ -55,9 +55,7 @@ type OpError struct {
 	Err   error
 }
 
-func (e *OpError) Error() string {
-	return fmt.Sprintf("%s: %v", e.Step, e.Err)
-}
+func (e *OpError) Error() string { return e.Err.Error() }
 
 func (e *OpError) Unwrap() error { return e.Err }
 
