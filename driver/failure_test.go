@@ -231,3 +231,19 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestConnectionLostDuringPrepareIsCleanedOnReconnect(t *testing.T) {
+	e := newEnv(t, envOpts{disks: 3, style: qemutest.Blockdev, proxy: true})
+	before := e.world()
+	e.proxy.Add(qmpproxy.Rule{Command: "blockdev-add", Nth: 2, Times: 1, Action: qmpproxy.CloseConn{}})
+	if _, err := e.create(snapXML("s1"), FlagDiskOnly); !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("got %v, want ErrDisconnected", err)
+	}
+	// Overlays exist and a node may be in QEMU; the daemon reconnects
+	// and its recovery removes them.
+	waitFor(t, func() bool {
+		w := e.world()
+		return w.Active == 0 && len(e.overlayNodes()) == 0 && len(w.Files) == len(before.Files)
+	}, "cleanup after reconnect")
+	e.assertUnchanged(before)
+}

@@ -212,6 +212,12 @@ func (d *Driver) fail(ctx context.Context, dom *Domain, op *OpRecord, undo *reve
 	if rerr != nil {
 		err = fmt.Errorf("%w; undo: %w", cause, rerr)
 	}
+	if errors.Is(rerr, qmp.ErrDisconnected) || errors.Is(rerr, transaction.ErrStateUnknown) {
+		// QEMU went away before the undo finished: the journal entry
+		// stays open, and recovery finishes the undo on reconnect.
+		plan.Phase = transaction.PhaseSwitching
+		dom.requestRecovery()
+	}
 	op.Error = err.Error()
 	if serr := d.store.SaveOp(op); serr != nil {
 		dom.log.Error("journal of failed operation not saved", zap.String("op", op.ID), zap.Error(serr))

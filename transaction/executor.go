@@ -87,6 +87,10 @@ func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 					return err
 				}
 			}
+			// Until QEMU says no, the node may exist: a lost reply or a
+			// lost connection leaves its fate unknown, and Cleanup must
+			// then try to delete it.
+			d.NodeAdded = true
 			err := e.QMP.BlockdevAdd(gctx, qmp.BlockdevOptions{
 				Driver:      "qcow2",
 				NodeName:    d.OverlayNode,
@@ -95,10 +99,13 @@ func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 				// it attaches the disk's current node as the backing.
 				NoBacking: true,
 			})
+			var qe *qmp.Error
+			if errors.As(err, &qe) {
+				d.NodeAdded = false
+			}
 			if err != nil {
 				return fmt.Errorf("add overlay node for disk %s: %w", d.Target, err)
 			}
-			d.NodeAdded = true
 			return nil
 		})
 	}

@@ -1,0 +1,561 @@
+package qmpfake_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp/raw"
+
+	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/qmp"
+	"github.com/qsnapd/qsnapd/qmp/qmpfake"
+)
+
+const size64M = 64 << 20
+
+// fakeVM is a block layer behind a fake QMP socket, with a client.
+type fakeVM struct {
+	dir string
+	bl  *qmpfake.BlockLayer
+	c   *qmp.Client
+}
+
+// startFake serves a block layer with -blockdev disks vda, vdb, ... whose
+// base images exist in a fresh short directory.
+func startFake(t *testing.T, disks int) *fakeVM { return startFakeStyle(t, disks, qemutest.Blockdev) }
+
+// startFakeStyle lays out disks as qemutest does for style.
+func startFakeStyle(t *testing.T, disks int, style qemutest.Style) *fakeVM {
+	t.Helper()
+	dir := qemutest.TempDir(t)
+	var fds []qmpfake.FakeDisk
+	for i := 0; i < disks; i++ {
+		tg := qemutest.TargetName(i)
+		fd := qmpfake.FakeDisk{Target: tg, NodeName: "fmt-" + tg, File: filepath.Join(dir, tg+".qcow2")}
+		if style == qemutest.Legacy {
+			fd.Drive = "drive-" + tg
+		}
+		if err := qmpfake.CreateQcow2(fd.File, size64M, "", ""); err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+	}
+	bl := qmpfake.NewBlockLayer(fds)
+	srv, err := qmpfake.Start(filepath.Join(dir, "qmp.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bl.Install(srv)
+	t.Cleanup(func() {
+		if err := srv.Close(); err != nil {
+			t.Errorf("fake QMP peer: %v", err)
+		}
+	})
+	return &fakeVM{dir: dir, bl: bl, c: dial(t, srv.Path)}
+}
+
+func dial(t *testing.T, path string) *qmp.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := qmp.Dial(ctx, path)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// addOverlay creates an empty image whose header names backing (empty
+// for none) and adds it as a node opened without its backing.
+func addOverlay(t *testing.T, ctx context.Context, c *qmp.Client, node, file, backing string) {
+	t.Helper()
+	format := ""
+	if backing != "" {
+		format = "qcow2"
+	}
+	if err := qmpfake.CreateQcow2(file, size64M, backing, format); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.BlockdevAdd(ctx, qmp.BlockdevOptions{Driver: "qcow2", NodeName: node, NoBacking: true,
+		FileOptions: &qmp.BlockdevOptions{Driver: "file", Filename: file}}); err != nil {
+		t.Fatalf("blockdev-add %s: %v", node, err)
+	}
+}
+
+func syncSnapshot(t *testing.T, ctx context.Context, c *qmp.Client, node, file, overlay string) {
+	t.Helper()
+	if err := c.Transaction(ctx, qmp.SnapshotSync(node, file, overlay, raw.NewImageModeAbsolutePaths)); err != nil {
+		t.Fatalf("snapshot %s: %v", node, err)
+	}
+}
+
+func wantQMPError(t *testing.T, err error, class, desc string) {
+	t.Helper()
+	var qe *qmp.Error
+	if !errors.As(err, &qe) || qe.Class != class || qe.Desc != desc {
+		t.Errorf("got error %v, want %s: %s", err, class, desc)
+	}
+}
+
+func TestBlockdevSnapshotSwitchesDisk(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		headerBacking bool
+	}{
+		// QEMU names an image by a json: pseudo-filename when its backing
+		// node is not the one its header names.
+		{"header without backing", false},
+		{"header naming the base", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := startFake(t, 1)
+			ctx := testCtx(t)
+			base, ov := filepath.Join(vm.dir, "vda.qcow2"), filepath.Join(vm.dir, "vda.ov1")
+			backing := ""
+			if tc.headerBacking {
+				backing = base
+			}
+			addOverlay(t, ctx, vm.c, "ov-vda", ov, backing)
+			if err := vm.c.Transaction(ctx, qmp.Snapshot("fmt-vda", "ov-vda")); err != nil {
+				t.Fatal(err)
+			}
+			if node, file := vm.bl.Active("vda"); node != "ov-vda" || file != ov {
+				t.Errorf("active: got %s %s, want ov-vda %s", node, file, ov)
+			}
+			if got, want := vm.bl.Chain("vda"), []string{ov, base}; !slices.Equal(got, want) {
+				t.Errorf("chain: got %v, want %v", got, want)
+			}
+			disks, err := vm.c.Disks(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := disks[0]
+			wantFile := ov
+			if !tc.headerBacking {
+				wantFile = fmt.Sprintf(`json:{"backing": {"driver": "qcow2", "file": {"driver": "file", "filename": %q}}, `+
+					`"driver": "qcow2", "file": {"driver": "file", "filename": %q}}`, base, ov)
+			}
+			if d.Target != "vda" || d.NodeName != "ov-vda" || d.File != wantFile ||
+				len(d.Backing) != 1 || d.Backing[0] != (qmp.Image{File: base, Format: "qcow2"}) {
+				t.Errorf("disk: got %+v\nwant node ov-vda, file %s, backing %s", d, wantFile, base)
+			}
+		})
+	}
+}
+
+func TestFailedTransactionLeavesDisksUnchanged(t *testing.T) {
+	vm := startFake(t, 2)
+	ctx := testCtx(t)
+	addOverlay(t, ctx, vm.c, "ov-vdb", filepath.Join(vm.dir, "vdb.ov1"), "")
+	for _, tc := range []struct {
+		name   string
+		second raw.TransactionAction
+		desc   string
+	}{
+		{"unknown node", qmp.SnapshotSync("no-such-node", filepath.Join(vm.dir, "x.ov1"), "ov-x", raw.NewImageModeAbsolutePaths),
+			"Cannot find device='' nor node-name='no-such-node'"},
+		{"unknown overlay", qmp.Snapshot("fmt-vdb", "no-such-overlay"),
+			"Cannot find device='no-such-overlay' nor node-name='no-such-overlay'"},
+		{"node made busy by the first action", qmp.Snapshot("fmt-vda", "ov-vdb"),
+			"Node 'fmt-vda' is busy: node is used as backing hd of 'ov-vda'"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := vm.c.Transaction(ctx,
+				qmp.SnapshotSync("fmt-vda", filepath.Join(vm.dir, "vda.ov1"), "ov-vda", raw.NewImageModeAbsolutePaths),
+				tc.second)
+			wantQMPError(t, err, "GenericError", tc.desc)
+			for _, tg := range []string{"vda", "vdb"} {
+				want := filepath.Join(vm.dir, tg+".qcow2")
+				if got := vm.bl.Chain(tg); !slices.Equal(got, []string{want}) {
+					t.Errorf("%s chain after rollback: got %v, want [%s]", tg, got, want)
+				}
+			}
+			if slices.Contains(vm.bl.Nodes(), "ov-vda") {
+				t.Errorf("nodes after rollback: got %v, want no ov-vda", vm.bl.Nodes())
+			}
+		})
+	}
+}
+
+// commitEvents subscribes to a job's events.
+func commitEvents(t *testing.T, c *qmp.Client, job string) *qmp.Subscription {
+	t.Helper()
+	sub, err := c.Subscribe(qmp.Filter{Names: []string{"JOB_STATUS_CHANGE", "BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"}, ID: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sub.Close)
+	return sub
+}
+
+// eventTrace names the events up to and including last, such as
+// "JOB_STATUS_CHANGE:created BLOCK_JOB_READY".
+func eventTrace(t *testing.T, ctx context.Context, sub *qmp.Subscription, last string) string {
+	t.Helper()
+	var trace []string
+	for {
+		ev, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatalf("after %v: %v", trace, err)
+		}
+		name := ev.Event
+		if s, ok := ev.Data["status"].(string); ok {
+			name += ":" + s
+		}
+		trace = append(trace, name)
+		if name == last {
+			return strings.Join(trace, " ")
+		}
+	}
+}
+
+func TestActiveCommit(t *testing.T) {
+	yes := true
+	for _, tc := range []struct {
+		name       string
+		end        func(ctx context.Context, c *qmp.Client, job string) error
+		wantActive string
+		wantEvents string
+	}{
+		{"complete pivots", func(ctx context.Context, c *qmp.Client, job string) error { return c.BlockJobComplete(ctx, job) },
+			"fmt-vda", "JOB_STATUS_CHANGE:waiting JOB_STATUS_CHANGE:pending BLOCK_JOB_COMPLETED JOB_STATUS_CHANGE:concluded JOB_STATUS_CHANGE:null"},
+		{"cancel keeps the overlay", func(ctx context.Context, c *qmp.Client, job string) error { return c.BlockJobCancel(ctx, job, false) },
+			"ov2-vda", "JOB_STATUS_CHANGE:waiting JOB_STATUS_CHANGE:pending BLOCK_JOB_COMPLETED JOB_STATUS_CHANGE:concluded JOB_STATUS_CHANGE:null"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := startFake(t, 1)
+			ctx := testCtx(t)
+			syncSnapshot(t, ctx, vm.c, "fmt-vda", filepath.Join(vm.dir, "vda.ov1"), "ov1-vda")
+			syncSnapshot(t, ctx, vm.c, "ov1-vda", filepath.Join(vm.dir, "vda.ov2"), "ov2-vda")
+			const job = "commit-vda"
+			sub := commitEvents(t, vm.c, job)
+			// No base-node: the commit goes to the deepest image.
+			if err := vm.c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: job, Device: "ov2-vda", TopNode: "ov2-vda",
+				AutoFinalize: &yes, AutoDismiss: &yes}); err != nil {
+				t.Fatal(err)
+			}
+			if n := sub.Len(); n < 2 {
+				t.Errorf("events queued at the reply: got %d, want created and running", n)
+			}
+			if got, want := eventTrace(t, ctx, sub, "BLOCK_JOB_READY"),
+				"JOB_STATUS_CHANGE:created JOB_STATUS_CHANGE:running JOB_STATUS_CHANGE:ready BLOCK_JOB_READY"; got != want {
+				t.Errorf("events to READY:\n got %s\nwant %s", got, want)
+			}
+			jobs, err := vm.c.QueryBlockJobs(ctx)
+			if err != nil || len(jobs) != 1 || !jobs[0].Ready || jobs[0].Status != "ready" || jobs[0].Device != job {
+				t.Errorf("query-block-jobs while ready: got %+v, %v", jobs, err)
+			}
+			err = vm.c.Transaction(ctx, qmp.SnapshotSync("ov2-vda", filepath.Join(vm.dir, "vda.ov3"), "ov3-vda", raw.NewImageModeAbsolutePaths))
+			wantQMPError(t, err, "GenericError", "Node 'ov2-vda' is busy: block device is in use by block job: commit")
+			// QEMU drains the job twice around a failed snapshot.
+			eventTrace(t, ctx, sub, "JOB_STATUS_CHANGE:ready")
+			eventTrace(t, ctx, sub, "JOB_STATUS_CHANGE:ready")
+
+			if err := tc.end(ctx, vm.c, job); err != nil {
+				t.Fatal(err)
+			}
+			if got := eventTrace(t, ctx, sub, "JOB_STATUS_CHANGE:null"); got != tc.wantEvents {
+				t.Errorf("events to the end:\n got %s\nwant %s", got, tc.wantEvents)
+			}
+			if node, _ := vm.bl.Active("vda"); node != tc.wantActive {
+				t.Errorf("active: got %s, want %s", node, tc.wantActive)
+			}
+			if jobs, err := vm.c.QueryBlockJobs(ctx); err != nil || len(jobs) != 0 {
+				t.Errorf("jobs after auto-dismiss: got %v, %v", jobs, err)
+			}
+			if tc.wantActive == "fmt-vda" && slices.ContainsFunc(vm.bl.Nodes(), func(n string) bool { return strings.HasPrefix(n, "ov") }) {
+				t.Errorf("nodes after commit: got %v, want the overlays gone with their last user", vm.bl.Nodes())
+			}
+		})
+	}
+}
+
+// QEMU 7.2 keeps an overlay that blockdev-add made, with its backing
+// link, after a commit drops it from the chain: the base stays busy
+// until the overlay is deleted.
+func TestCommittedAddedOverlayKeepsBaseBusy(t *testing.T) {
+	vm := startFake(t, 1)
+	ctx := testCtx(t)
+	addOverlay(t, ctx, vm.c, "ov-vda", filepath.Join(vm.dir, "vda.ov1"), "")
+	if err := vm.c.BlockdevSnapshot(ctx, "fmt-vda", "ov-vda"); err != nil {
+		t.Fatal(err)
+	}
+	sub := commitEvents(t, vm.c, "c1")
+	no := false
+	if err := vm.c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c1", Device: "ov-vda", BaseNode: "fmt-vda", AutoDismiss: &no}); err != nil {
+		t.Fatal(err)
+	}
+	eventTrace(t, ctx, sub, "BLOCK_JOB_READY")
+	if err := vm.c.BlockJobComplete(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	eventTrace(t, ctx, sub, "JOB_STATUS_CHANGE:concluded")
+	if jobs, err := vm.c.QueryBlockJobs(ctx); err != nil || len(jobs) != 1 || jobs[0].Status != "concluded" {
+		t.Errorf("jobs before dismiss: got %+v, %v", jobs, err)
+	}
+	if err := vm.c.JobDismiss(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	ov2 := filepath.Join(vm.dir, "vda.ov2")
+	err := vm.c.Transaction(ctx, qmp.SnapshotSync("fmt-vda", ov2, "ov2-vda", raw.NewImageModeAbsolutePaths))
+	wantQMPError(t, err, "GenericError", "Node 'fmt-vda' is busy: node is used as backing hd of 'ov-vda'")
+	if err := vm.c.BlockdevDel(ctx, "ov-vda"); err != nil {
+		t.Fatal(err)
+	}
+	syncSnapshot(t, ctx, vm.c, "fmt-vda", ov2, "ov2-vda")
+}
+
+func TestBlockdevDel(t *testing.T) {
+	vm := startFake(t, 1)
+	ctx := testCtx(t)
+	addOverlay(t, ctx, vm.c, "ov-vda", filepath.Join(vm.dir, "vda.ov1"), "")
+	addOverlay(t, ctx, vm.c, "spare", filepath.Join(vm.dir, "spare"), "")
+	if err := vm.c.BlockdevSnapshot(ctx, "fmt-vda", "ov-vda"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ node, desc string }{
+		{"ov-vda", "Node ov-vda is in use"},
+		{"fmt-vda", "Node 'fmt-vda' is busy: node is used as backing hd of 'ov-vda'"},
+		{"file-vda", "Block device file-vda is in use"},
+		{"nope", "Failed to find node with node-name='nope'"},
+		{"spare", ""},
+		{"spare", "Failed to find node with node-name='spare'"},
+	} {
+		err := vm.c.BlockdevDel(ctx, tc.node)
+		if tc.desc == "" {
+			if err != nil {
+				t.Errorf("blockdev-del %s: %v", tc.node, err)
+			}
+			continue
+		}
+		wantQMPError(t, err, "GenericError", tc.desc)
+	}
+	// The inline protocol node went with its parent.
+	if nodes := vm.bl.Nodes(); len(nodes) != 4 {
+		t.Errorf("nodes: got %v, want file-vda fmt-vda and ov-vda with its protocol node", nodes)
+	}
+}
+
+func TestQueryBlockNestsChain(t *testing.T) {
+	vm := startFake(t, 1)
+	ctx := testCtx(t)
+	files := []string{filepath.Join(vm.dir, "vda.qcow2")}
+	for i, node := range []string{"fmt-vda", "ov1", "ov2"} {
+		if i > 0 {
+			files = append([]string{filepath.Join(vm.dir, node)}, files...)
+			syncSnapshot(t, ctx, vm.c, []string{"fmt-vda", "ov1"}[i-1], files[0], node)
+		}
+	}
+	infos, err := vm.c.QueryBlock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins := infos[0].Inserted
+	if ins.NodeName != "ov2" || ins.File != files[0] || ins.BackingFileDepth != 2 || ins.BackingFile != files[1] {
+		t.Errorf("inserted: got %+v", ins)
+	}
+	img := &ins.Image
+	for i, f := range files {
+		if img == nil || img.Filename != f || img.VirtualSize != size64M {
+			t.Fatalf("image %d: got %+v, want %s", i, img, f)
+		}
+		if i+1 < len(files) && (img.BackingFilename != files[i+1] || img.BackingFilenameFormat != "qcow2") {
+			t.Errorf("image %d: backing %q (%s), want %s", i, img.BackingFilename, img.BackingFilenameFormat, files[i+1])
+		}
+		img = img.BackingImage
+	}
+	if img != nil {
+		t.Errorf("chain deeper than 3: %+v", img)
+	}
+	nodes, err := vm.c.QueryNamedBlockNodes(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, n := range nodes {
+		names = append(names, n.NodeName)
+	}
+	if len(names) != 6 || names[0] != "ov2" || names[5] != "file-vda" {
+		t.Errorf("named nodes: got %v, want the 3 format and 3 protocol nodes, newest first", names)
+	}
+}
+
+func TestBlockGraphShowsJob(t *testing.T) {
+	vm := startFake(t, 2)
+	ctx := testCtx(t)
+	syncSnapshot(t, ctx, vm.c, "fmt-vdb", filepath.Join(vm.dir, "vdb.ov1"), "ov-vdb")
+	sub := commitEvents(t, vm.c, "c1")
+	if err := vm.c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c1", Device: "ov-vdb"}); err != nil {
+		t.Fatal(err)
+	}
+	eventTrace(t, ctx, sub, "BLOCK_JOB_READY")
+	g, err := vm.c.QueryBlockGraph(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[uint64]string{}
+	var jobID uint64
+	for _, n := range g.Nodes {
+		names[n.ID] = n.Name
+		if n.Type == "block-job" {
+			jobID = n.ID
+		}
+	}
+	var held []string
+	for _, e := range g.Edges {
+		if e.Parent == jobID {
+			held = append(held, names[e.Child])
+		}
+	}
+	if !slices.Contains(held, "ov-vdb") || !slices.Contains(held, "fmt-vdb") || slices.Contains(held, "fmt-vda") {
+		t.Errorf("job c1 holds %v, want ov-vdb and fmt-vdb only", held)
+	}
+}
+
+func TestRunStateAndCommands(t *testing.T) {
+	vm := startFake(t, 0)
+	ctx := testCtx(t)
+	vm.bl.Disable("transaction")
+	cmds, err := vm.c.QueryCommands(ctx)
+	if err != nil || cmds["transaction"] || !cmds["blockdev-snapshot"] {
+		t.Errorf("query-commands: got %v, %v; want blockdev-snapshot without transaction", cmds, err)
+	}
+	wantQMPError(t, vm.c.Transaction(ctx), "CommandNotFound", "The command transaction has not been found")
+	wantQMPError(t, vm.c.Execute(ctx, "drive-mirror", nil, nil), "CommandNotFound", "The command drive-mirror has not been found")
+
+	sub, err := vm.c.Subscribe(qmp.Filter{Names: []string{"STOP", "RESUME"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for _, step := range []struct {
+		do   func(context.Context) error
+		want string
+	}{{vm.c.Stop, "prelaunch"}, {vm.c.Cont, "running"}, {vm.c.Stop, "paused"}} {
+		if err := step.do(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := vm.c.QueryStatus(ctx); err != nil || st.Status != step.want || st.Running != (step.want == "running") {
+			t.Errorf("status: got %+v, %v; want %s", st, err, step.want)
+		}
+	}
+	if n := sub.Len(); n != 2 {
+		t.Errorf("STOP and RESUME events: got %d, want 2 (none for a stop in prelaunch)", n)
+	}
+	if err := vm.c.Quit(ctx); err != nil && !errors.Is(err, qmp.ErrDisconnected) {
+		t.Fatalf("quit: %v", err)
+	}
+	<-vm.c.Disconnected()
+	if err := vm.c.Connect(ctx); err == nil {
+		t.Error("reconnect after quit succeeded")
+	}
+}
+
+// TestCreatedImagesOpenInQEMU checks the images absolute-paths mode
+// writes with qemu-img.
+func TestCreatedImagesOpenInQEMU(t *testing.T) {
+	qemutest.Require(t)
+	vm := startFake(t, 1)
+	ctx := testCtx(t)
+	ov := filepath.Join(vm.dir, "vda.ov1")
+	syncSnapshot(t, ctx, vm.c, "fmt-vda", ov, "ov-vda")
+	for _, args := range [][]string{{"check", "-q", ov}, {"info", "--backing-chain", ov}} {
+		out, err := exec.Command("qemu-img", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
+		}
+		if args[0] == "info" && !strings.Contains(string(out), "backing file: "+filepath.Join(vm.dir, "vda.qcow2")) {
+			t.Errorf("qemu-img info: %s", out)
+		}
+	}
+}
+
+// TestParityWithQEMU runs one sequence against real QEMU and the fake
+// and compares what a client sees.
+func TestParityWithQEMU(t *testing.T) {
+	for _, style := range []qemutest.Style{qemutest.Blockdev, qemutest.Legacy} {
+		t.Run(style.String(), func(t *testing.T) {
+			real := qemutest.Start(t, qemutest.Options{Disks: 2, Style: style})
+			fake := startFakeStyle(t, 2, style)
+			got := parityScript(t, fake.dir, fake.c)
+			want := parityScript(t, real.Dir, dial(t, real.QMP))
+			for i := range max(len(got), len(want)) {
+				if i >= len(got) || i >= len(want) || got[i] != want[i] {
+					t.Errorf("step %d:\nfake: %s\nqemu: %s", i, at(got, i), at(want, i))
+				}
+			}
+		})
+	}
+}
+
+func at(s []string, i int) string {
+	if i < len(s) {
+		return s[i]
+	}
+	return "(none)"
+}
+
+// parityScript returns one observation per step, with dir written $DIR.
+func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
+	ctx := testCtx(t)
+	var obs []string
+	note := func(v any) {
+		obs = append(obs, strings.ReplaceAll(fmt.Sprintf("%+v", v), dir, "$DIR"))
+	}
+	disks := func() {
+		d, err := c.Disks(ctx)
+		note(fmt.Sprint(d, err))
+	}
+	sub := commitEvents(t, c, "c1")
+	ov := filepath.Join(dir, "vda.ov1")
+	if err := qmpfake.CreateQcow2(ov, size64M, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	add := qmp.BlockdevOptions{Driver: "qcow2", NodeName: "ov-vda", NoBacking: true,
+		FileOptions: &qmp.BlockdevOptions{Driver: "file", Filename: ov}}
+	note(c.BlockdevAdd(ctx, add))
+	note(c.BlockdevAdd(ctx, add))
+	note(c.Transaction(ctx, qmp.Snapshot("fmt-vda", "ov-vda"),
+		qmp.SnapshotSync("fmt-vdb", filepath.Join(dir, "vdb.ov1"), "ov-vdb", raw.NewImageModeAbsolutePaths)))
+	disks()
+	note(c.Transaction(ctx, qmp.SnapshotSync("ov-vdb", filepath.Join(dir, "vdb.ov2"), "ov2-vdb", raw.NewImageModeAbsolutePaths),
+		qmp.Snapshot("fmt-vda", "ov-vdb")))
+	disks()
+	note(c.BlockdevDel(ctx, "fmt-vda"))
+	note(c.BlockdevDel(ctx, "ov-vda"))
+	note(c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c1", Device: "ov-vda"}))
+	note(eventTrace(t, ctx, sub, "BLOCK_JOB_READY"))
+	jobs, err := c.QueryBlockJobs(ctx)
+	note(fmt.Sprint(jobs, err))
+	note(c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c1", Device: "ov-vdb"}))
+	note(c.BlockJobComplete(ctx, "c1"))
+	note(eventTrace(t, ctx, sub, "JOB_STATUS_CHANGE:null"))
+	disks()
+	note(c.Transaction(ctx, qmp.SnapshotSync("fmt-vda", filepath.Join(dir, "vda.ov2"), "ov2-vda", raw.NewImageModeAbsolutePaths)))
+	note(c.BlockdevDel(ctx, "ov-vda"))
+	note(c.Transaction(ctx, qmp.SnapshotSync("fmt-vda", filepath.Join(dir, "vda.ov2"), "ov2-vda", raw.NewImageModeAbsolutePaths)))
+	disks()
+	nodes, err := c.QueryNamedBlockNodes(ctx, true)
+	var names []string
+	for _, n := range nodes {
+		if !strings.HasPrefix(n.NodeName, "#") {
+			names = append(names, fmt.Sprintf("%s(ro=%v)", n.NodeName, n.Ro))
+		}
+	}
+	note(fmt.Sprint(names, err))
+	return obs
+}
