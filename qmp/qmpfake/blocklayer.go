@@ -466,7 +466,12 @@ func (b *BlockLayer) blocked(n *node, label string) error {
 		return gerr("Node '%s' is busy: block device is in use by block job: commit", label)
 	}
 	if p := b.parentNode(n, "backing"); p != nil {
-		return gerr("Node '%s' is busy: node is used as backing hd of '%s'", n.name, p.name)
+		// QEMU names a node by its drive while the drive is attached to it.
+		label = n.name
+		if d := b.diskOf(n); d != nil && d.Drive != "" {
+			label = d.Drive
+		}
+		return gerr("Node '%s' is busy: node is used as backing hd of '%s'", label, p.name)
 	}
 	return nil
 }
