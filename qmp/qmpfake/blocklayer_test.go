@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -47,7 +48,13 @@ func startFakeStyle(t *testing.T, disks int, style qemutest.Style) *fakeVM {
 		}
 		fds = append(fds, fd)
 	}
-	bl := qmpfake.NewBlockLayer(fds)
+	return serveFake(t, dir, fds)
+}
+
+// serveFake serves a block layer with disks on a socket in dir.
+func serveFake(t *testing.T, dir string, disks []qmpfake.FakeDisk) *fakeVM {
+	t.Helper()
+	bl := qmpfake.NewBlockLayer(disks)
 	srv, err := qmpfake.Start(filepath.Join(dir, "qmp.sock"))
 	if err != nil {
 		t.Fatal(err)
@@ -221,6 +228,20 @@ func eventTrace(t *testing.T, ctx context.Context, sub *qmp.Subscription, last s
 			return strings.Join(trace, " ")
 		}
 	}
+}
+
+// queued names the events queued on sub.
+func queued(t *testing.T, ctx context.Context, sub *qmp.Subscription) string {
+	t.Helper()
+	var names []string
+	for n := sub.Len(); n > 0; n-- {
+		ev, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, fmt.Sprintf("%s:%v", ev.Event, ev.Data["status"]))
+	}
+	return strings.Join(names, " ")
 }
 
 func TestActiveCommit(t *testing.T) {
@@ -502,6 +523,43 @@ func TestParityWithQEMU(t *testing.T) {
 	}
 }
 
+// TestParityStartOnChain starts QEMU and the fake on an image whose
+// header names a backing chain, by relative paths.
+func TestParityStartOnChain(t *testing.T) {
+	qemutest.Require(t)
+	dir := qemutest.TempDir(t)
+	top := filepath.Join(dir, "vdz.top")
+	for _, img := range [][2]string{{"vdz.base", ""}, {"vdz.mid", "vdz.base"}, {"vdz.top", "vdz.mid"}} {
+		format := ""
+		if img[1] != "" {
+			format = "qcow2"
+		}
+		if err := qmpfake.CreateQcow2(filepath.Join(dir, img[0]), size64M, img[1], format); err != nil {
+			t.Fatal(err)
+		}
+	}
+	real := qemutest.Start(t, qemutest.Options{Extra: []string{
+		"-drive", "if=none,id=drive-vdz,file=" + top + ",format=qcow2,node-name=fmt-vdz",
+		"-device", "virtio-blk-pci,drive=drive-vdz,id=vdz"}})
+	fake := serveFake(t, qemutest.TempDir(t), []qmpfake.FakeDisk{{Target: "vdz", Drive: "drive-vdz", NodeName: "fmt-vdz", File: top}})
+	ctx, rc := testCtx(t), dial(t, real.QMP)
+	for _, c := range []struct {
+		cmd  string
+		args any
+	}{{"query-block", nil}, {"query-named-block-nodes", map[string]bool{"flat": true}}} {
+		var got, want any
+		if err := fake.c.Execute(ctx, c.cmd, c.args, &got); err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Execute(ctx, c.cmd, c.args, &want); err != nil {
+			t.Fatal(err)
+		}
+		if g, w := fmt.Sprint(normalize(got)), fmt.Sprint(normalize(want)); g != w {
+			t.Errorf("%s:\nfake: %s\nqemu: %s", c.cmd, g, w)
+		}
+	}
+}
+
 func at(s []string, i int) string {
 	if i < len(s) {
 		return s[i]
@@ -520,6 +578,17 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 		d, err := c.Disks(ctx)
 		note(fmt.Sprint(d, err))
 	}
+	// replies notes query-block and query-named-block-nodes whole.
+	replies := func() {
+		for _, q := range []struct {
+			cmd  string
+			args any
+		}{{"query-block", nil}, {"query-named-block-nodes", map[string]bool{"flat": true}}} {
+			var reply any
+			err := c.Execute(ctx, q.cmd, q.args, &reply)
+			note(fmt.Sprint(normalize(reply), err))
+		}
+	}
 	sub := commitEvents(t, c, "c1")
 	ov := filepath.Join(dir, "vda.ov1")
 	if err := qmpfake.CreateQcow2(ov, size64M, "", ""); err != nil {
@@ -527,6 +596,36 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 	}
 	add := qmp.BlockdevOptions{Driver: "qcow2", NodeName: "ov-vda", NoBacking: true,
 		FileOptions: &qmp.BlockdevOptions{Driver: "file", Filename: ov}}
+	junk := filepath.Join(dir, "junk")
+	if err := os.WriteFile(junk, []byte("not an image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	image := func(name, file string) qmp.BlockdevOptions {
+		return qmp.BlockdevOptions{Driver: "qcow2", NodeName: name, NoBacking: true,
+			FileOptions: &qmp.BlockdevOptions{Driver: "file", Filename: file}}
+	}
+	for _, err := range []error{
+		c.BlockdevAdd(ctx, image("x", filepath.Join(dir, "missing"))),
+		c.BlockdevAdd(ctx, image("x", junk)),
+		c.BlockdevAdd(ctx, image("x", filepath.Join(dir, "vdb.qcow2"))),
+		c.BlockdevAdd(ctx, image("1x", ov)),
+		c.BlockdevAdd(ctx, image(strings.Repeat("x", 32), ov)),
+		c.BlockdevAdd(ctx, qmp.BlockdevOptions{Driver: "raw", NodeName: "x", File: "file-vda"}),
+		c.Transaction(ctx, qmp.SnapshotSync("fmt-vda", filepath.Join(dir, "y"), "", raw.NewImageModeAbsolutePaths)),
+		c.Transaction(ctx, qmp.SnapshotSync("fmt-vda", filepath.Join(dir, "y"), "y", raw.NewImageModeExisting)),
+		c.Transaction(ctx, qmp.SnapshotSync("fmt-vda", filepath.Join(dir, "y"), "fmt-vdb", raw.NewImageModeAbsolutePaths)),
+		c.Transaction(ctx, qmp.Snapshot("fmt-vda", "fmt-vdb")),
+		c.Transaction(ctx, qmp.Snapshot("fmt-vda", "file-vdb")),
+		c.Transaction(ctx, raw.TransactionActionAbort{}),
+		c.Transaction(ctx),
+		c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c0", Device: "vda"}),
+		c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c0", Device: "fmt-vda"}),
+		c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c0", Device: "fmt-vda", TopNode: "fmt-vdb"}),
+		c.BlockJobComplete(ctx, "c0"),
+		c.JobDismiss(ctx, "c0"),
+	} {
+		note(err)
+	}
 	note(c.BlockdevAdd(ctx, add))
 	note(c.BlockdevAdd(ctx, add))
 	note(c.Transaction(ctx, qmp.Snapshot("fmt-vda", "ov-vda"),
@@ -541,6 +640,24 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 	note(eventTrace(t, ctx, sub, "BLOCK_JOB_READY"))
 	jobs, err := c.QueryBlockJobs(ctx)
 	note(fmt.Sprint(jobs, err))
+	note(c.JobDismiss(ctx, "c1"))
+	note(c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c9", Device: "ov-vda"}))
+	// Each transaction drains the ready job, and a snapshot of its node
+	// drains it again.
+	for _, actions := range [][]raw.TransactionAction{
+		nil,
+		{raw.TransactionActionAbort{}},
+		{qmp.Snapshot("fmt-vdb", "nonode")},
+		{qmp.SnapshotSync("ov-vda", filepath.Join(dir, "vda.ov9"), "ov9", raw.NewImageModeAbsolutePaths)},
+	} {
+		if actions == nil {
+			note(c.Execute(ctx, "transaction", map[string]any{"actions": []any{}}, nil))
+		} else {
+			note(c.Transaction(ctx, actions...))
+		}
+		note(queued(t, ctx, sub))
+	}
+	replies()
 	note(c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c1", Device: "ov-vdb"}))
 	note(c.BlockJobComplete(ctx, "c1"))
 	note(eventTrace(t, ctx, sub, "JOB_STATUS_CHANGE:null"))
@@ -548,6 +665,23 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 	note(c.Transaction(ctx, qmp.SnapshotSync("fmt-vda", filepath.Join(dir, "vda.ov2"), "ov2-vda", raw.NewImageModeAbsolutePaths)))
 	note(c.BlockdevDel(ctx, "ov-vda"))
 	note(c.Transaction(ctx, qmp.SnapshotSync("fmt-vda", filepath.Join(dir, "vda.ov2"), "ov2-vda", raw.NewImageModeAbsolutePaths)))
+	disks()
+	// A commit below the active layer completes by itself.
+	sub2 := commitEvents(t, c, "c2")
+	syncSnapshot(t, ctx, c, "ov-vdb", filepath.Join(dir, "vdb.ov3"), "ov3-vdb")
+	note(c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c2", Device: "ov3-vdb", TopNode: "ov-vdb"}))
+	note(eventTrace(t, ctx, sub2, "JOB_STATUS_CHANGE:null"))
+	disks()
+	// Without a job id, the job takes the drive's name, if there is one.
+	sub3 := commitEvents(t, c, "drive-vdb")
+	note(c.BlockCommit(ctx, qmp.BlockCommitArgs{Device: "fmt-vdb"}))
+	if err := c.BlockCommit(ctx, qmp.BlockCommitArgs{Device: "ov3-vdb"}); err != nil {
+		note(err)
+	} else {
+		note(eventTrace(t, ctx, sub3, "BLOCK_JOB_READY"))
+		note(c.BlockJobCancel(ctx, "drive-vdb", false))
+		note(eventTrace(t, ctx, sub3, "JOB_STATUS_CHANGE:null"))
+	}
 	disks()
 	nodes, err := c.QueryNamedBlockNodes(ctx, true)
 	var names []string
@@ -557,5 +691,29 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 		}
 	}
 	note(fmt.Sprint(names, err))
+	replies()
 	return obs
+}
+
+// normalize drops what the fake does not model from a reply, and the
+// numbers in auto-generated node names.
+func normalize(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		for _, k := range []string{"format-specific", "actual-size", "dirty-bitmaps"} {
+			delete(v, k)
+		}
+		for k, e := range v {
+			v[k] = normalize(e)
+		}
+	case []any:
+		for i, e := range v {
+			v[i] = normalize(e)
+		}
+	case string:
+		if strings.HasPrefix(v, "#block") {
+			return "#block"
+		}
+	}
+	return v
 }
