@@ -3,14 +3,14 @@ package qmpfake
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"os"
+
+	"github.com/qsnapd/qsnapd/internal/qcow2"
 )
 
 // Just enough qcow2 for the block layer model: the header fields QEMU
-// reports, and an empty image laid out as qemu-img create makes it
-// (header, refcount table, refcount block, L1 table; docs/interop/qcow2.txt).
+// reports. Images are written by package qcow2.
 
 const (
 	qcow2Magic       = 0x514649fb // "QFI\xfb"
@@ -76,44 +76,11 @@ func readQcow2(path string) (qcow2Header, error) {
 	return h, nil
 }
 
-// createQcow2 writes an empty qcow2 v3 image with 64 KiB clusters that
-// QEMU and qemu-img open, as blockdev-snapshot-sync's absolute-paths
-// mode does.
+// createQcow2 writes an empty qcow2 image, replacing any file at path,
+// as blockdev-snapshot-sync's absolute-paths mode does.
 func createQcow2(path string, size int64, backing, backingFmt string) error {
-	if len(backing) > maxBackingName {
-		return fmt.Errorf("backing file name too long")
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
-	const cs = qcow2Cluster
-	l1 := (size + cs*(cs/8) - 1) / (cs * (cs / 8))
-	clusters := 3 + (l1*8+cs-1)/cs
-	img := make([]byte, 3*cs+l1*8)
-	be := binary.BigEndian
-	be.PutUint32(img[0:], qcow2Magic)
-	be.PutUint32(img[4:], 3)
-	be.PutUint32(img[20:], 16) // cluster bits
-	be.PutUint64(img[24:], uint64(size))
-	be.PutUint32(img[36:], uint32(l1))
-	be.PutUint64(img[40:], 3*cs) // L1 table
-	be.PutUint64(img[48:], cs)   // refcount table
-	be.PutUint32(img[56:], 1)    // refcount table clusters
-	be.PutUint32(img[96:], 4)    // 16-bit refcounts
-	be.PutUint32(img[100:], 112) // header length
-	off := 112
-	if backingFmt != "" {
-		be.PutUint32(img[off:], extBackingFormat)
-		be.PutUint32(img[off+4:], uint32(len(backingFmt)))
-		copy(img[off+8:], backingFmt)
-		off += 8 + (len(backingFmt)+7)&^7
-	}
-	off += 8 // end of extensions
-	if backing != "" {
-		be.PutUint64(img[8:], uint64(off))
-		be.PutUint32(img[16:], uint32(len(backing)))
-		copy(img[off:], backing)
-	}
-	be.PutUint64(img[cs:], 2*cs) // the one refcount block
-	for i := int64(0); i < clusters; i++ {
-		be.PutUint16(img[2*cs+2*i:], 1)
-	}
-	return os.WriteFile(path, img, 0o644)
+	return qcow2.Create(path, qcow2.Options{VirtualSize: uint64(size), BackingFile: backing, BackingFormat: backingFmt})
 }

@@ -1,0 +1,308 @@
+package transaction_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qsnapd/qsnapd/internal/qcow2"
+	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/qmp"
+	"github.com/qsnapd/qsnapd/qmp/qmpfake"
+	"github.com/qsnapd/qsnapd/transaction"
+)
+
+// backend gives the suite a QEMU to work on: real, or the fake block
+// layer. Both return the client under test, a second client to observe
+// with, and the directory of the disk images.
+type backend func(t *testing.T, disks int) (c, observer *qmp.Client, dir string)
+
+func TestSuiteFake(t *testing.T) {
+	runSuite(t, func(t *testing.T, n int) (*qmp.Client, *qmp.Client, string) {
+		dir := qemutest.TempDir(t)
+		var disks []qmpfake.FakeDisk
+		for i := 0; i < n; i++ {
+			target := qemutest.TargetName(i)
+			file := filepath.Join(dir, target+".qcow2")
+			if err := qcow2.Create(file, qcow2.Options{VirtualSize: 64 << 20}); err != nil {
+				t.Fatal(err)
+			}
+			disks = append(disks, qmpfake.FakeDisk{Target: target, NodeName: "fmt-" + target, File: file, VirtualSize: 64 << 20})
+		}
+		srv, err := qmpfake.Start(filepath.Join(dir, "qmp.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := srv.Close(); err != nil {
+				t.Errorf("fake QEMU: %v", err)
+			}
+		})
+		qmpfake.NewBlockLayer(disks).Install(srv)
+		return dial(t, srv.Path), dial(t, srv.Path), dir
+	})
+}
+
+func TestSuiteQEMU(t *testing.T) {
+	runSuite(t, func(t *testing.T, n int) (*qmp.Client, *qmp.Client, string) {
+		vm := qemutest.Start(t, qemutest.Options{Disks: n, Style: qemutest.Blockdev, SecondMonitor: true})
+		return dial(t, vm.QMP), dial(t, vm.QMP2), vm.Dir
+	})
+}
+
+func dial(t *testing.T, path string) *qmp.Client {
+	t.Helper()
+	c, err := qmp.Dial(ctx(t), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// rig is one suite case's QEMU, executor and plan.
+type rig struct {
+	t        *testing.T
+	c, obs   *qmp.Client
+	dir      string
+	exec     *transaction.Executor
+	original []qmp.Disk
+}
+
+func newRig(t *testing.T, b backend, n int) *rig {
+	c, obs, dir := b(t, n)
+	r := &rig{t: t, c: c, obs: obs, dir: dir, exec: &transaction.Executor{QMP: c, RollbackTimeout: 20 * time.Second}}
+	r.original = r.disks()
+	return r
+}
+
+func (r *rig) disks() []qmp.Disk {
+	r.t.Helper()
+	d, err := r.obs.Disks(ctx(r.t))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return d
+}
+
+func (r *rig) plan(mode transaction.Mode) *transaction.Plan {
+	p := &transaction.Plan{OpID: "cafe0001", Domain: "vm", Mode: mode, Phase: transaction.PhasePrepared}
+	for i, d := range r.original {
+		p.Disks = append(p.Disks, &transaction.Disk{
+			Target: d.Target, Node: d.NodeName, Source: d.File, SourceFormat: d.Format, VirtualSize: d.VirtualSize,
+			Overlay: filepath.Join(r.dir, d.Target+".snap"), OverlayNode: transaction.NodeName(p.OpID, i),
+			State: transaction.DiskPlanned,
+		})
+	}
+	return p
+}
+
+// assertOriginal checks that every disk is back on its original image,
+// with no overlay node and no overlay file left.
+func (r *rig) assertOriginal() {
+	r.t.Helper()
+	for i, d := range r.disks() {
+		o := r.original[i]
+		if d.File != o.File || d.NodeName != o.NodeName || len(d.Backing) != len(o.Backing) {
+			r.t.Errorf("disk %s: active %s (%s), want %s (%s)", d.Target, d.File, d.NodeName, o.File, o.NodeName)
+		}
+	}
+	nodes, err := r.obs.QueryNamedBlockNodes(ctx(r.t), true)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if strings.HasPrefix(n.NodeName, "qs") {
+			r.t.Errorf("overlay node %s left behind", n.NodeName)
+		}
+	}
+	left, _ := filepath.Glob(filepath.Join(r.dir, "*.snap"))
+	if len(left) > 0 {
+		r.t.Errorf("overlay files left behind: %v", left)
+	}
+}
+
+func (r *rig) assertOnOverlays(p *transaction.Plan) {
+	r.t.Helper()
+	for i, d := range r.disks() {
+		pd := p.Disks[i]
+		if d.File != pd.Overlay || d.NodeName != pd.OverlayNode || len(d.Backing) == 0 || d.Backing[0].File != pd.Source {
+			r.t.Errorf("disk %s: active %s (%s) on %v, want %s on %s", d.Target, d.File, d.NodeName, d.Backing, pd.Overlay, pd.Source)
+		}
+	}
+}
+
+func runSuite(t *testing.T, b backend) {
+	t.Run("atomic switch, then full rollback", func(t *testing.T) {
+		r := newRig(t, b, 3)
+		p := r.plan(transaction.ModeAtomic)
+		if err := r.exec.Prepare(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.exec.Switch(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		r.assertOnOverlays(p)
+		if p.SwitchWindow() <= 0 {
+			t.Error("no switch window measured")
+		}
+		if err := r.exec.Rollback(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.exec.Cleanup(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range p.Disks {
+			if d.State != transaction.DiskRolledBack {
+				t.Errorf("disk %s: %s, want rolled-back", d.Target, d.State)
+			}
+		}
+		r.assertOriginal()
+	})
+
+	t.Run("atomic failure of the last action", func(t *testing.T) {
+		r := newRig(t, b, 3)
+		p := r.plan(transaction.ModeAtomic)
+		if err := r.exec.Prepare(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		// QEMU fails the last action for real: its overlay node is gone.
+		r.exec.BeforeSwitch = func(*transaction.Disk) error {
+			return r.obs.BlockdevDel(ctx(t), p.Disks[2].OverlayNode)
+		}
+		err := r.exec.Switch(ctx(t), p)
+		var se *transaction.SwitchError
+		if !errors.As(err, &se) || se.Partial() || !qmp.IsClass(err, "GenericError") {
+			t.Fatalf("got %v, want a non-partial SwitchError from QEMU", err)
+		}
+		if err := r.exec.Cleanup(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		r.assertOriginal()
+	})
+
+	for _, k := range []int{2, 3} {
+		t.Run(fmt.Sprintf("sequential failure at disk %d", k), func(t *testing.T) {
+			r := newRig(t, b, 3)
+			p := r.plan(transaction.ModeSequential)
+			if err := r.exec.Prepare(ctx(t), p); err != nil {
+				t.Fatal(err)
+			}
+			r.exec.BeforeSwitch = func(d *transaction.Disk) error {
+				if d == p.Disks[k-1] {
+					return errors.New("injected")
+				}
+				return nil
+			}
+			err := r.exec.Switch(ctx(t), p)
+			var se *transaction.SwitchError
+			if !errors.As(err, &se) || se.Partial() {
+				t.Fatalf("got %v, want a SwitchError with nothing left switched", err)
+			}
+			for i, o := range se.Disks {
+				want := transaction.DiskRolledBack
+				if i == k-1 {
+					want = transaction.DiskFailed
+				} else if i > k-1 {
+					want = transaction.DiskPlanned
+				}
+				if o.Result != want {
+					t.Errorf("disk %s: %s, want %s", o.Target, o.Result, want)
+				}
+			}
+			if err := r.exec.Cleanup(ctx(t), p); err != nil {
+				t.Fatal(err)
+			}
+			r.assertOriginal()
+		})
+	}
+
+	t.Run("rollback failure leaves the disk on its overlay", func(t *testing.T) {
+		r := newRig(t, b, 2)
+		p := r.plan(transaction.ModeAtomic)
+		if err := r.exec.Prepare(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.exec.Switch(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		r.exec.AfterCommitStart = func(d *transaction.Disk) error {
+			if d == p.Disks[1] {
+				return errors.New("injected")
+			}
+			return nil
+		}
+		err := r.exec.Rollback(ctx(t), p)
+		var re *transaction.RollbackError
+		if !errors.Is(err, transaction.ErrRollbackFailed) || !errors.As(err, &re) {
+			t.Fatalf("got %v, want a RollbackError", err)
+		}
+		if p.Disks[0].State != transaction.DiskRolledBack || p.Disks[1].State != transaction.DiskStuck {
+			t.Fatalf("states: %s, %s; want rolled-back, stuck", p.Disks[0].State, p.Disks[1].State)
+		}
+		if err := r.exec.Cleanup(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		disks := r.disks()
+		if disks[1].File != p.Disks[1].Overlay {
+			t.Errorf("stuck disk: active %s, want its overlay", disks[1].File)
+		}
+		if _, err := os.Stat(p.Disks[1].Overlay); err != nil {
+			t.Errorf("stuck disk's overlay removed: %v", err)
+		}
+		// A second rollback, as recovery does, finishes the job.
+		r.exec.AfterCommitStart = nil
+		if err := r.exec.Rollback(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.exec.Cleanup(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		r.assertOriginal()
+	})
+
+	t.Run("reconcile learns a switch whose reply was lost", func(t *testing.T) {
+		r := newRig(t, b, 2)
+		p := r.plan(transaction.ModeAtomic)
+		if err := r.exec.Prepare(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		// The switch happens behind the executor's back.
+		if err := r.obs.Transaction(ctx(t), qmp.Snapshot(p.Disks[0].Node, p.Disks[0].OverlayNode)); err != nil {
+			t.Fatal(err)
+		}
+		transaction.Reconcile(p, r.disks())
+		if p.Disks[0].State != transaction.DiskSwitched || p.Disks[1].State != transaction.DiskPlanned {
+			t.Fatalf("states after reconcile: %s, %s", p.Disks[0].State, p.Disks[1].State)
+		}
+		if err := r.exec.Rollback(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.exec.Cleanup(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		r.assertOriginal()
+	})
+}
+
+func TestNodeNameFitsQEMU(t *testing.T) {
+	for _, i := range []int{0, 23, 999} {
+		if n := transaction.NodeName("0123456789abcdef01234567", i); len(n) > 31 {
+			t.Errorf("NodeName(..., %d) = %q: %d characters, QEMU takes 31", i, n, len(n))
+		}
+	}
+	if a, b := transaction.NodeName("aaaaaaaa11", 0), transaction.NodeName("bbbbbbbb11", 0); a == b {
+		t.Errorf("operations share node name %s", a)
+	}
+}
