@@ -8,7 +8,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use: QEMU and its image tools, mkfs.ext4 and
 # busybox for the test guest, virt-xml-validate (with xmllint) to check
 # snapshot XML against libvirt's schema.
-DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static libvirt-clients libxml2-utils
+DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static qemu-guest-agent xz-utils libvirt-clients libxml2-utils
 FUZZTIME ?= 60s
 BENCHCOUNT ?= 6
 
@@ -53,3 +53,9 @@ fuzz:
 
 clean:
 	rm -rf bin bench.out
+
+# guest builds the kernel and initramfs of internal/testguest, or finds
+# them in its cache (QSNAPD_GUEST_CACHE, default /var/cache/qsnapd-testguest).
+.PHONY: guest
+guest:
+	bash internal/testguest/build.sh

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/qsnapd/qsnapd/guestagent"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
 )
@@ -19,6 +20,7 @@ type Domain struct {
 	cfg    DomainConfig
 	drv    *Driver
 	client *qmp.Client
+	agent  *guestagent.Client
 	log    *zap.Logger
 	lock   chan struct{}
 
@@ -34,19 +36,22 @@ type Domain struct {
 	lastErr      error
 	needRecovery bool
 	recovered    chan struct{} // closed after the first recovery pass
+	freeze       *guestFreeze  // set while the daemon holds a freeze
+	thawPending  bool          // a failed thaw is being retried
 }
 
 // DomainInfo is a domain's state, for listings.
 type DomainInfo struct {
-	Name           string    `json:"name"`
-	QMP            string    `json:"qmp"`
-	Agent          string    `json:"agent,omitempty"`
-	Connected      bool      `json:"connected"`
-	Since          time.Time `json:"since,omitzero"`
-	QEMUVersion    string    `json:"qemu_version,omitempty"`
-	UUID           string    `json:"uuid,omitempty"`
-	HasTransaction bool      `json:"transaction"`
-	Error          string    `json:"error,omitempty"`
+	Freeze         FreezeInfo `json:"freeze"`
+	Name           string     `json:"name"`
+	QMP            string     `json:"qmp"`
+	Agent          string     `json:"agent,omitempty"`
+	Connected      bool       `json:"connected"`
+	Since          time.Time  `json:"since,omitzero"`
+	QEMUVersion    string     `json:"qemu_version,omitempty"`
+	UUID           string     `json:"uuid,omitempty"`
+	HasTransaction bool       `json:"transaction"`
+	Error          string     `json:"error,omitempty"`
 }
 
 func newDomain(cfg DomainConfig, drv *Driver) *Domain {
@@ -54,6 +59,7 @@ func newDomain(cfg DomainConfig, drv *Driver) *Domain {
 		cfg:       cfg,
 		drv:       drv,
 		client:    qmp.New(cfg.QMP, drv.cfg.QMPOptions...),
+		agent:     guestagent.New(cfg.Agent, guestagent.Options{Timeout: drv.cfg.AgentTimeout}),
 		log:       drv.log.With(zap.String("domain", cfg.Name)),
 		lock:      make(chan struct{}, 1),
 		stopCh:    make(chan struct{}),
@@ -74,6 +80,10 @@ func (dom *Domain) Info() DomainInfo {
 	}
 	if dom.lastErr != nil && !connected {
 		info.Error = dom.lastErr.Error()
+	}
+	if gf := dom.freeze; gf != nil {
+		info.Freeze = FreezeInfo{Frozen: true, Owner: gf.rec.Owner, OpID: gf.rec.OpID, Since: gf.rec.Since,
+			Deadline: gf.rec.Deadline, ThawPending: dom.thawPending}
 	}
 	return info
 }
@@ -150,10 +160,11 @@ func (dom *Domain) setErr(err error) {
 	dom.mu.Unlock()
 }
 
-// stop ends the supervisor and the connection.
+// stop ends the supervisor and the connections.
 func (dom *Domain) stop() {
 	dom.stopOnce.Do(func() { close(dom.stopCh) })
 	dom.client.Close()
+	dom.agent.Close()
 }
 
 // supervise keeps the domain connected: it reconnects with backoff after

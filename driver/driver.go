@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/qsnapd/qsnapd/guestagent"
 	"github.com/qsnapd/qsnapd/qmp"
 )
 
@@ -37,6 +38,14 @@ type Config struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// OpRetention is how long finished operations stay readable.
 	OpRetention time.Duration
+	// AgentTimeout bounds connect, sync and ping of the guest agent.
+	AgentTimeout time.Duration
+	// MaxFreeze is the hard freeze deadline: the daemon thaws a guest
+	// this long after freezing it, whatever else is going on.
+	MaxFreeze time.Duration
+	// Quiesce is what a snapshot without QUIESCE or a quiesce option
+	// does: "skip" (libvirt's behaviour), "prefer" or "require".
+	Quiesce QuiesceMode
 	// QMPOptions tune every domain's QMP client (ceilings, for tests).
 	QMPOptions []qmp.Option `toml:"-"`
 }
@@ -58,9 +67,17 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("allowed_dirs: %q is not an absolute path", d)
 		}
 	}
+	switch c.Quiesce {
+	case "":
+		c.Quiesce = QuiesceSkip
+	case QuiesceSkip, QuiescePrefer, QuiesceRequire:
+	default:
+		return fmt.Errorf("quiesce must be require, prefer or skip, got %q", c.Quiesce)
+	}
 	for name, d := range map[string]*time.Duration{
 		"rollback_timeout": &c.RollbackTimeout, "reconnect_min": &c.ReconnectMin,
 		"reconnect_max": &c.ReconnectMax, "op_retention": &c.OpRetention,
+		"agent_timeout": &c.AgentTimeout, "max_freeze": &c.MaxFreeze,
 	} {
 		if *d < 0 {
 			return fmt.Errorf("%s must not be negative", name)
@@ -77,6 +94,12 @@ func (c *Config) Validate() error {
 	}
 	if c.OpRetention == 0 {
 		c.OpRetention = 24 * time.Hour
+	}
+	if c.AgentTimeout == 0 {
+		c.AgentTimeout = guestagent.DefaultTimeout
+	}
+	if c.MaxFreeze == 0 {
+		c.MaxFreeze = 10 * time.Second
 	}
 	return nil
 }
@@ -131,6 +154,12 @@ func Open(cfg Config, log *zap.Logger) (*Driver, error) {
 		dom := newDomain(dc, d)
 		d.domains[dc.Name] = dom
 		d.startSupervisor(dom)
+	}
+	// A guest a previous daemon left frozen comes first: the thaw needs
+	// only the agent, not QMP.
+	if err := d.thawRecorded(); err != nil {
+		d.Close()
+		return nil, err
 	}
 	return d, nil
 }

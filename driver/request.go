@@ -21,6 +21,9 @@ import (
 type CreateRequest struct {
 	XML   string
 	Flags CreateFlags
+	// Quiesce overrides the QUIESCE flag's "require" or the daemon's
+	// default; empty means neither is overridden.
+	Quiesce QuiesceMode
 }
 
 // createSpec is a validated request: every check of libvirt's (and a few
@@ -32,6 +35,8 @@ type createSpec struct {
 	created     time.Time
 	disks       []diskSpec // every disk of the domain, in QEMU's order
 	mode        transaction.Mode
+	quiesce     QuiesceMode  // what the switch gets: require, prefer or skip
+	indications []Indication // facts learned before anything changed
 }
 
 type diskSpec struct {

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/qsnapd/qsnapd/guestagent"
 	"github.com/qsnapd/qsnapd/internal/revert"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
@@ -20,7 +21,9 @@ import (
 const (
 	StepValidate = "validate"
 	StepPrepare  = "prepare"
+	StepFreeze   = "freeze"
 	StepSwitch   = "switch"
+	StepThaw     = "thaw"
 	StepRecord   = "record"
 	StepRollback = "rollback"
 	StepHalt     = "halt"
@@ -31,6 +34,7 @@ const (
 	HookPrepared  = "prepared"  // journal says prepared; no file yet
 	HookOverlays  = "overlays"  // files created and nodes added
 	HookSwitching = "switching" // journal says switching; disks not switched
+	HookFrozen    = "frozen"    // guest frozen (QUIESCE); disks not switched
 	HookSwitched  = "switched"  // disks switched; no metadata yet
 	HookCommitted = "committed" // metadata durable
 )
@@ -42,9 +46,13 @@ type CreateResult struct {
 	OpID        string                `json:"operation"`
 	Mode        transaction.Mode      `json:"mode"`
 	Disks       []transaction.Outcome `json:"disks"`
-	Indications []string              `json:"indications"`
-	Total       time.Duration         `json:"total_ns"`
-	Switch      time.Duration         `json:"switch_ns"`
+	Quiesced    bool                  `json:"quiesced"`
+	Indications []Indication          `json:"indications"`
+	// Total is the whole request; Switch the block graph change; Freeze
+	// the freeze window, from freeze sent to thaw reply.
+	Total  time.Duration `json:"total_ns"`
+	Switch time.Duration `json:"switch_ns"`
+	Freeze time.Duration `json:"freeze_ns"`
 }
 
 // OpError is a failed operation with each disk's outcome.
@@ -69,6 +77,10 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 		return nil, err
 	}
 	if err := req.Flags.check(); err != nil {
+		return nil, err
+	}
+	quiesce, err := resolveQuiesce(req.Flags, req.Quiesce, d.cfg.Quiesce)
+	if err != nil {
 		return nil, err
 	}
 	def, err := parseSnapshotXML(req.XML)
@@ -102,6 +114,16 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	spec, err := d.validateCreate(def, req.Flags, domainView{name: domain, disks: disks, busy: busy, mode: dom.mode()})
 	if err != nil {
 		return nil, err
+	}
+	spec.quiesce = quiesce
+	if quiesce == QuiesceSkip {
+		spec.indications = append(spec.indications, Indication{Code: IndNotRequested})
+	} else if ind, err := d.checkQuiesce(ctx, dom); err != nil {
+		if quiesce == QuiesceRequire {
+			return nil, fmt.Errorf("%w: %w", ErrQuiesce, err)
+		}
+		spec.quiesce = QuiesceSkip
+		spec.indications = append(spec.indications, *ind)
 	}
 	// From the first side effect on, the operation completes or rolls
 	// back even if the caller goes away; each QMP command keeps its own
@@ -148,10 +170,48 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 	if err := d.hook(HookSwitching); err != nil {
 		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, err)
 	}
+	indications := spec.indications
+	var gf *guestFreeze
+	if spec.quiesce != QuiesceSkip {
+		var err error
+		gf, _, err = d.freezeGuest(ctx, dom, OwnerSnapshot, op.ID, nil, d.cfg.MaxFreeze)
+		if err != nil {
+			if spec.quiesce == QuiesceRequire {
+				return nil, d.fail(ctx, dom, op, &undo, StepFreeze, fmt.Errorf("%w: freeze: %w", ErrQuiesce, agentErr(err)))
+			}
+			ind := notQuiesced(err)
+			if errors.Is(err, guestagent.ErrUnresponsive) {
+				ind.Code = IndFreezeTimeout
+			}
+			indications = append(indications, ind)
+		} else if err := d.hook(HookFrozen); err != nil {
+			d.thawGuest(dom, gf, false)
+			return nil, d.fail(ctx, dom, op, &undo, StepFreeze, err)
+		}
+	}
 	// Registered before the switch: a switch whose reply was lost may
 	// still have happened, and Rollback acts only on switched disks.
 	undo.Add(func(ctx context.Context) error { return exec.Rollback(ctx, plan) })
-	if err := exec.Switch(ctx, plan); err != nil {
+	switchErr := exec.Switch(ctx, plan)
+	quiesced, freezeWindow := false, time.Duration(0)
+	if gf != nil {
+		d.thawGuest(dom, gf, false)
+		<-gf.done
+		freezeWindow = gf.thawedAt.Sub(gf.sent)
+		switch {
+		case gf.byTimer:
+			indications = append(indications, Indication{Code: IndDeadlineExceeded,
+				Message: fmt.Sprintf("the switch outlasted the %v freeze deadline; the guest was thawed first", d.cfg.MaxFreeze)})
+		case holdExpired(gf.err):
+			indications = append(indications, Indication{Code: IndHoldExpired, Message: gf.err.Error()})
+		default:
+			quiesced = true
+			if gf.err != nil {
+				indications = append(indications, Indication{Code: IndThawFailed, Message: gf.err.Error()})
+			}
+		}
+	}
+	if err := switchErr; err != nil {
 		if errors.Is(err, transaction.ErrStateUnknown) {
 			// Deleting files QEMU may use would be worse than leaving
 			// them: the journal keeps the operation for recovery.
@@ -160,6 +220,13 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 				Err: fmt.Errorf("%w: %w; recovery will reconcile the disks", ErrOperationFailed, err)}
 		}
 		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, qmpErr("switch", err))
+	}
+	if spec.quiesce == QuiesceRequire && !quiesced {
+		last := indications[len(indications)-1]
+		return nil, d.fail(ctx, dom, op, &undo, StepThaw, fmt.Errorf("%w: %s: %s", ErrQuiesce, last.Code, last.Message))
+	}
+	if quiesced {
+		indications = append([]Indication{{Code: IndQuiesced}}, indications...)
 	}
 	if err := d.hook(HookSwitched); err != nil {
 		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, err)
@@ -183,7 +250,7 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 
 	res := &CreateResult{
 		Name: spec.name, XML: rec.XML, OpID: op.ID, Mode: plan.Mode, Disks: plan.Outcomes(),
-		Indications: []string{}, Switch: plan.SwitchWindow(),
+		Quiesced: quiesced, Indications: indications, Switch: plan.SwitchWindow(), Freeze: freezeWindow,
 	}
 	if res.XML == "" { // NO_METADATA: still show what was taken
 		res.XML, _ = snapshotXML(&rec)
@@ -191,13 +258,14 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 	if spec.flags&FlagHalt != 0 {
 		if err := dom.client.Quit(ctx); err != nil {
 			// The snapshot is durable; HALT failing does not undo it.
-			res.Indications = append(res.Indications, "halt-failed: "+err.Error())
+			res.Indications = append(res.Indications, Indication{Code: IndHaltFailed, Message: err.Error()})
 		} else {
-			res.Indications = append(res.Indications, "halted")
+			res.Indications = append(res.Indications, Indication{Code: IndHalted})
 		}
 	}
 	res.Total = time.Since(start)
 	log.Info("snapshot created", zap.String("mode", string(plan.Mode)), zap.Int("disks", len(plan.Disks)),
+		zap.Bool("quiesced", quiesced), zap.Float64("freeze_seconds", res.Freeze.Seconds()),
 		zap.Float64("switch_seconds", res.Switch.Seconds()), zap.Float64("duration_seconds", res.Total.Seconds()))
 	return res, nil
 }
@@ -311,5 +379,5 @@ func (d *Driver) redefine(dom *Domain, def *libvirtxml.DomainSnapshot, flags Cre
 		}
 		return nil, fmt.Errorf("%w: store snapshot metadata: %w", ErrOperationFailed, err)
 	}
-	return &CreateResult{Name: rec.Name, XML: rec.XML, Disks: []transaction.Outcome{}, Indications: []string{"redefined"}}, nil
+	return &CreateResult{Name: rec.Name, XML: rec.XML, Disks: []transaction.Outcome{}, Indications: []Indication{{Code: IndRedefined}}}, nil
 }

@@ -26,6 +26,7 @@ var (
 	bucketSnapshots = []byte("snapshots") // one nested bucket per domain
 	bucketCurrent   = []byte("current")
 	bucketOps       = []byte("ops")
+	bucketFreezes   = []byte("freezes") // domain → FreezeRecord, written before a freeze is sent
 )
 
 // DomainConfig is a registered domain.
@@ -99,7 +100,7 @@ func OpenStore(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDomains, bucketSnapshots, bucketCurrent, bucketOps} {
+		for _, b := range [][]byte{bucketDomains, bucketSnapshots, bucketCurrent, bucketOps, bucketFreezes} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -376,4 +377,41 @@ func (s *Store) PruneOps(cutoff time.Time) error {
 		}
 		return nil
 	})
+}
+
+// FreezeRecord says the daemon froze (or is about to freeze) a guest. It
+// is written before the freeze is sent and deleted once a thaw is
+// confirmed, so that a restarted daemon thaws what its predecessor froze.
+type FreezeRecord struct {
+	Domain   string    `json:"domain"`
+	Owner    string    `json:"owner"` // "snapshot" or "fsfreeze"
+	OpID     string    `json:"op_id,omitempty"`
+	Since    time.Time `json:"since"`
+	Deadline time.Time `json:"deadline"`
+}
+
+// PutFreeze records a freeze durably.
+func (s *Store) PutFreeze(r FreezeRecord) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketFreezes), r.Domain, r) })
+}
+
+// DeleteFreeze forgets a domain's freeze once it is thawed.
+func (s *Store) DeleteFreeze(domain string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketFreezes).Delete([]byte(domain)) })
+}
+
+// Freezes lists the recorded freezes.
+func (s *Store) Freezes() ([]FreezeRecord, error) {
+	var out []FreezeRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketFreezes).ForEach(func(_, v []byte) error {
+			var r FreezeRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	return out, err
 }

@@ -162,7 +162,7 @@ done
 
 : >"$r/etc/modules"
 for m in "${MODULES[@]}"; do
-	ko=$(find kernel/lib/modules -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.gz" | head -1)
+	ko=$(find kernel/lib/modules \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.gz" \) -print -quit)
 	if [ -z "$ko" ]; then
 		if grep -q "/$m.ko\$" kernel/lib/modules/*/modules.builtin; then
 			log "module $m is built in"
