@@ -98,6 +98,10 @@ func (d *Driver) thawGuest(dom *Domain, gf *guestFreeze, byTimer bool) {
 		gf.count, gf.err = dom.agent.Thaw(ctx)
 		gf.thawedAt = time.Now()
 		if byTimer {
+			// Nobody else will release the agent channel.
+			defer dom.agent.Close()
+		}
+		if byTimer {
 			dom.log.Warn("freeze deadline exceeded; guest thawed", zap.String("owner", gf.rec.Owner),
 				zap.String("op", gf.rec.OpID), zap.Error(gf.err))
 		}
@@ -149,6 +153,7 @@ func (d *Driver) retryThaw(dom *Domain, gf *guestFreeze) {
 			ctx, cancel := context.WithTimeout(d.ctx, guestagent.DefaultThawTimeout)
 			err := thawAndCheck(ctx, dom.agent)
 			cancel()
+			dom.agent.Close()
 			if err == nil {
 				dom.log.Info("guest thawed after retries")
 				d.forgetFreeze(dom, gf)
@@ -210,6 +215,7 @@ func (d *Driver) FSFreeze(ctx context.Context, domain string, mountpoints []stri
 	if err != nil {
 		return 0, err
 	}
+	defer dom.agent.Close() // the channel is shared: hold it only for the call
 	if hold < 0 {
 		return 0, fmt.Errorf("%w: negative freeze timeout", ErrInvalidArg)
 	}
@@ -240,6 +246,7 @@ func (d *Driver) FSThaw(ctx context.Context, domain string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	defer dom.agent.Close() // the channel is shared: hold it only for the call
 	release, err := dom.acquire(ctx)
 	if err != nil {
 		return 0, err
@@ -274,6 +281,7 @@ func (d *Driver) FSStatus(ctx context.Context, domain string) (FreezeInfo, error
 	if err != nil {
 		return FreezeInfo{}, err
 	}
+	defer dom.agent.Close() // the channel is shared: hold it only for the call
 	fi := dom.freezeInfo()
 	status, err := dom.agent.FreezeStatus(ctx)
 	if err != nil {

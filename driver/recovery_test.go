@@ -25,7 +25,7 @@ func TestCrashHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := testCtx(t)
-	if _, err := drv.AttachDomain(ctx, DomainConfig{Name: "vm1", QMP: os.Getenv("QSNAPD_QMP")}); err != nil {
+	if _, err := drv.AttachDomain(ctx, DomainConfig{Name: "vm1", QMP: os.Getenv("QSNAPD_QMP"), Agent: os.Getenv("QSNAPD_AGENT")}); err != nil {
 		t.Fatal(err)
 	}
 	crashAt, failAt := os.Getenv("QSNAPD_CRASH_AT"), os.Getenv("QSNAPD_FAIL_AT")
@@ -122,3 +122,5 @@ func TestRecoveryWaitsForQEMU(t *testing.T) {
 	e.restart()
 	e.assertUnchanged(before)
 }
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -116,6 +116,9 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 		return nil, err
 	}
 	spec.quiesce = quiesce
+	// The agent channel is shared with whoever else manages the guest:
+	// hold it only for the operation.
+	defer dom.agent.Close()
 	if quiesce == QuiesceSkip {
 		spec.indications = append(spec.indications, Indication{Code: IndNotRequested})
 	} else if ind, err := d.checkQuiesce(ctx, dom); err != nil {

@@ -1,0 +1,199 @@
+package driver
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qsnapd/qsnapd/internal/testguest"
+)
+
+// Tests with a real Linux guest and qemu-ga. A boot costs about 4 s of
+// TCG, so they are few and share guests where they can.
+
+// guestDriver opens a driver on a fresh state dir and attaches the guest.
+func guestDriver(t *testing.T, g *testguest.Guest, cfg func(*Config)) *Driver {
+	t.Helper()
+	c := Config{StateDir: filepath.Join(g.Dir, "state"), ReconnectMin: 20 * time.Millisecond}
+	if cfg != nil {
+		cfg(&c)
+	}
+	drv, err := Open(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { drv.Close() })
+	if _, err := drv.AttachDomain(testCtx(t), DomainConfig{Name: "guest", QMP: g.QMP, Agent: g.QGA}); err != nil {
+		t.Fatal(err)
+	}
+	return drv
+}
+
+// snapshotPointImage converts the image a disk's snapshot sits on (with
+// its chain) to a raw file the host can check, while QEMU holds it.
+func snapshotPointImage(t *testing.T, image string) string {
+	t.Helper()
+	raw := filepath.Join(t.TempDir(), "point.raw")
+	if out, err := exec.Command("qemu-img", "convert", "-U", "-O", "raw", image, raw).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v: %s", err, out)
+	}
+	return raw
+}
+
+// fsState reports whether an ext4 image is clean (no journal to
+// recover, e2fsck -fn finds nothing) and the content of a file in it.
+func fsState(t *testing.T, raw, file string) (clean bool, content string) {
+	t.Helper()
+	head, err := exec.Command("dumpe2fs", "-h", raw).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dumpe2fs: %v: %s", err, head)
+	}
+	fsck := exec.Command("e2fsck", "-fn", raw).Run()
+	clean = !strings.Contains(string(head), "needs_recovery") && fsck == nil
+	out, _ := exec.Command("debugfs", "-R", "cat "+file, raw).Output()
+	return clean, string(out)
+}
+
+func TestGuestQuiesceMakesTheSnapshotConsistent(t *testing.T) {
+	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1", "data2"}, SecondMonitor: true})
+	drv := guestDriver(t, g, nil)
+	ctx := testCtx(t)
+	write := func(name string) {
+		t.Helper()
+		// No sync: the data sits in the guest's page cache and the
+		// metadata in its unwritten ext4 journal.
+		if _, code, err := g.Exec(ctx, "sh", "-c", "echo "+name+"-data > /mnt/data1/"+name); err != nil || code != 0 {
+			t.Fatalf("guest write: %v, exit %d", err, code)
+		}
+	}
+
+	write("quiesced")
+	res, err := drv.CreateSnapshot(ctx, "guest", CreateRequest{XML: snapXML("q1"), Flags: FlagDiskOnly | FlagAtomic | FlagQuiesce})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Quiesced || res.Indications[0].Code != IndQuiesced || res.Freeze <= 0 {
+		t.Fatalf("result: quiesced %v, indications %+v, freeze %v", res.Quiesced, res.Indications, res.Freeze)
+	}
+	if res.Freeze < res.Switch {
+		t.Errorf("freeze window %v shorter than the switch %v it encloses", res.Freeze, res.Switch)
+	}
+	// The snapshot point is the original image, now the overlay's backing.
+	clean, content := fsState(t, snapshotPointImage(t, g.Disks[0].Path), "/quiesced")
+	if !clean || content != "quiesced-data\n" {
+		t.Errorf("quiesced snapshot: clean %v, /quiesced %q; want a clean file system with the file", clean, content)
+	}
+	if status := agentStatus(t, g); status != "thawed" {
+		t.Errorf("guest after the snapshot: %s", status)
+	}
+
+	// The control: the same without QUIESCE.
+	write("control")
+	if _, err := drv.CreateSnapshot(ctx, "guest", CreateRequest{XML: snapXML("c1"), Flags: FlagDiskOnly | FlagAtomic}); err != nil {
+		t.Fatal(err)
+	}
+	q1Overlay := filepath.Join(filepath.Dir(g.Disks[0].Path), "data1.q1")
+	clean, content = fsState(t, snapshotPointImage(t, q1Overlay), "/control")
+	if clean && content == "control-data\n" {
+		t.Errorf("the unquiesced control came out clean and complete, so this test shows nothing")
+	}
+	t.Logf("control without quiesce: clean %v, /control %q", clean, content)
+}
+
+func agentStatus(t *testing.T, g *testguest.Guest) string {
+	t.Helper()
+	var status string
+	if err := g.Agent(testCtx(t), "guest-fsfreeze-status", nil, &status); err != nil {
+		t.Fatal(err)
+	}
+	return status
+}
+
+// TestGuestFrozenByCrashedDaemonIsThawed kills the engine while the
+// guest is frozen; a restarted daemon must thaw it within 2 s.
+func TestGuestFrozenByCrashedDaemonIsThawed(t *testing.T) {
+	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1"}, SecondMonitor: true})
+	stateDir := filepath.Join(g.Dir, "state")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.v")
+	cmd.Env = append(os.Environ(), "QSNAPD_CRASH_HELPER=1", "QSNAPD_STATE="+stateDir, "QSNAPD_QMP="+g.QMP,
+		"QSNAPD_AGENT="+g.QGA, "QSNAPD_CRASH_AT="+HookFrozen, "QSNAPD_TRANSACTION=auto",
+		"QSNAPD_FLAGS="+itoa(int(FlagDiskOnly|FlagQuiesce)))
+	out, err := cmd.CombinedOutput()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("helper was not killed while the guest was frozen: %v\n%s", err, out)
+	}
+	if status := agentStatus(t, g); status != "frozen" {
+		t.Fatalf("guest after the crash: %s, want frozen", status)
+	}
+
+	start := time.Now()
+	drv, err := Open(Config{StateDir: stateDir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drv.Close()
+	var thawedAfter time.Duration
+	for {
+		if s := agentStatusQuick(g); s == "thawed" {
+			thawedAfter = time.Since(start)
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("guest still frozen 10 s after the restart")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if thawedAfter > 2*time.Second {
+		t.Errorf("guest thawed %v after the restart, want within 2 s", thawedAfter)
+	}
+	t.Logf("guest thawed %v after the restart", thawedAfter)
+	// The interrupted snapshot is rolled back too.
+	if err := drv.WaitRecovered(testCtx(t), "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { fr, _ := drv.Store().Freezes(); ops, _ := drv.Store().Ops(true); return len(fr) == 0 && len(ops) == 0 }, "journal emptied")
+}
+
+// agentStatusQuick asks the agent with a short deadline: the daemon may
+// hold the channel for a moment.
+func agentStatusQuick(g *testguest.Guest) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var status string
+	if g.Agent(ctx, "guest-fsfreeze-status", nil, &status) != nil {
+		return ""
+	}
+	return status
+}
+
+func TestGuestFailingFreezeHook(t *testing.T) {
+	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1"}, SecondMonitor: true, FailFreezeHook: true})
+	drv := guestDriver(t, g, nil)
+	ctx := testCtx(t)
+	_, err := drv.CreateSnapshot(ctx, "guest", CreateRequest{XML: snapXML("s"), Flags: FlagDiskOnly | FlagQuiesce})
+	if err == nil || !strings.Contains(err.Error(), "fsfreeze hook has failed") {
+		t.Fatalf("got %v, want the hook's failure", err)
+	}
+	if d, _ := drv.Disks(ctx, "guest"); d[0].File != g.Disks[0].Path {
+		t.Errorf("disk changed after a failed required quiesce: %s", d[0].File)
+	}
+	if _, err := os.Stat(filepath.Join(g.Dir, "data1.s")); !os.IsNotExist(err) {
+		t.Errorf("overlay left behind: %v", err)
+	}
+	// prefer takes a crash-consistent snapshot and says why.
+	res, err := drv.CreateSnapshot(ctx, "guest", CreateRequest{XML: snapXML("p"), Flags: FlagDiskOnly | FlagQuiesce, Quiesce: QuiescePrefer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Quiesced || res.Indications[0].Code != IndFreezeFailed {
+		t.Errorf("prefer: quiesced %v, indications %+v", res.Quiesced, res.Indications)
+	}
+	if status := agentStatus(t, g); status != "thawed" {
+		t.Errorf("guest after a failed freeze: %s", status)
+	}
+}
