@@ -156,7 +156,11 @@ func TestGuestFrozenByCrashedDaemonIsThawed(t *testing.T) {
 	if err := drv.WaitRecovered(testCtx(t), "vm1"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { fr, _ := drv.Store().Freezes(); ops, _ := drv.Store().Ops(true); return len(fr) == 0 && len(ops) == 0 }, "journal emptied")
+	waitFor(t, func() bool {
+		fr, _ := drv.Store().Freezes()
+		ops, _ := drv.Store().Ops(true)
+		return len(fr) == 0 && len(ops) == 0
+	}, "journal emptied")
 }
 
 // agentStatusQuick asks the agent with a short deadline: the daemon may
