@@ -33,6 +33,8 @@ type guestFreeze struct {
 	once     sync.Once
 	done     chan struct{} // closed when the first thaw attempt ended
 	sent     time.Time     // freeze sent
+	frozenAt time.Time     // freeze reply received
+	thawSent time.Time     // thaw sent
 	thawedAt time.Time     // thaw reply received
 	byTimer  bool          // the deadline thawed it
 	count    int
@@ -74,6 +76,7 @@ func (d *Driver) freezeGuest(ctx context.Context, dom *Domain, owner, opID strin
 	gf.timer = time.AfterFunc(hold, func() { d.thawGuest(dom, gf, true) })
 	fctx, cancel := context.WithDeadline(ctx, gf.sent.Add(hold))
 	n, err := dom.agent.Freeze(fctx, mountpoints)
+	gf.frozenAt = time.Now()
 	cancel()
 	if err != nil {
 		d.thawGuest(dom, gf, false)
@@ -95,6 +98,7 @@ func (d *Driver) thawGuest(dom *Domain, gf *guestFreeze, byTimer bool) {
 		gf.byTimer = byTimer
 		ctx, cancel := context.WithTimeout(d.ctx, guestagent.DefaultThawTimeout)
 		defer cancel()
+		gf.thawSent = time.Now()
 		gf.count, gf.err = dom.agent.Thaw(ctx)
 		gf.thawedAt = time.Now()
 		if byTimer {

@@ -53,6 +53,9 @@ type CreateResult struct {
 	Total  time.Duration `json:"total_ns"`
 	Switch time.Duration `json:"switch_ns"`
 	Freeze time.Duration `json:"freeze_ns"`
+
+	// The agent's round trips inside the freeze window, for benchmarks.
+	freezeCall, thawCall time.Duration
 }
 
 // OpError is a failed operation with each disk's outcome.
@@ -197,10 +200,12 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 	undo.Add(func(ctx context.Context) error { return exec.Rollback(ctx, plan) })
 	switchErr := exec.Switch(ctx, plan)
 	quiesced, freezeWindow := false, time.Duration(0)
+	var freezeCall, thawCall time.Duration
 	if gf != nil {
 		d.thawGuest(dom, gf, false)
 		<-gf.done
 		freezeWindow = gf.thawedAt.Sub(gf.sent)
+		freezeCall, thawCall = gf.frozenAt.Sub(gf.sent), gf.thawedAt.Sub(gf.thawSent)
 		switch {
 		case gf.byTimer:
 			indications = append(indications, Indication{Code: IndDeadlineExceeded,
@@ -254,6 +259,7 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 	res := &CreateResult{
 		Name: spec.name, XML: rec.XML, OpID: op.ID, Mode: plan.Mode, Disks: plan.Outcomes(),
 		Quiesced: quiesced, Indications: indications, Switch: plan.SwitchWindow(), Freeze: freezeWindow,
+		freezeCall: freezeCall, thawCall: thawCall,
 	}
 	if res.XML == "" { // NO_METADATA: still show what was taken
 		res.XML, _ = snapshotXML(&rec)
