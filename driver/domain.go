@@ -37,7 +37,7 @@ type Domain struct {
 	needRecovery bool
 	recovered    chan struct{} // closed after the first recovery pass
 	freeze       *guestFreeze  // set while the daemon holds a freeze
-	thawPending  bool          // a failed thaw is being retried
+	retrying     bool          // a failed thaw is being retried
 }
 
 // DomainInfo is a domain's state, for listings.
@@ -56,10 +56,11 @@ type DomainInfo struct {
 
 func newDomain(cfg DomainConfig, drv *Driver) *Domain {
 	return &Domain{
-		cfg:       cfg,
-		drv:       drv,
-		client:    qmp.New(cfg.QMP, drv.cfg.QMPOptions...),
-		agent:     guestagent.New(cfg.Agent, guestagent.Options{Timeout: drv.cfg.AgentTimeout}),
+		cfg:    cfg,
+		drv:    drv,
+		client: qmp.New(cfg.QMP, drv.cfg.QMPOptions...),
+		agent: guestagent.New(cfg.Agent, guestagent.Options{Timeout: drv.cfg.AgentTimeout,
+			FreezeTimeout: drv.cfg.MaxFreeze, ThawTimeout: drv.cfg.ThawTimeout}),
 		log:       drv.log.With(zap.String("domain", cfg.Name)),
 		lock:      make(chan struct{}, 1),
 		stopCh:    make(chan struct{}),
@@ -83,7 +84,7 @@ func (dom *Domain) Info() DomainInfo {
 	}
 	if gf := dom.freeze; gf != nil {
 		info.Freeze = FreezeInfo{Frozen: true, Owner: gf.rec.Owner, OpID: gf.rec.OpID, Since: gf.rec.Since,
-			Deadline: gf.rec.Deadline, ThawPending: dom.thawPending}
+			Deadline: gf.rec.Deadline, ThawPending: gf.thawing}
 	}
 	return info
 }

@@ -40,6 +40,8 @@ type Config struct {
 	OpRetention time.Duration
 	// AgentTimeout bounds connect, sync and ping of the guest agent.
 	AgentTimeout time.Duration
+	// ThawTimeout bounds one thaw attempt; a failed one is retried.
+	ThawTimeout time.Duration
 	// MaxFreeze is the hard freeze deadline: the daemon thaws a guest
 	// this long after freezing it, whatever else is going on.
 	MaxFreeze time.Duration
@@ -77,7 +79,7 @@ func (c *Config) Validate() error {
 	for name, d := range map[string]*time.Duration{
 		"rollback_timeout": &c.RollbackTimeout, "reconnect_min": &c.ReconnectMin,
 		"reconnect_max": &c.ReconnectMax, "op_retention": &c.OpRetention,
-		"agent_timeout": &c.AgentTimeout, "max_freeze": &c.MaxFreeze,
+		"agent_timeout": &c.AgentTimeout, "max_freeze": &c.MaxFreeze, "thaw_timeout": &c.ThawTimeout,
 	} {
 		if *d < 0 {
 			return fmt.Errorf("%s must not be negative", name)
@@ -97,6 +99,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AgentTimeout == 0 {
 		c.AgentTimeout = guestagent.DefaultTimeout
+	}
+	if c.ThawTimeout == 0 {
+		c.ThawTimeout = guestagent.DefaultThawTimeout
 	}
 	if c.MaxFreeze == 0 {
 		c.MaxFreeze = 10 * time.Second

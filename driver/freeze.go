@@ -27,8 +27,10 @@ var ErrQuiesce = errors.New("quiesce failed")
 // guestFreeze is one freeze the daemon holds on a guest, from the
 // moment its record is journaled until a thaw is confirmed.
 type guestFreeze struct {
-	rec   FreezeRecord
-	timer *time.Timer // thaws at the deadline, whatever else is going on
+	rec FreezeRecord
+	// timer thaws at the deadline, whatever else is going on; nil for a
+	// freeze a previous daemon left, which is being thawed already.
+	timer *time.Timer
 
 	once     sync.Once
 	done     chan struct{} // closed when the first thaw attempt ended
@@ -37,6 +39,7 @@ type guestFreeze struct {
 	thawSent time.Time     // thaw sent
 	thawedAt time.Time     // thaw reply received
 	byTimer  bool          // the deadline thawed it
+	thawing  bool          // a thaw was sent and not confirmed (guarded by the domain's mu)
 	count    int
 	err      error // of the first thaw attempt
 }
@@ -48,7 +51,8 @@ type FreezeInfo struct {
 	OpID     string    `json:"operation,omitempty"`
 	Since    time.Time `json:"since,omitzero"`
 	Deadline time.Time `json:"deadline,omitzero"`
-	// ThawPending is set while a failed thaw is being retried.
+	// ThawPending is set once a thaw was sent and until one succeeds:
+	// a slow or failing thaw (retried in the background) shows here.
 	ThawPending bool `json:"thaw_pending,omitempty"`
 	// Agent is what the agent itself says ("frozen" or "thawed"), when
 	// asked.
@@ -69,11 +73,11 @@ func (d *Driver) freezeGuest(ctx context.Context, dom *Domain, owner, opID strin
 	if err := d.store.PutFreeze(gf.rec); err != nil {
 		return nil, 0, fmt.Errorf("%w: journal freeze: %w", ErrOperationFailed, err)
 	}
+	gf.sent = time.Now()
+	gf.timer = time.AfterFunc(hold, func() { d.thawGuest(dom, gf, true) })
 	dom.mu.Lock()
 	dom.freeze = gf
 	dom.mu.Unlock()
-	gf.sent = time.Now()
-	gf.timer = time.AfterFunc(hold, func() { d.thawGuest(dom, gf, true) })
 	fctx, cancel := context.WithDeadline(ctx, gf.sent.Add(hold))
 	n, err := dom.agent.Freeze(fctx, mountpoints)
 	gf.frozenAt = time.Now()
@@ -92,11 +96,16 @@ func (d *Driver) freezeGuest(ctx context.Context, dom *Domain, owner, opID strin
 // succeeds; until then the domain shows as frozen.
 func (d *Driver) thawGuest(dom *Domain, gf *guestFreeze, byTimer bool) {
 	gf.once.Do(func() {
-		if gf.timer != nil {
+		dom.mu.Lock()
+		gf.thawing = true
+		dom.mu.Unlock()
+		if !byTimer {
+			// The timer may be firing at this moment; once.Do makes
+			// this thaw the only one either way.
 			gf.timer.Stop()
 		}
 		gf.byTimer = byTimer
-		ctx, cancel := context.WithTimeout(d.ctx, guestagent.DefaultThawTimeout)
+		ctx, cancel := context.WithTimeout(d.ctx, d.cfg.ThawTimeout)
 		defer cancel()
 		gf.thawSent = time.Now()
 		gf.count, gf.err = dom.agent.Thaw(ctx)
@@ -119,6 +128,26 @@ func (d *Driver) thawGuest(dom *Domain, gf *guestFreeze, byTimer bool) {
 	})
 }
 
+// awaitThaw ends a snapshot's freeze and waits for the thaw, but only as
+// long as a live agent needs: the thaw's own ceiling is long, and it is
+// retried in the background anyway. It reports whether the thaw ended.
+func (d *Driver) awaitThaw(dom *Domain, gf *guestFreeze) bool {
+	go d.thawGuest(dom, gf, false)
+	wait := time.NewTimer(max(0, time.Until(gf.sent.Add(d.cfg.MaxFreeze))) + d.cfg.AgentTimeout)
+	defer wait.Stop()
+	select {
+	case <-gf.done:
+		return true
+	case <-wait.C:
+		select { // both may be ready: the thaw's answer wins
+		case <-gf.done:
+			return true
+		default:
+			return false
+		}
+	}
+}
+
 // holdExpired recognises the Windows VSS thaw error: writes were already
 // released, so the guest is not frozen, and nothing was quiesced.
 func holdExpired(err error) bool {
@@ -133,7 +162,7 @@ func (d *Driver) forgetFreeze(dom *Domain, gf *guestFreeze) {
 	if dom.freeze != gf {
 		return
 	}
-	dom.freeze, dom.thawPending = nil, false
+	dom.freeze, dom.retrying = nil, false
 	if err := d.store.DeleteFreeze(dom.cfg.Name); err != nil {
 		dom.log.Error("freeze record not deleted; a restart will thaw again", zap.Error(err))
 	}
@@ -143,18 +172,18 @@ func (d *Driver) forgetFreeze(dom *Domain, gf *guestFreeze) {
 // frozen is the one outcome worse than a failed snapshot.
 func (d *Driver) retryThaw(dom *Domain, gf *guestFreeze) {
 	dom.mu.Lock()
-	if dom.thawPending {
+	if dom.retrying {
 		dom.mu.Unlock()
 		return
 	}
-	dom.thawPending = true
+	dom.retrying, gf.thawing = true, true
 	dom.mu.Unlock()
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		backoff := 100 * time.Millisecond
 		for {
-			ctx, cancel := context.WithTimeout(d.ctx, guestagent.DefaultThawTimeout)
+			ctx, cancel := context.WithTimeout(d.ctx, d.cfg.ThawTimeout)
 			err := thawAndCheck(ctx, dom.agent)
 			cancel()
 			dom.agent.Close()
@@ -260,8 +289,12 @@ func (d *Driver) FSThaw(ctx context.Context, domain string) (int, error) {
 	gf := dom.freeze
 	dom.mu.Unlock()
 	if gf != nil && gf.timer != nil {
-		d.thawGuest(dom, gf, false)
-		<-gf.done
+		go d.thawGuest(dom, gf, false)
+		select {
+		case <-gf.done:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: thaw still running; the daemon keeps trying: %w", guestagent.ErrUnresponsive, ctx.Err())
+		}
 		if gf.err != nil && !holdExpired(gf.err) {
 			return 0, agentErr(gf.err)
 		}

@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/qsnapd/qsnapd/guestagent/agentfake"
 	"github.com/qsnapd/qsnapd/internal/qemutest"
 	"github.com/qsnapd/qsnapd/internal/qmpproxy"
 	"github.com/qsnapd/qsnapd/qmp"
@@ -27,6 +28,7 @@ type env struct {
 	drv   *Driver
 	obs   *qmp.Client
 	proxy *qmpproxy.Proxy
+	agent *agentfake.Agent
 	cfg   Config
 	name  string
 }
@@ -39,6 +41,8 @@ type envOpts struct {
 	// detached leaves the driver closed and the domain unattached, for
 	// tests that run the engine in another process first.
 	detached bool
+	// agent attaches a fake guest agent.
+	agent bool
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -70,10 +74,23 @@ func newEnvWith(t *testing.T, vmOpts qemutest.Options, o envOpts) *env {
 	if o.cfg != nil {
 		o.cfg(&e.cfg)
 	}
+	agentPath := ""
+	if o.agent {
+		a, err := agentfake.Start(filepath.Join(vm.Dir, "qga.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := a.Close(); err != nil {
+				t.Errorf("fake agent: %v", err)
+			}
+		})
+		e.agent, agentPath = a, a.Path
+	}
 	ctx := testCtx(t)
 	if !o.detached {
 		e.open()
-		if _, err := e.drv.AttachDomain(ctx, DomainConfig{Name: e.name, QMP: qmpPath}); err != nil {
+		if _, err := e.drv.AttachDomain(ctx, DomainConfig{Name: e.name, QMP: qmpPath, Agent: agentPath}); err != nil {
 			t.Fatalf("attach: %v", err)
 		}
 		if err := e.drv.WaitRecovered(ctx, e.name); err != nil {

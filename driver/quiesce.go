@@ -93,10 +93,8 @@ func (d *Driver) checkQuiesce(ctx context.Context, dom *Domain) (*Indication, er
 		return &Indication{Code: IndAlreadyFrozen, Message: fmt.Sprintf("frozen by %s since %s", fi.Owner, fi.Since)},
 			fmt.Errorf("%w: domain '%s' is frozen by %s; it stays frozen", ErrOperationInvalid, dom.cfg.Name, fi.Owner)
 	}
-	if err := dom.agent.CheckFreeze(ctx, false); err != nil {
-		ind := notQuiesced(err)
-		return &ind, agentErr(err)
-	}
+	// Status first: a frozen agent reports fsfreeze as disabled, which
+	// would hide who holds the freeze.
 	status, err := dom.agent.FreezeStatus(ctx)
 	if err != nil {
 		ind := notQuiesced(err)
@@ -105,6 +103,10 @@ func (d *Driver) checkQuiesce(ctx context.Context, dom *Domain) (*Indication, er
 	if status != "thawed" {
 		return &Indication{Code: IndAlreadyFrozen, Message: "the agent reports the guest " + status},
 			fmt.Errorf("%w: domain '%s' was frozen by someone else; it stays frozen", ErrOperationInvalid, dom.cfg.Name)
+	}
+	if err := dom.agent.CheckFreeze(ctx, false); err != nil {
+		ind := notQuiesced(err)
+		return &ind, agentErr(err)
 	}
 	return nil, nil
 }

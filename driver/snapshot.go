@@ -202,14 +202,17 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 	quiesced, freezeWindow := false, time.Duration(0)
 	var freezeCall, thawCall time.Duration
 	if gf != nil {
-		d.thawGuest(dom, gf, false)
-		<-gf.done
-		freezeWindow = gf.thawedAt.Sub(gf.sent)
-		freezeCall, thawCall = gf.frozenAt.Sub(gf.sent), gf.thawedAt.Sub(gf.thawSent)
+		thawed := d.awaitThaw(dom, gf)
+		// The timer thaws at the deadline; a switch that ended after it
+		// ran (at least partly) with the guest thawed.
+		late := plan.SwitchEnd.After(gf.sent.Add(d.cfg.MaxFreeze)) || (thawed && gf.byTimer)
 		switch {
-		case gf.byTimer:
+		case late:
 			indications = append(indications, Indication{Code: IndDeadlineExceeded,
 				Message: fmt.Sprintf("the switch outlasted the %v freeze deadline; the guest was thawed first", d.cfg.MaxFreeze)})
+		case !thawed:
+			quiesced = true
+			indications = append(indications, Indication{Code: IndThawFailed, Message: "the thaw has not answered yet; the daemon keeps trying"})
 		case holdExpired(gf.err):
 			indications = append(indications, Indication{Code: IndHoldExpired, Message: gf.err.Error()})
 		default:
@@ -217,6 +220,11 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 			if gf.err != nil {
 				indications = append(indications, Indication{Code: IndThawFailed, Message: gf.err.Error()})
 			}
+		}
+		freezeWindow = time.Since(gf.sent)
+		if thawed {
+			freezeWindow = gf.thawedAt.Sub(gf.sent)
+			freezeCall, thawCall = gf.frozenAt.Sub(gf.sent), gf.thawedAt.Sub(gf.thawSent)
 		}
 	}
 	if err := switchErr; err != nil {
