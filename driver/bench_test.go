@@ -50,11 +50,17 @@ func benchSnapshot(b *testing.B, disks int, mode string) {
 	ctx := context.Background()
 	var totals, switches []time.Duration
 	domain := ""
+	var vm *qemutest.VM
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if i%layersPerVM == 0 {
 			b.StopTimer()
-			vm := qemutest.Start(b, qemutest.Options{Disks: disks, Style: qemutest.Blockdev})
+			// One QEMU at a time: idle ones still cost CPU.
+			if vm != nil {
+				drv.DetachDomain(ctx, domain)
+				vm.Kill()
+			}
+			vm = qemutest.Start(b, qemutest.Options{Disks: disks, Style: qemutest.Blockdev})
 			domain = fmt.Sprintf("vm%d", i)
 			if _, err := drv.AttachDomain(ctx, DomainConfig{Name: domain, QMP: vm.QMP}); err != nil {
 				b.Fatal(err)
@@ -87,6 +93,10 @@ func benchFloor(b *testing.B, disks int) {
 	b.StopTimer()
 	for i := 0; i < b.N; i++ {
 		if i%layersPerVM == 0 {
+			if vm != nil {
+				c.Close()
+				vm.Kill()
+			}
 			vm = qemutest.Start(b, qemutest.Options{Disks: disks, Style: qemutest.Blockdev})
 			var err error
 			if c, err = qmp.Dial(ctx, vm.QMP); err != nil {
