@@ -91,6 +91,11 @@ func (dom *Domain) Info() DomainInfo {
 
 // acquire takes the domain's lock, waiting at most until ctx ends.
 func (dom *Domain) acquire(ctx context.Context) (release func(), err error) {
+	select { // a free lock is taken even with a context already done
+	case dom.lock <- struct{}{}:
+		return func() { <-dom.lock }, nil
+	default:
+	}
 	select {
 	case dom.lock <- struct{}{}:
 		return func() { <-dom.lock }, nil

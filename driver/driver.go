@@ -169,6 +169,32 @@ func Open(cfg Config, log *zap.Logger) (*Driver, error) {
 	return d, nil
 }
 
+// Shutdown thaws every guest the daemon holds frozen (an fsfreeze whose
+// caller has not thawed yet), then closes the driver. Running requests
+// must have finished.
+func (d *Driver) Shutdown(ctx context.Context) error {
+	d.mu.Lock()
+	var frozen []*Domain
+	for _, dom := range d.domains {
+		dom.mu.Lock()
+		if gf := dom.freeze; gf != nil && gf.timer != nil {
+			frozen = append(frozen, dom)
+		}
+		dom.mu.Unlock()
+	}
+	d.mu.Unlock()
+	var errs []error
+	for _, dom := range frozen {
+		if _, err := d.FSThaw(ctx, dom.cfg.Name); err != nil {
+			// The record stays: the next start thaws again.
+			errs = append(errs, fmt.Errorf("thaw %s: %w", dom.cfg.Name, err))
+		} else {
+			dom.log.Info("guest thawed at shutdown")
+		}
+	}
+	return errors.Join(append(errs, d.Close())...)
+}
+
 // Close stops the supervisors and closes every connection and the
 // store. Callers finish their requests first.
 func (d *Driver) Close() error {
@@ -260,6 +286,9 @@ func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo
 	d.mu.Unlock()
 
 	err := dom.connect(ctx)
+	if err != nil && !errors.Is(err, ErrUnsupported) {
+		err = fmt.Errorf("%w: %w", ErrDisconnected, err)
+	}
 	if err == nil {
 		err = d.store.PutDomain(cfg)
 	}

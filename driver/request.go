@@ -24,6 +24,9 @@ type CreateRequest struct {
 	// Quiesce overrides the QUIESCE flag's "require" or the daemon's
 	// default; empty means neither is overridden.
 	Quiesce QuiesceMode
+	// OpID names the operation in the journal; empty means a new random
+	// id. It must not name an operation the journal holds.
+	OpID string
 }
 
 // createSpec is a validated request: every check of libvirt's (and a few
@@ -35,6 +38,7 @@ type createSpec struct {
 	created     time.Time
 	disks       []diskSpec // every disk of the domain, in QEMU's order
 	mode        transaction.Mode
+	opID        string
 	quiesce     QuiesceMode  // what the switch gets: require, prefer or skip
 	indications []Indication // facts learned before anything changed
 }

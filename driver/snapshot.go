@@ -118,7 +118,12 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	if err != nil {
 		return nil, err
 	}
-	spec.quiesce = quiesce
+	spec.quiesce, spec.opID = quiesce, req.OpID
+	if spec.opID == "" {
+		spec.opID = newOpID()
+	} else if _, err := d.store.Op(spec.opID); err == nil {
+		return nil, fmt.Errorf("%w: operation id '%s' is in use", ErrInvalidArg, spec.opID)
+	}
 	// The agent channel is shared with whoever else manages the guest:
 	// hold it only for the operation.
 	defer dom.agent.Close()
@@ -138,7 +143,10 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 }
 
 func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, start time.Time) (*CreateResult, error) {
-	op := &OpRecord{ID: newOpID(), Domain: dom.cfg.Name, Kind: "snapshot", Snapshot: spec.name, Flags: spec.flags, Started: start.UTC()}
+	op := &OpRecord{ID: spec.opID, Domain: dom.cfg.Name, Kind: "snapshot", Snapshot: spec.name, Flags: spec.flags, Started: start.UTC()}
+	// Node names come from a fresh random tag, not the operation id a
+	// client may have chosen: they must differ between operations.
+	tag := newOpID()
 	plan := &transaction.Plan{OpID: op.ID, Domain: dom.cfg.Name, Mode: spec.mode, Phase: transaction.PhasePrepared}
 	for i, ds := range spec.disks {
 		if !ds.external {
@@ -146,7 +154,7 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 		}
 		plan.Disks = append(plan.Disks, &transaction.Disk{
 			Target: ds.Target, Node: ds.NodeName, Source: ds.File, SourceFormat: ds.Format,
-			VirtualSize: ds.VirtualSize, Overlay: ds.overlay, OverlayNode: transaction.NodeName(op.ID, i),
+			VirtualSize: ds.VirtualSize, Overlay: ds.overlay, OverlayNode: transaction.NodeName(tag, i),
 			Reuse: ds.reuse, WasEmpty: ds.wasEmpty, State: transaction.DiskPlanned,
 		})
 	}

@@ -1,0 +1,529 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/internal/version"
+	"github.com/qsnapd/qsnapd/transaction"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Access lists who may use the read-write socket besides root.
+	Access Access
+	// OpRetention is how long finished operations stay readable.
+	OpRetention time.Duration
+	// Drain bounds how long shutdown waits for running requests.
+	Drain time.Duration
+}
+
+// Server serves the API on a read-write and a read-only listener.
+type Server struct {
+	drv *driver.Driver
+	cfg Config
+	log *zap.Logger
+	ops *opRegistry
+}
+
+// NewServer returns a server over drv.
+func NewServer(drv *driver.Driver, cfg Config, log *zap.Logger) *Server {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if cfg.Drain <= 0 {
+		cfg.Drain = 5 * time.Minute
+	}
+	return &Server{drv: drv, cfg: cfg, log: log, ops: newOpRegistry(cfg.OpRetention)}
+}
+
+// Serve serves until ctx ends, then stops accepting, lets running
+// requests finish (operations complete or roll back), and returns.
+// Either listener may be nil.
+func (s *Server) Serve(ctx context.Context, rw, ro net.Listener) error {
+	var servers []*http.Server
+	errc := make(chan error, 2)
+	for _, l := range []struct {
+		ln       net.Listener
+		readOnly bool
+	}{{rw, false}, {ro, true}} {
+		if l.ln == nil {
+			continue
+		}
+		hs := &http.Server{
+			Handler:           s.Handler(l.readOnly),
+			ConnContext:       withPeer,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			// A snapshot is bounded by its freeze deadline and QMP
+			// ceilings; a rollback by the rollback timeout.
+			WriteTimeout: 10 * time.Minute,
+			IdleTimeout:  2 * time.Minute,
+			ErrorLog:     zap.NewStdLog(s.log.Named("http")),
+		}
+		servers = append(servers, hs)
+		go func(ln net.Listener) { errc <- hs.Serve(ln) }(l.ln)
+	}
+	select {
+	case err := <-errc:
+		for _, hs := range servers {
+			hs.Close()
+		}
+		return err
+	case <-ctx.Done():
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.Drain)
+	defer cancel()
+	var wg sync.WaitGroup
+	var errs []error
+	var mu sync.Mutex
+	for _, hs := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.Shutdown(dctx); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Handler is the API on one socket. On the read-only socket every
+// mutating request is refused; on the read-write one the peer must be
+// root or allowed.
+func (s *Server) Handler(readOnly bool) http.Handler {
+	mux := http.NewServeMux()
+	s.routes(mux)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mutating := r.Method != http.MethodGet && r.Method != http.MethodHead
+		peer := peerFrom(r.Context())
+		switch {
+		case readOnly && mutating:
+			s.writeErr(w, fmt.Errorf("%w: %s is refused on the read-only socket", errForbidden, r.Method))
+			return
+		case !readOnly && !s.cfg.Access.allows(peer):
+			s.log.Warn("request refused", zap.Int("uid", peer.UID), zap.Int("gid", peer.GID),
+				zap.Int("pid", peer.PID), zap.String("method", r.Method), zap.String("path", r.URL.Path))
+			s.writeErr(w, fmt.Errorf("%w: uid %d may not use this socket", errForbidden, peer.UID))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		h, pattern := mux.Handler(r)
+		if pattern == "" {
+			// The mux answers 404 or 405 in plain text; answer in JSON.
+			rec := &statusRecorder{header: http.Header{}}
+			h.ServeHTTP(rec, r)
+			if allow := rec.header.Get("Allow"); allow != "" {
+				w.Header().Set("Allow", allow)
+			}
+			code := CodeInvalidArg
+			if rec.status == http.StatusNotFound {
+				code = CodeNoDomain
+			}
+			writeJSON(w, rec.status, ErrorBody{Error: ErrorInfo{Code: code,
+				Message: fmt.Sprintf("%s %s: %s", r.Method, r.URL.Path, strings.ToLower(http.StatusText(rec.status)))}})
+			return
+		}
+		mux.ServeHTTP(w, r) // sets the path values, which Handler does not
+	})
+}
+
+// statusRecorder catches the status and headers of the mux's own error
+// replies.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *statusRecorder) Header() http.Header         { return r.header }
+func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
+
+func (s *Server) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/version", s.version)
+	mux.HandleFunc("GET /v1/domains", s.listDomains)
+	mux.HandleFunc("POST /v1/domains", s.attachDomain)
+	mux.HandleFunc("GET /v1/domains/{name}", s.getDomain)
+	mux.HandleFunc("DELETE /v1/domains/{name}", s.detachDomain)
+	mux.HandleFunc("GET /v1/domains/{name}/disks", s.listDisks)
+	mux.HandleFunc("POST /v1/domains/{name}/snapshots", s.createSnapshot)
+	mux.HandleFunc("GET /v1/domains/{name}/snapshots", s.listSnapshots)
+	mux.HandleFunc("GET /v1/domains/{name}/snapshots/current", s.getCurrent)
+	mux.HandleFunc("PUT /v1/domains/{name}/snapshots/current", s.setCurrent)
+	mux.HandleFunc("GET /v1/domains/{name}/snapshots/{snap}", s.getSnapshot)
+	mux.HandleFunc("DELETE /v1/domains/{name}/snapshots/{snap}", s.deleteSnapshot)
+	mux.HandleFunc("POST /v1/domains/{name}/fsfreeze", s.fsFreeze)
+	mux.HandleFunc("POST /v1/domains/{name}/fsthaw", s.fsThaw)
+	mux.HandleFunc("GET /v1/domains/{name}/fsfreeze", s.fsStatus)
+	mux.HandleFunc("GET /v1/operations/{id}", s.getOperation)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func (s *Server) writeErr(w http.ResponseWriter, err error) {
+	status, info := errorInfo(err)
+	if status == http.StatusInternalServerError {
+		s.log.Error("request failed with an internal error", zap.Error(err))
+	}
+	writeJSON(w, status, ErrorBody{Error: info})
+}
+
+// decode reads a JSON body strictly: unknown fields are errors, so a
+// typo is not silently ignored.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return fmt.Errorf("%w: body over %d bytes", errBadRequest, MaxBodyBytes)
+		}
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: empty body", errBadRequest)
+		}
+		return fmt.Errorf("%w: malformed JSON: %v", errBadRequest, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the JSON object", errBadRequest)
+	}
+	return nil
+}
+
+func (s *Server) version(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, VersionInfo{Version: version.String(), GoVersion: version.Go(), APIVersion: APIVersion})
+}
+
+func toDomain(info driver.DomainInfo) Domain {
+	return Domain{DomainInfo: info, AgentConfigured: info.Agent != ""}
+}
+
+func (s *Server) listDomains(w http.ResponseWriter, r *http.Request) {
+	out := []Domain{}
+	for _, d := range s.drv.Domains() {
+		out = append(out, toDomain(d))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getDomain(w http.ResponseWriter, r *http.Request) {
+	info, err := s.drv.DomainInfo(r.PathValue("name"))
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toDomain(info))
+}
+
+func (s *Server) attachDomain(w http.ResponseWriter, r *http.Request) {
+	var req AttachRequest
+	if err := decode(r, &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	info, err := s.drv.AttachDomain(r.Context(), driver.DomainConfig{Name: req.Name, QMP: req.QMP, Agent: req.Agent})
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toDomain(info))
+}
+
+func (s *Server) detachDomain(w http.ResponseWriter, r *http.Request) {
+	// Refused, not queued, while an operation runs.
+	ctx, cancel := context.WithCancel(r.Context())
+	cancel()
+	if err := s.drv.DetachDomain(ctx, r.PathValue("name")); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) listDisks(w http.ResponseWriter, r *http.Request) {
+	disks, err := s.drv.Disks(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	out := []Disk{}
+	for _, d := range disks {
+		backing := []string{}
+		for _, b := range d.Backing {
+			backing = append(backing, b.File)
+		}
+		out = append(out, Disk{Target: d.Target, Source: d.File, Format: d.Format, NodeName: d.NodeName, Backing: backing})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	domain := r.PathValue("name")
+	var req CreateSnapshotRequest
+	if err := decode(r, &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	id, err := s.ops.start(r.Header.Get(OperationHeader), "snapshot-create", domain)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	w.Header().Set(OperationHeader, id)
+	res, err := s.drv.CreateSnapshot(r.Context(), domain, driver.CreateRequest{
+		XML: req.XML, Flags: driver.CreateFlags(req.Flags), Quiesce: driver.QuiesceMode(req.Quiesce), OpID: id,
+	})
+	if err != nil {
+		s.ops.finish(id, nil, err)
+		s.writeErr(w, err)
+		return
+	}
+	resp := CreateSnapshotResponse{
+		Name: res.Name, XML: res.XML, Operation: id, Mode: string(res.Mode), Quiesced: res.Quiesced,
+		Disks: res.Disks, Indications: res.Indications,
+		Timings: Timings{TotalMS: ms(res.Total), SwitchMS: ms(res.Switch), FreezeMS: ms(res.Freeze)},
+	}
+	if resp.Disks == nil {
+		resp.Disks = []transaction.Outcome{}
+	}
+	s.ops.finish(id, resp, nil)
+	writeJSON(w, http.StatusCreated, resp)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	domain := r.PathValue("name")
+	recs, err := s.drv.Snapshots(domain)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	cur, _ := s.drv.Store().Current(domain)
+	all := snapshotsOf(recs, cur, false)
+	q := r.URL.Query()
+	out := SnapshotList{Snapshots: []Snapshot{}}
+	for _, sn := range all {
+		if q.Has("roots") && sn.Parent != "" || q.Has("leaves") && len(sn.Children) > 0 {
+			continue
+		}
+		out.Snapshots = append(out.Snapshots, sn)
+	}
+	if q.Has("tree") {
+		out.Tree = tree(all)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// snapshotsOf converts records, oldest first, filling in children.
+func snapshotsOf(recs []driver.SnapshotRecord, current string, withXML bool) []Snapshot {
+	children := map[string][]string{}
+	for _, rec := range recs {
+		if rec.Parent != "" {
+			children[rec.Parent] = append(children[rec.Parent], rec.Name)
+		}
+	}
+	out := make([]Snapshot, len(recs))
+	for i, rec := range recs {
+		out[i] = Snapshot{
+			Name: rec.Name, Description: rec.Description, CreationTime: time.Unix(rec.CreationTime, 0).UTC(),
+			State: rec.State, Parent: rec.Parent, Current: rec.Name == current, Children: children[rec.Name],
+		}
+		if out[i].Children == nil {
+			out[i].Children = []string{}
+		}
+		if withXML {
+			out[i].XML = rec.XML
+		}
+	}
+	return out
+}
+
+func tree(all []Snapshot) []*SnapshotNode {
+	nodes := map[string]*SnapshotNode{}
+	for _, sn := range all {
+		nodes[sn.Name] = &SnapshotNode{Name: sn.Name, Children: []*SnapshotNode{}}
+	}
+	var roots []*SnapshotNode
+	for _, sn := range all {
+		n := nodes[sn.Name]
+		if p, ok := nodes[sn.Parent]; ok {
+			p.Children = append(p.Children, n)
+		} else {
+			roots = append(roots, n)
+		}
+	}
+	return roots
+}
+
+func (s *Server) snapshotResponse(w http.ResponseWriter, domain string, rec driver.SnapshotRecord, err error) {
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	recs, err := s.drv.Snapshots(domain)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	cur, _ := s.drv.Store().Current(domain)
+	for _, sn := range snapshotsOf(recs, cur, true) {
+		if sn.Name == rec.Name {
+			writeJSON(w, http.StatusOK, sn)
+			return
+		}
+	}
+	s.writeErr(w, fmt.Errorf("%w: snapshot '%s' vanished", driver.ErrNoSnapshot, rec.Name))
+}
+
+func (s *Server) getSnapshot(w http.ResponseWriter, r *http.Request) {
+	domain := r.PathValue("name")
+	rec, err := s.drv.Snapshot(domain, r.PathValue("snap"))
+	s.snapshotResponse(w, domain, rec, err)
+}
+
+func (s *Server) getCurrent(w http.ResponseWriter, r *http.Request) {
+	domain := r.PathValue("name")
+	rec, err := s.drv.Current(domain)
+	s.snapshotResponse(w, domain, rec, err)
+}
+
+func (s *Server) setCurrent(w http.ResponseWriter, r *http.Request) {
+	domain := r.PathValue("name")
+	var req SetCurrentRequest
+	if err := decode(r, &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if err := s.drv.SetCurrent(r.Context(), domain, req.Name); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	rec, err := s.drv.Current(domain)
+	s.snapshotResponse(w, domain, rec, err)
+}
+
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	metadataOnly := false
+	if v := q.Get("metadata-only"); v != "" {
+		if !slices.Contains([]string{"true", "1", "false", "0"}, v) {
+			s.writeErr(w, fmt.Errorf("%w: metadata-only must be true or false", errBadRequest))
+			return
+		}
+		metadataOnly = v == "true" || v == "1"
+	}
+	if err := s.drv.DeleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snap"), metadataOnly); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) fsFreeze(w http.ResponseWriter, r *http.Request) {
+	domain := r.PathValue("name")
+	var req FreezeRequest
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			s.writeErr(w, err)
+			return
+		}
+	}
+	var hold time.Duration
+	if req.Timeout != "" {
+		d, err := time.ParseDuration(req.Timeout)
+		if err != nil || d <= 0 {
+			s.writeErr(w, fmt.Errorf("%w: timeout must be a positive duration such as 30s", errBadRequest))
+			return
+		}
+		hold = d
+	}
+	s.operation(w, r, "fsfreeze", domain, func(ctx context.Context) (any, error) {
+		n, err := s.drv.FSFreeze(ctx, domain, req.Mountpoints, hold)
+		return FreezeResponse{Count: n}, err
+	})
+}
+
+func (s *Server) fsThaw(w http.ResponseWriter, r *http.Request) {
+	domain := r.PathValue("name")
+	s.operation(w, r, "fsthaw", domain, func(ctx context.Context) (any, error) {
+		n, err := s.drv.FSThaw(ctx, domain)
+		return FreezeResponse{Count: n}, err
+	})
+}
+
+// operation runs a mutating call as a readable operation.
+func (s *Server) operation(w http.ResponseWriter, r *http.Request, kind, domain string, f func(context.Context) (any, error)) {
+	id, err := s.ops.start(r.Header.Get(OperationHeader), kind, domain)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	w.Header().Set(OperationHeader, id)
+	res, err := f(r.Context())
+	s.ops.finish(id, res, err)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) fsStatus(w http.ResponseWriter, r *http.Request) {
+	fi, err := s.drv.FSStatus(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, fi)
+}
+
+func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if op, ok := s.ops.get(id); ok {
+		writeJSON(w, http.StatusOK, op)
+		return
+	}
+	// Operations from before a restart are in the journal.
+	rec, err := s.drv.Store().Op(id)
+	if err != nil {
+		s.writeErr(w, fmt.Errorf("%w: %s", errNoOperation, id))
+		return
+	}
+	op := Operation{ID: rec.ID, Kind: rec.Kind, Domain: rec.Domain, Started: rec.Started, Ended: rec.Updated}
+	switch phase := rec.Phase(); {
+	case phase.Active():
+		op.State, op.Ended = OpRunning, time.Time{}
+	case phase == transaction.PhaseDone:
+		op.State = OpSucceeded
+	default:
+		op.State = OpFailed
+		info := ErrorInfo{Code: CodeOperationFailed, Message: rec.Error}
+		if rec.Plan != nil {
+			info.Details = &ErrorDetails{Operation: rec.ID, Disks: rec.Plan.Outcomes()}
+		}
+		op.Error = &info
+	}
+	writeJSON(w, http.StatusOK, op)
+}

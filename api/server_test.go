@@ -1,0 +1,341 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/qmp"
+)
+
+// daemon is an in-process API server over a real driver and real QEMU.
+type daemon struct {
+	t        *testing.T
+	dir      string
+	rw, ro   string
+	drv      *driver.Driver
+	client   *api.Client
+	roClient *api.Client
+	vms      map[string]*qemutest.VM
+	stop     context.CancelFunc
+	done     chan error
+}
+
+func startDaemon(t *testing.T, access api.Access) *daemon {
+	t.Helper()
+	dir := qemutest.TempDir(t)
+	d := &daemon{t: t, dir: dir, rw: filepath.Join(dir, "rw.sock"), ro: filepath.Join(dir, "ro.sock"), vms: map[string]*qemutest.VM{}}
+	drv, err := driver.Open(driver.Config{StateDir: filepath.Join(dir, "state")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.drv = drv
+	rwl, err := net.Listen("unix", d.rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rol, err := net.Listen("unix", d.ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stop, d.done = cancel, make(chan error, 1)
+	srv := api.NewServer(drv, api.Config{Access: access}, nil)
+	go func() { d.done <- srv.Serve(ctx, rwl, rol) }()
+	d.client, d.roClient = api.NewClient(d.rw), api.NewClient(d.ro)
+	t.Cleanup(d.close)
+	return d
+}
+
+func (d *daemon) close() {
+	d.client.Close()
+	d.roClient.Close()
+	d.stop()
+	if err := <-d.done; err != nil {
+		d.t.Errorf("serve: %v", err)
+	}
+	d.drv.Close()
+}
+
+// vm starts a QEMU and attaches it under name.
+func (d *daemon) vm(name string, disks int) *qemutest.VM {
+	d.t.Helper()
+	vm := qemutest.Start(d.t, qemutest.Options{Disks: disks, Style: qemutest.Blockdev, SecondMonitor: true})
+	if _, err := d.client.Attach(ctx(d.t), api.AttachRequest{Name: name, QMP: vm.QMP}); err != nil {
+		d.t.Fatal(err)
+	}
+	d.vms[name] = vm
+	return vm
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// raw sends a request as given, for inputs the client cannot produce.
+func raw(t *testing.T, socket, method, path string, body []byte, hdr map[string]string) (int, api.ErrorBody) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	defer hc.CloseIdleConnections()
+	req, err := http.NewRequest(method, "http://qsnapd"+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var eb api.ErrorBody
+	json.Unmarshal(data, &eb)
+	return resp.StatusCode, eb
+}
+
+// state is what a bad request must not change.
+func (d *daemon) state(name string) string {
+	d.t.Helper()
+	vm := d.vms[name]
+	obs, err := qmp.Dial(ctx(d.t), vm.QMP2)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer obs.Close()
+	disks, err := obs.Disks(ctx(d.t))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(vm.Dir)
+	var files []string
+	for _, e := range entries {
+		files = append(files, e.Name())
+	}
+	snaps, _ := d.drv.Snapshots(name)
+	doms := d.drv.Domains()
+	return fmt.Sprintf("disks=%v files=%v snaps=%d domains=%d", disks, files, len(snaps), len(doms))
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	d := startDaemon(t, api.Access{})
+	vm := d.vm("vm1", 2)
+	if _, err := d.client.CreateSnapshot(ctx(t), "vm1", api.CreateSnapshotRequest{XML: "<domainsnapshot><name>s0</name></domainsnapshot>", Flags: api.Flags(driver.FlagDiskOnly)}, ""); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(vm.Dir, "link.img")
+	os.Symlink("/etc/hostname", link)
+	outside := qemutest.TempDir(t)
+	snap := func(xml string, flags any) []byte {
+		b, _ := json.Marshal(map[string]any{"xml": xml, "flags": flags})
+		return b
+	}
+	disk := func(file string) string {
+		return "<domainsnapshot><name>s1</name><disks><disk name='vda'><source file='" + file + "'/></disk><disk name='vdb' snapshot='no'/></disks></domainsnapshot>"
+	}
+	big := bytes.Repeat([]byte("x"), 2<<20)
+	for _, tc := range []struct {
+		name         string
+		socket       string
+		method, path string
+		body         []byte
+		status       int
+		code         string
+	}{
+		{"malformed JSON", d.rw, "POST", "/v1/domains/vm1/snapshots", []byte(`{"xml": `), 400, api.CodeInvalidArg},
+		{"trailing JSON", d.rw, "POST", "/v1/domains/vm1/snapshots", []byte(`{} {}`), 400, api.CodeInvalidArg},
+		{"unknown field", d.rw, "POST", "/v1/domains/vm1/snapshots", []byte(`{"xml": "", "flagz": 16}`), 400, api.CodeInvalidArg},
+		{"malformed XML", d.rw, "POST", "/v1/domains/vm1/snapshots", snap("<domainsnapshot><name>", []string{"disk-only"}), 400, api.CodeInvalidArg},
+		{"unknown flag name", d.rw, "POST", "/v1/domains/vm1/snapshots", snap("", []string{"disk-only", "turbo"}), 400, api.CodeInvalidArg},
+		{"flag integer with unknown bits", d.rw, "POST", "/v1/domains/vm1/snapshots", snap("", 16|1<<20), 400, api.CodeInvalidArg},
+		{"negative flag integer", d.rw, "POST", "/v1/domains/vm1/snapshots", snap("", -1), 400, api.CodeInvalidArg},
+		{"2 MiB body", d.rw, "POST", "/v1/domains/vm1/snapshots", append(append([]byte(`{"xml": "`), big...), '"', '}'), 400, api.CodeInvalidArg},
+		{"wrong method", d.rw, "PATCH", "/v1/domains/vm1/snapshots", nil, 405, api.CodeInvalidArg},
+		{"unknown path", d.rw, "GET", "/v1/nothing", nil, 404, api.CodeNoDomain},
+		{"unknown domain", d.rw, "POST", "/v1/domains/nope/snapshots", snap("", []string{"disk-only"}), 404, api.CodeNoDomain},
+		{"unknown snapshot", d.rw, "GET", "/v1/domains/vm1/snapshots/nope", nil, 404, api.CodeNoDomainSnapshot},
+		{"existing snapshot", d.rw, "POST", "/v1/domains/vm1/snapshots", snap("<domainsnapshot><name>s0</name></domainsnapshot>", []string{"disk-only"}), 409, api.CodeSnapshotExists},
+		{"path traversal", d.rw, "POST", "/v1/domains/vm1/snapshots", snap(disk(vm.Dir+"/../etc/x"), []string{"disk-only"}), 400, api.CodeInvalidArg},
+		{"symlink target", d.rw, "POST", "/v1/domains/vm1/snapshots", snap(disk(link), []string{"disk-only"}), 400, api.CodeInvalidArg},
+		{"outside the allowed dirs", d.rw, "POST", "/v1/domains/vm1/snapshots", snap(disk(filepath.Join(outside, "x.img")), []string{"disk-only"}), 400, api.CodeInvalidArg},
+		{"memory snapshot", d.rw, "POST", "/v1/domains/vm1/snapshots", snap("", 0), 501, api.CodeOperationUnsupported},
+		{"delete with data", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0", nil, 501, api.CodeOperationUnsupported},
+		{"bad quiesce mode", d.rw, "POST", "/v1/domains/vm1/snapshots", []byte(`{"flags": ["disk-only"], "quiesce": "maybe"}`), 400, api.CodeInvalidArg},
+		{"quiesce without an agent", d.rw, "POST", "/v1/domains/vm1/snapshots", snap("", []string{"disk-only", "quiesce"}), 503, api.CodeAgentUnresponsive},
+		{"attach with a relative path", d.rw, "POST", "/v1/domains", []byte(`{"name": "x", "qmp": "qmp.sock"}`), 400, api.CodeInvalidArg},
+		{"attach twice", d.rw, "POST", "/v1/domains", []byte(`{"name": "vm1", "qmp": "` + vm.QMP + `"}`), 409, api.CodeOperationInvalid},
+		{"attach to nothing", d.rw, "POST", "/v1/domains", []byte(`{"name": "x", "qmp": "/nonexistent/qmp.sock"}`), 503, api.CodeOperationInvalid},
+		{"bad freeze timeout", d.rw, "POST", "/v1/domains/vm1/fsfreeze", []byte(`{"timeout": "-3s"}`), 400, api.CodeInvalidArg},
+		{"bad operation id", d.rw, "GET", "/v1/operations/nope", nil, 404, api.CodeNoOperation},
+		{"snapshot on the read-only socket", d.ro, "POST", "/v1/domains/vm1/snapshots", snap("", []string{"disk-only"}), 403, api.CodeForbidden},
+		{"detach on the read-only socket", d.ro, "DELETE", "/v1/domains/vm1", nil, 403, api.CodeForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := d.state("vm1")
+			status, eb := raw(t, tc.socket, tc.method, tc.path, tc.body, nil)
+			if status != tc.status || eb.Error.Code != tc.code || eb.Error.Message == "" {
+				t.Errorf("got %d %+v; want %d %s", status, eb.Error, tc.status, tc.code)
+			}
+			if after := d.state("vm1"); after != before {
+				t.Errorf("state changed:\nbefore %s\nafter  %s", before, after)
+			}
+		})
+	}
+	// Reads work on the read-only socket.
+	if _, err := d.roClient.Snapshots(ctx(t), "vm1", nil); err != nil {
+		t.Errorf("list on the read-only socket: %v", err)
+	}
+}
+
+func TestOperationOutcomeOutlivesTheRequest(t *testing.T) {
+	d := startDaemon(t, api.Access{})
+	d.vm("vm1", 1)
+	// A client that gives up at once still gets its snapshot, and reads
+	// the outcome afterwards by the id it chose.
+	c, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	d.client.CreateSnapshot(c, "vm1", api.CreateSnapshotRequest{Flags: api.Flags(driver.FlagDiskOnly)}, "my-op-1")
+	var op api.Operation
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var err error
+		op, err = d.client.Operation(ctx(t), "my-op-1")
+		if err == nil && op.State != api.OpRunning {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("operation: %+v, %v", op, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Either the request was cut before anything changed, or it ran to
+	// the end: never half-done.
+	snaps, _ := d.drv.Snapshots("vm1")
+	switch op.State {
+	case api.OpSucceeded:
+		if len(snaps) != 1 {
+			t.Errorf("succeeded but %d snapshots", len(snaps))
+		}
+	case api.OpFailed:
+		if len(snaps) != 0 {
+			t.Errorf("failed but %d snapshots", len(snaps))
+		}
+	}
+	// A chosen id that is taken is refused.
+	if _, err := d.client.CreateSnapshot(ctx(t), "vm1", api.CreateSnapshotRequest{Flags: api.Flags(driver.FlagDiskOnly)}, "my-op-1"); api.Code(err) != api.CodeInvalidArg {
+		t.Errorf("reused operation id: %v", err)
+	}
+}
+
+func TestSnapshotListingAndTree(t *testing.T) {
+	d := startDaemon(t, api.Access{})
+	d.vm("vm1", 1)
+	for _, n := range []string{"a", "b", "c"} {
+		xml := "<domainsnapshot><name>" + n + "</name></domainsnapshot>"
+		if _, err := d.client.CreateSnapshot(ctx(t), "vm1", api.CreateSnapshotRequest{XML: xml, Flags: api.Flags(driver.FlagDiskOnly)}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := d.client.Snapshots(ctx(t), "vm1", map[string][]string{"tree": {""}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Snapshots) != 3 || len(list.Tree) != 1 || list.Tree[0].Name != "a" || list.Tree[0].Children[0].Children[0].Name != "c" {
+		t.Errorf("list %+v tree %+v", list.Snapshots, list.Tree)
+	}
+	roots, _ := d.client.Snapshots(ctx(t), "vm1", map[string][]string{"roots": {""}})
+	leaves, _ := d.client.Snapshots(ctx(t), "vm1", map[string][]string{"leaves": {""}})
+	if len(roots.Snapshots) != 1 || roots.Snapshots[0].Name != "a" || len(leaves.Snapshots) != 1 || leaves.Snapshots[0].Name != "c" {
+		t.Errorf("roots %+v leaves %+v", roots.Snapshots, leaves.Snapshots)
+	}
+	cur, err := d.client.Current(ctx(t), "vm1")
+	if err != nil || cur.Name != "c" || !cur.Current || cur.XML == "" {
+		t.Errorf("current: %+v, %v", cur, err)
+	}
+	if _, err := d.client.SetCurrent(ctx(t), "vm1", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.client.DeleteSnapshot(ctx(t), "vm1", "b", true); err != nil {
+		t.Fatal(err)
+	}
+	c, err := d.client.Snapshot(ctx(t), "vm1", "c")
+	if err != nil || c.Parent != "a" {
+		t.Errorf("c after deleting b: %+v, %v", c, err)
+	}
+	// Detach refuses nothing when idle, then the domain is gone.
+	if err := d.client.Detach(ctx(t), "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.client.Domain(ctx(t), "vm1"); api.Code(err) != api.CodeNoDomain {
+		t.Errorf("after detach: %v", err)
+	}
+}
+
+// TestForbiddenUID runs a client as another user with setpriv: the
+// read-write socket refuses it, unless it is allowed.
+func TestForbiddenUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a client as another uid")
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv (util-linux) is missing")
+	}
+	for _, tc := range []struct {
+		name   string
+		access api.Access
+		want   int
+	}{
+		{"refused", api.Access{}, 403},
+		{"allowed by uid", api.Access{UIDs: []int{65534}}, 200},
+		{"allowed by gid", api.Access{GIDs: []int{65534}}, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := startDaemon(t, tc.access)
+			// Let the other user reach the socket, so that SO_PEERCRED,
+			// not the file mode, decides.
+			os.Chmod(d.dir, 0o755)
+			os.Chmod(d.rw, 0o666)
+			out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+				"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", d.rw, "http://qsnapd/v1/domains").CombinedOutput()
+			if err != nil {
+				t.Fatalf("setpriv curl: %v: %s", err, out)
+			}
+			if got, _ := strconv.Atoi(strings.TrimSpace(string(out))); got != tc.want {
+				t.Errorf("status %s, want %d", out, tc.want)
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	d := startDaemon(t, api.Access{})
+	v, err := d.client.Version(ctx(t))
+	if err != nil || v.APIVersion != "v1" || v.GoVersion == "" || v.Version == "" {
+		t.Errorf("version: %+v, %v", v, err)
+	}
+	var ae *api.Error
+	_, err = d.client.Domain(ctx(t), "nope")
+	if !errors.As(err, &ae) || ae.Status != 404 {
+		t.Errorf("unknown domain: %v", err)
+	}
+}
