@@ -12,7 +12,7 @@ DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static qemu-guest-agent
 FUZZTIME ?= 60s
 BENCHCOUNT ?= 6
 
-.PHONY: all build deps test test-short bench fuzz fmt vet clean
+.PHONY: all build deps test test-short bench fuzz fmt vet clean demo
 
 all: build
 
@@ -31,6 +31,11 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	$(GO) mod download
+
+# demo boots the test guest, runs qsnapd on temporary sockets and takes a
+# quiesced atomic snapshot through qsnapctl; it cleans up after itself.
+demo: deps build
+	bash scripts/demo.sh
 
 vet:
 	$(GO) vet ./...
@@ -53,6 +58,8 @@ bench: deps
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeLine$$' -fuzztime $(FUZZTIME) ./qmp/
 	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./qmp/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCreateRequest$$' -fuzztime $(FUZZTIME) ./api/
+	$(GO) test -run '^$$' -fuzz '^FuzzDiskspec$$' -fuzztime $(FUZZTIME) ./cmd/qsnapctl/
 
 clean:
 	rm -rf bin bench.out

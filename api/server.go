@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -190,23 +191,30 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	writeJSON(w, status, ErrorBody{Error: info})
 }
 
-// decode reads a JSON body strictly: unknown fields are errors, so a
-// typo is not silently ignored.
+// decode reads a JSON object body strictly: one object, nothing after
+// it, no unknown fields, so that a typo is not silently ignored.
 func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return fmt.Errorf("%w: body over %d bytes", errBadRequest, MaxBodyBytes)
 		}
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: empty body", errBadRequest)
-		}
-		return fmt.Errorf("%w: malformed JSON: %v", errBadRequest, err)
+		return fmt.Errorf("%w: read body: %v", errBadRequest, err)
 	}
-	if dec.More() {
-		return fmt.Errorf("%w: trailing data after the JSON object", errBadRequest)
+	trimmed := bytes.TrimSpace(body)
+	switch {
+	case len(trimmed) == 0:
+		return fmt.Errorf("%w: empty body", errBadRequest)
+	case !json.Valid(trimmed):
+		return fmt.Errorf("%w: malformed JSON", errBadRequest)
+	case trimmed[0] != '{':
+		return fmt.Errorf("%w: the body must be a JSON object", errBadRequest)
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", errBadRequest, err)
 	}
 	return nil
 }
