@@ -60,7 +60,7 @@ func newDomain(cfg DomainConfig, drv *Driver) *Domain {
 		drv:    drv,
 		client: qmp.New(cfg.QMP, drv.cfg.QMPOptions...),
 		agent: guestagent.New(cfg.Agent, guestagent.Options{Timeout: drv.cfg.AgentTimeout,
-			FreezeTimeout: drv.cfg.MaxFreeze, ThawTimeout: drv.cfg.ThawTimeout}),
+			FreezeTimeout: drv.cfg.MaxFreeze, ThawTimeout: drv.cfg.ThawTimeout, Observer: drv.cfg.AgentObserver}),
 		log:       drv.log.With(zap.String("domain", cfg.Name)),
 		lock:      make(chan struct{}, 1),
 		stopCh:    make(chan struct{}),
@@ -192,6 +192,7 @@ func (dom *Domain) supervise(ctx context.Context) {
 				continue
 			}
 			dom.log.Info("domain connected")
+			dom.drv.domainsChanged()
 		}
 		backoff = cfg.ReconnectMin
 
@@ -211,6 +212,7 @@ func (dom *Domain) supervise(ctx context.Context) {
 			dom.lastErr = qmp.ErrDisconnected
 			dom.mu.Unlock()
 			dom.log.Warn("domain disconnected")
+			dom.drv.domainsChanged()
 		case <-retryC:
 		case <-dom.stopCh:
 			return

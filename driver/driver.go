@@ -48,8 +48,12 @@ type Config struct {
 	// Quiesce is what a snapshot without QUIESCE or a quiesce option
 	// does: "skip" (libvirt's behaviour), "prefer" or "require".
 	Quiesce QuiesceMode
-	// QMPOptions tune every domain's QMP client (ceilings, for tests).
+	// QMPOptions tune every domain's QMP client (ceilings, observers).
 	QMPOptions []qmp.Option `toml:"-"`
+	// AgentObserver hears every guest agent command, for metrics.
+	AgentObserver func(command string, took time.Duration, err error) `toml:"-"`
+	// Events hears what the driver does, for metrics and D-Bus signals.
+	Events Events `toml:"-"`
 }
 
 // Validate checks the configuration and fills in defaults.
@@ -105,6 +109,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxFreeze == 0 {
 		c.MaxFreeze = 10 * time.Second
+	}
+	if c.Events == nil {
+		c.Events = NopEvents{}
 	}
 	return nil
 }
@@ -244,6 +251,21 @@ func (d *Driver) domain(name string) (*Domain, error) {
 	return dom, nil
 }
 
+// domainsChanged reports how many domains are connected now.
+func (d *Driver) domainsChanged() {
+	d.mu.Lock()
+	up, down := 0, 0
+	for _, dom := range d.domains {
+		if dom.Info().Connected {
+			up++
+		} else {
+			down++
+		}
+	}
+	d.mu.Unlock()
+	d.cfg.Events.DomainsChanged(up, down)
+}
+
 // Domains lists the registered domains by name.
 func (d *Driver) Domains() []DomainInfo {
 	d.mu.Lock()
@@ -300,6 +322,7 @@ func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo
 		return DomainInfo{}, fmt.Errorf("attach domain %s: %w", cfg.Name, err)
 	}
 	d.startSupervisor(dom)
+	d.domainsChanged()
 	return dom.Info(), nil
 }
 
@@ -322,6 +345,7 @@ func (d *Driver) DetachDomain(ctx context.Context, name string) error {
 	delete(d.domains, name)
 	d.mu.Unlock()
 	dom.stop()
+	d.domainsChanged()
 	return nil
 }
 

@@ -78,6 +78,7 @@ func (d *Driver) freezeGuest(ctx context.Context, dom *Domain, owner, opID strin
 	dom.mu.Lock()
 	dom.freeze = gf
 	dom.mu.Unlock()
+	d.cfg.Events.GuestFrozen(dom.cfg.Name, owner)
 	fctx, cancel := context.WithDeadline(ctx, gf.sent.Add(hold))
 	n, err := dom.agent.Freeze(fctx, mountpoints)
 	gf.frozenAt = time.Now()
@@ -115,6 +116,7 @@ func (d *Driver) thawGuest(dom *Domain, gf *guestFreeze, byTimer bool) {
 			defer dom.agent.Close()
 		}
 		if byTimer {
+			d.cfg.Events.FreezeDeadlineExceeded(dom.cfg.Name)
 			dom.log.Warn("freeze deadline exceeded; guest thawed", zap.String("owner", gf.rec.Owner),
 				zap.String("op", gf.rec.OpID), zap.Error(gf.err))
 		}
@@ -158,13 +160,22 @@ func holdExpired(err error) bool {
 // forgetFreeze drops a thawed freeze, unless a newer one replaced it.
 func (d *Driver) forgetFreeze(dom *Domain, gf *guestFreeze) {
 	dom.mu.Lock()
-	defer dom.mu.Unlock()
 	if dom.freeze != gf {
+		dom.mu.Unlock()
 		return
 	}
 	dom.freeze, dom.retrying = nil, false
 	if err := d.store.DeleteFreeze(dom.cfg.Name); err != nil {
 		dom.log.Error("freeze record not deleted; a restart will thaw again", zap.Error(err))
+	}
+	dom.mu.Unlock()
+	since := gf.sent
+	if since.IsZero() {
+		since = gf.rec.Since // a freeze a previous daemon left
+	}
+	d.cfg.Events.GuestThawed(dom.cfg.Name, time.Since(since))
+	if gf.timer == nil {
+		d.cfg.Events.OperationRecovered("thawed")
 	}
 }
 
@@ -235,6 +246,7 @@ func (d *Driver) thawRecorded() error {
 		dom.mu.Lock()
 		dom.freeze = gf
 		dom.mu.Unlock()
+		d.cfg.Events.GuestFrozen(dom.cfg.Name, rec.Owner)
 		d.retryThaw(dom, gf)
 	}
 	return nil

@@ -92,6 +92,7 @@ func (d *Driver) recoverOp(ctx context.Context, dom *Domain, op *OpRecord) error
 	if switched > 0 {
 		action = "rolled_back"
 	}
+	d.cfg.Events.OperationRecovered(action)
 	log.Info("recovered interrupted operation", zap.String("action", action),
 		zap.Int("rolled_back", switched-len(plan.Stuck())), zap.Int("stuck", len(plan.Stuck())))
 	return nil

@@ -139,7 +139,33 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	// From the first side effect on, the operation completes or rolls
 	// back even if the caller goes away; each QMP command keeps its own
 	// ceiling.
-	return d.create(context.WithoutCancel(ctx), dom, spec, start)
+	d.cfg.Events.OperationsInFlight(1)
+	defer d.cfg.Events.OperationsInFlight(-1)
+	res, err := d.create(context.WithoutCancel(ctx), dom, spec, start)
+	d.cfg.Events.SnapshotFinished(snapshotEvent(dom.cfg.Name, spec, res, err, time.Since(start)))
+	return res, err
+}
+
+// snapshotEvent summarises a finished snapshot for metrics and signals.
+func snapshotEvent(domain string, spec *createSpec, res *CreateResult, err error, took time.Duration) SnapshotEvent {
+	ev := SnapshotEvent{Domain: domain, Name: spec.name, OpID: spec.opID, Mode: string(spec.mode), Duration: took, Err: err}
+	if err == nil {
+		ev.Result, ev.Quiesced, ev.Freeze = ResultSuccess, res.Quiesced, res.Freeze
+		return ev
+	}
+	ev.Result = ResultFailure
+	var oe *OpError
+	if errors.As(err, &oe) {
+		for _, o := range oe.Disks {
+			switch {
+			case o.Result.OnOverlay():
+				ev.Result = ResultPartial
+			case o.Result == transaction.DiskRolledBack && ev.Result != ResultPartial:
+				ev.Result = ResultRolledBack
+			}
+		}
+	}
+	return ev
 }
 
 func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, start time.Time) (*CreateResult, error) {
@@ -329,6 +355,7 @@ func (d *Driver) executor(dom *Domain, op *OpRecord) *transaction.Executor {
 		Log:             dom.log,
 		RollbackTimeout: d.cfg.RollbackTimeout,
 		BeforeSwitch:    func(pd *transaction.Disk) error { return d.hook("switch:" + pd.Target) },
+		OnRollback:      d.cfg.Events.RollbackFinished,
 		AfterCommitStart: func(pd *transaction.Disk) error {
 			return d.hook("rollback:" + pd.Target)
 		},

@@ -31,6 +31,9 @@ type Options struct {
 	Timeout       time.Duration
 	FreezeTimeout time.Duration
 	ThawTimeout   time.Duration
+	// Observer, if set, is called after every command with its duration
+	// and error, for metrics. It must return quickly.
+	Observer func(command string, took time.Duration, err error)
 }
 
 func (o Options) ceiling(command string) time.Duration {
@@ -90,7 +93,11 @@ func (c *Client) Close() error {
 
 // Execute runs command with args (nil for none) and decodes its return
 // value into result (nil to discard it).
-func (c *Client) Execute(ctx context.Context, command string, args, result any) error {
+func (c *Client) Execute(ctx context.Context, command string, args, result any) (err error) {
+	if obs := c.opts.Observer; obs != nil {
+		start := time.Now()
+		defer func() { obs(command, time.Since(start), err) }()
+	}
 	if c.path == "" {
 		return fmt.Errorf("guest agent %s: %w", command, ErrNotConfigured)
 	}

@@ -175,7 +175,11 @@ type reply struct {
 	err  error
 }
 
-func (c *Client) execute(ctx context.Context, command string, args any) (reply, error) {
+func (c *Client) execute(ctx context.Context, command string, args any) (r reply, err error) {
+	if obs := c.opts.observe; obs != nil {
+		start := time.Now()
+		defer func() { obs(command, time.Since(start), err) }()
+	}
 	s := c.session()
 	if s == nil {
 		return reply{}, fmt.Errorf("qmp %s: %w", command, ErrDisconnected)

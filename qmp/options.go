@@ -19,6 +19,7 @@ const (
 type Option func(*options)
 
 type options struct {
+	observe     func(command string, took time.Duration, err error)
 	handshake   time.Duration
 	maxLine     int
 	defaultCeil time.Duration
@@ -42,6 +43,12 @@ func WithCeiling(command string, d time.Duration) Option {
 // WithDefaultCeiling sets the ceiling of commands with no other rule.
 func WithDefaultCeiling(d time.Duration) Option {
 	return func(o *options) { o.defaultCeil = d }
+}
+
+// WithObserver calls f after every command with its duration and
+// error, for metrics. f must return quickly.
+func WithObserver(f func(command string, took time.Duration, err error)) Option {
+	return func(o *options) { o.observe = f }
 }
 
 // WithHandshakeTimeout bounds connect, greeting and negotiation.

@@ -54,6 +54,8 @@ type Executor struct {
 	// started; an error fails that disk's rollback. Both hooks exist so
 	// tests can inject faults and crashes at exact steps.
 	AfterCommitStart func(d *Disk) error
+	// OnRollback, when set, hears each disk's rollback outcome.
+	OnRollback func(ok bool)
 }
 
 func (e *Executor) log() *zap.Logger {

@@ -49,6 +49,9 @@ func (e *Executor) Rollback(ctx context.Context, p *Plan) error {
 		} else {
 			d.State, d.Error = DiskRolledBack, ""
 		}
+		if e.OnRollback != nil {
+			e.OnRollback(err == nil)
+		}
 		if err := e.save(ctx, p); err != nil {
 			e.log().Warn("journal after disk rollback failed", zap.String("op", p.OpID), zap.String("disk", d.Target), zap.Error(err))
 		}
