@@ -2,36 +2,119 @@
 package main
 
 import (
-	"flag"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
+	"github.com/qsnapd/qsnapd/api"
 	"github.com/qsnapd/qsnapd/internal/version"
 )
 
+// socketEnv names the variable that sets the socket, after --socket.
+const socketEnv = "QSNAPD_SOCKET"
+
+// requestTimeout bounds a whole command: a snapshot that fails may
+// have to roll back, which takes a while.
+const requestTimeout = 10 * time.Minute
+
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	c := &cli{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, loc: time.Local, timeout: requestTimeout}
+	code := c.main(ctx, os.Args[1:])
+	stop()
+	os.Exit(code)
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("qsnapctl", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: qsnapctl [flags]\n\nFlags:\n")
-		fs.PrintDefaults()
+// cli is one invocation: its outputs and, once the global options are
+// read, its settings and client.
+type cli struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	loc            *time.Location // of printed times
+	timeout        time.Duration
+
+	json   bool
+	client *api.Client
+}
+
+// main runs a command line and returns the exit status.
+func (c *cli) main(ctx context.Context, argv []string) int {
+	if err := c.run(ctx, argv); err != nil {
+		c.report(err)
+		return 1
 	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
+	return 0
+}
+
+func (c *cli) run(ctx context.Context, argv []string) error {
+	g, err := parseGlobals(argv, c.getenv, api.DefaultSocket)
+	if err != nil {
+		return err
+	}
+	switch {
+	case g.version:
+		_, err := fmt.Fprintf(c.stdout, "qsnapctl %s (%s)\n", version.String(), version.Go())
+		return err
+	case g.help:
+		writeHelp(c.stdout)
+		return nil
+	case len(g.rest) == 0:
+		return &usageError{err: errNoCommand}
+	}
+	name, rest := g.rest[0], g.rest[1:]
+	if name == "help" {
+		return c.help(rest)
+	}
+	cmd := lookup(name)
+	if cmd == nil {
+		return usagef("unknown command: '%s'", name)
+	}
+	a, err := parseArgs(cmd, rest)
+	if err != nil {
+		return err
+	}
+	if a.help {
+		writeCommandHelp(c.stdout, cmd)
+		return nil
+	}
+	c.json = g.json || a.json
+	c.client = api.NewClient(g.socket)
+	defer c.client.Close()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	err = cmd.run(ctx, c, a)
+	if err != nil && ctx.Err() != nil && !errors.As(err, new(*api.Error)) {
+		return fmt.Errorf("%s: %w", cause(ctx), err)
+	}
+	return err
+}
+
+// cause says why ctx ended.
+func cause(ctx context.Context) string {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return "timed out"
+	}
+	return "interrupted"
+}
+
+// help is the help command: global help, or one command's.
+func (c *cli) help(argv []string) error {
+	switch len(argv) {
+	case 0:
+		writeHelp(c.stdout)
+		return nil
+	case 1:
+		cmd := lookup(argv[0])
+		if cmd == nil {
+			return usagef("command '%s' doesn't exist", argv[0])
 		}
-		return 2
+		writeCommandHelp(c.stdout, cmd)
+		return nil
 	}
-	if *showVersion {
-		fmt.Fprintf(stdout, "qsnapctl %s (%s)\n", version.String(), version.Go())
-		return 0
-	}
-	fs.Usage()
-	return 2
+	return usagef("unexpected data '%s'", argv[1])
 }

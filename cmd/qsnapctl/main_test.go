@@ -1,27 +1,54 @@
 package main
 
 import (
-	"bytes"
+	"runtime"
 	"strings"
 	"testing"
 )
 
-func TestFlags(t *testing.T) {
+func TestCommandLine(t *testing.T) {
+	t.Setenv(socketEnv, "/nonexistent/qsnapd.sock")
 	for _, tc := range []struct {
-		args     []string
+		name     string
+		argv     []string
 		wantCode int
-		wantOut  string
-		wantErr  string
+		wantOut  string // part of stdout
+		wantErr  string // stderr exactly
 	}{
-		{[]string{"--version"}, 0, "qsnapctl ", ""},
-		{[]string{"--help"}, 0, "", "-version"},
-		{[]string{"--bogus"}, 2, "", "flag provided but not defined"},
+		{name: "version", argv: []string{"--version"}, wantOut: "qsnapctl "},
+		{name: "version names Go", argv: []string{"--version"}, wantOut: " (" + runtime.Version() + ")\n"},
+		{name: "help", argv: []string{"--help"}, wantOut: "snapshot-create-as <domain> [<name>] [<description>]"},
+		{name: "-h", argv: []string{"-h"}, wantOut: "Usage: qsnapctl"},
+		{name: "help lists flags", argv: []string{"help"}, wantOut: "[--diskspec <spec>]..."},
+		{name: "help VERB", argv: []string{"help", "snapshot-list"}, wantOut: "    --tree "},
+		{name: "VERB --help", argv: []string{"domfsfreeze", "--help"}, wantOut: "domfsfreeze <domain> [--mountpoint <path>]... [--timeout <duration>]"},
+		{name: "VERB --help ignores missing arguments", argv: []string{"snapshot-dumpxml", "--help"}, wantOut: "SYNOPSIS"},
+
+		{name: "unknown verb", argv: []string{"snapshot-revert", "vm1"}, wantCode: 1, wantErr: "error: unknown command: 'snapshot-revert'\n"},
+		{name: "help of an unknown verb", argv: []string{"help", "bogus"}, wantCode: 1, wantErr: "error: command 'bogus' doesn't exist\n"},
+		{name: "no verb", argv: nil, wantCode: 1, wantErr: "error: no command given; run 'qsnapctl help' for the list\n"},
+		{name: "unknown global flag", argv: []string{"--bogus"}, wantCode: 1, wantErr: "error: unknown option --bogus\n"},
+		{name: "unknown verb flag", argv: []string{"list", "--bogus"}, wantCode: 1, wantErr: "error: command 'list' doesn't support option --bogus\n"},
+		{name: "missing argument", argv: []string{"domblklist"}, wantCode: 1, wantErr: "error: command 'domblklist' requires <domain> option\n"},
+		{name: "bad diskspec", argv: []string{"snapshot-create-as", "vm1", "--diskspec", "vda,snapshot=maybe"}, wantCode: 1,
+			wantErr: "error: unable to parse diskspec 'vda,snapshot=maybe': snapshot must be external or no, not 'maybe'\n"},
 	} {
-		var out, errOut bytes.Buffer
-		code := run(tc.args, &out, &errOut)
-		if code != tc.wantCode || !strings.Contains(out.String(), tc.wantOut) || !strings.Contains(errOut.String(), tc.wantErr) {
-			t.Errorf("run(%v) = %d, stdout %q, stderr %q; want %d, %q, %q",
-				tc.args, code, out.String(), errOut.String(), tc.wantCode, tc.wantOut, tc.wantErr)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runCLI(t, tc.argv...)
+			if code != tc.wantCode || !strings.Contains(stdout, tc.wantOut) || stderr != tc.wantErr {
+				t.Errorf("qsnapctl %q = exit %d, stdout %q, stderr %q; want %d, %q, %q",
+					tc.argv, code, stdout, stderr, tc.wantCode, tc.wantOut, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestVersionVerb asks the daemon too.
+func TestVersionVerb(t *testing.T) {
+	f := newTestDaemon(t)
+	code, stdout, stderr := runCLI(t, "--socket", f.socket, "version")
+	if code != 0 || !strings.HasPrefix(stdout, "Client: qsnapctl ") ||
+		!strings.HasSuffix(stdout, "Daemon: qsnapd 1.2.3 (go1.26.0), API v1\n") {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }

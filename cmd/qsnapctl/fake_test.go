@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qsnapd/qsnapd/api"
+)
+
+// fakeReply is a canned answer of the fake daemon.
+type fakeReply struct {
+	status int    // 200 if zero
+	body   string // JSON
+	hang   bool   // wait until the client gives up
+}
+
+// fakeRequest is what the fake daemon received.
+type fakeRequest struct {
+	method, path, query, opID, body string
+}
+
+// fakeDaemon serves canned JSON on a unix socket, keyed by
+// "METHOD /path", and records the requests. It knows nothing of the
+// API beyond that: it checks what qsnapctl sends and how it prints what
+// it gets.
+type fakeDaemon struct {
+	socket string
+	routes map[string]fakeReply
+
+	mu   sync.Mutex
+	reqs []fakeRequest
+}
+
+func newFakeDaemon(t *testing.T, routes map[string]fakeReply) *fakeDaemon {
+	t.Helper()
+	// A short directory: unix socket paths must be under 108 bytes.
+	dir, err := os.MkdirTemp("", "qs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	f := &fakeDaemon{socket: filepath.Join(dir, "s"), routes: routes}
+	l, err := net.Listen("unix", f.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(f.serve))
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return f
+}
+
+func (f *fakeDaemon) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	f.mu.Lock()
+	f.reqs = append(f.reqs, fakeRequest{method: r.Method, path: r.URL.Path, query: r.URL.RawQuery,
+		opID: r.Header.Get(api.OperationHeader), body: string(body)})
+	f.mu.Unlock()
+	reply, ok := f.routes[r.Method+" "+r.URL.Path]
+	if !ok {
+		reply = fakeReply{status: http.StatusNotFound,
+			body: `{"error":{"code":"internal-error","message":"fake: no route for ` + r.Method + " " + r.URL.Path + `"}}`}
+	}
+	if reply.hang {
+		<-r.Context().Done()
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if reply.status == 0 {
+		reply.status = http.StatusOK
+	}
+	w.WriteHeader(reply.status)
+	io.WriteString(w, reply.body)
+}
+
+func (f *fakeDaemon) requests() []fakeRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]fakeRequest(nil), f.reqs...)
+}
+
+// testZone is the zone of printed times in tests.
+var testZone = time.FixedZone("TEST", 2*60*60)
+
+// runCLI runs a command line as main does, with times in testZone.
+func runCLI(t *testing.T, argv ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	return runCLITimeout(t, 30*time.Second, argv...)
+}
+
+func runCLITimeout(t *testing.T, timeout time.Duration, argv ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	c := &cli{stdout: &out, stderr: &errOut, getenv: os.Getenv, loc: testZone, timeout: timeout}
+	code = c.main(context.Background(), argv)
+	return code, out.String(), errOut.String()
+}

@@ -1,0 +1,618 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/internal/version"
+)
+
+// command is one verb, after virsh's vshCmdDef.
+type command struct {
+	name    string
+	summary string
+	opts    []option
+	run     func(ctx context.Context, c *cli, a *args) error
+}
+
+func (cmd *command) option(name string) *option {
+	for i := range cmd.opts {
+		if cmd.opts[i].name == name {
+			return &cmd.opts[i]
+		}
+	}
+	return nil
+}
+
+// lookup finds a command by name.
+func lookup(name string) *command {
+	for _, cmd := range commands {
+		if cmd.name == name {
+			return cmd
+		}
+	}
+	return nil
+}
+
+// maxXMLFile bounds a snapshot XML file, as virsh's VSH_MAX_XML_FILE.
+const maxXMLFile = 10 << 20
+
+var (
+	optDomain   = option{name: "domain", kind: kindString, positional: true, required: true, metavar: "domain", help: "domain name"}
+	optSnapshot = option{name: "snapshotname", kind: kindString, positional: true, required: true, metavar: "snapshot", help: "snapshot name"}
+
+	// Snapshot creation flags, named as driver.ParseFlags reads them.
+	optsCreateFlags = []option{
+		{name: "no-metadata", help: "take snapshot but create no metadata"},
+		{name: "halt", help: "halt domain after snapshot is created"},
+		{name: "disk-only", help: "capture disk state but not vm state"},
+		{name: "reuse-external", help: "reuse any existing external files"},
+		{name: "quiesce", help: "quiesce guest's file systems (quiesce mode require)"},
+		{name: "atomic", help: "require atomic operation"},
+		{name: "live", help: "take a live snapshot (refused: qsnapd takes disk-only snapshots)"},
+		{name: "validate", help: "validate the XML strictly"},
+	}
+	// createFlagNames are the options that are creation flags.
+	createFlagNames  = []string{"redefine", "current", "no-metadata", "halt", "disk-only", "reuse-external", "quiesce", "atomic", "live", "validate"}
+	optsCreateCommon = []option{
+		{name: "quiesce-mode", kind: kindString, metavar: "require|prefer|skip", help: "whether to freeze the guest: require, prefer (fall back to crash-consistent) or skip"},
+		{name: "operation", kind: kindString, metavar: "id", help: "operation id (X-Operation-ID), to read the outcome later with 'operation'"},
+	}
+)
+
+// commands are the verbs, in the order of the help.
+var commands = []*command{
+	{
+		name: "attach", summary: "Register a domain by its QMP (and guest agent) socket",
+		opts: []option{optDomain,
+			{name: "qmp", kind: kindString, required: true, metavar: "path", help: "QMP socket of the QEMU process"},
+			{name: "agent", kind: kindString, metavar: "path", help: "guest agent socket"}},
+		run: runAttach,
+	},
+	{
+		name: "detach", summary: "Forget a domain",
+		opts: []option{optDomain},
+		run:  runDetach,
+	},
+	{
+		name: "list", summary: "List domains",
+		opts: []option{{name: "name", help: "list domain names only"}},
+		run:  runList,
+	},
+	{
+		name: "domblklist", summary: "List the block devices of a domain",
+		opts: []option{optDomain, {name: "details", help: "additionally display the type and device value"}},
+		run:  runDomblklist,
+	},
+	{
+		name: "snapshot-create-as", summary: "Create a snapshot from a set of args",
+		opts: slices.Concat([]option{optDomain,
+			{name: "name", kind: kindString, positional: true, metavar: "name", help: "name of snapshot"},
+			{name: "description", kind: kindString, positional: true, metavar: "description", help: "description of snapshot"},
+			{name: "print-xml", help: "print XML document rather than create"}},
+			optsCreateFlags, optsCreateCommon,
+			[]option{{name: "diskspec", kind: kindList, argv: true, metavar: "spec",
+				help: "disk attributes: disk[,snapshot=external|no][,driver=type][,stype=file|block][,file=name]"}}),
+		run: runSnapshotCreateAs,
+	},
+	{
+		name: "snapshot-create", summary: "Create a snapshot from XML",
+		opts: slices.Concat([]option{optDomain,
+			{name: "xmlfile", kind: kindString, positional: true, metavar: "file", help: "domain snapshot XML"},
+			{name: "redefine", help: "redefine metadata for existing snapshot"},
+			{name: "current", help: "with redefine, set current snapshot"}},
+			optsCreateFlags, optsCreateCommon),
+		run: runSnapshotCreate,
+	},
+	{
+		name: "snapshot-list", summary: "List snapshots for a domain",
+		opts: []option{optDomain,
+			{name: "parent", help: "add a column showing parent snapshot"},
+			{name: "roots", help: "list only snapshots without parents"},
+			{name: "leaves", help: "list only snapshots without children"},
+			{name: "tree", help: "list snapshots in a tree"},
+			{name: "name", help: "list snapshot names only"},
+			{name: "topological", help: "sort list topologically rather than by name"}},
+		run: runSnapshotList,
+	},
+	{
+		name: "snapshot-dumpxml", summary: "Dump XML for a domain snapshot",
+		opts: []option{optDomain, optSnapshot},
+		run:  runSnapshotDumpxml,
+	},
+	{
+		name: "snapshot-current", summary: "Get or set the current snapshot",
+		opts: []option{optDomain,
+			{name: "name", help: "list the name, rather than the full xml"},
+			{name: "snapshotname", kind: kindString, positional: true, metavar: "snapshot", help: "name of existing snapshot to make current"}},
+		run: runSnapshotCurrent,
+	},
+	{
+		name: "snapshot-delete", summary: "Delete a domain snapshot",
+		opts: []option{optDomain,
+			{name: "snapshotname", kind: kindString, positional: true, metavar: "snapshot", help: "snapshot name"},
+			{name: "current", help: "delete current snapshot"},
+			{name: "metadata", help: "delete only the metadata, leaving snapshot contents behind"}},
+		run: runSnapshotDelete,
+	},
+	{
+		name: "domfsfreeze", summary: "Freeze a domain's mounted filesystems",
+		opts: []option{optDomain,
+			{name: "mountpoint", kind: kindList, argv: true, metavar: "path", help: "mountpoint path to be frozen (all if none)"},
+			{name: "timeout", kind: kindString, metavar: "duration", help: "thaw automatically after this long, e.g. 30s"}},
+		run: runDomfsfreeze,
+	},
+	{
+		name: "domfsthaw", summary: "Thaw a domain's mounted filesystems",
+		opts: []option{optDomain},
+		run:  runDomfsthaw,
+	},
+	{
+		name: "domfsstatus", summary: "Show whether a domain's filesystems are frozen",
+		opts: []option{optDomain},
+		run:  runDomfsstatus,
+	},
+	{
+		name: "operation", summary: "Show the outcome of an operation",
+		opts: []option{{name: "id", kind: kindString, positional: true, required: true, metavar: "id", help: "operation id"}},
+		run:  runOperation,
+	},
+	{
+		name: "version", summary: "Show the client and daemon versions",
+		run: runVersion,
+	},
+}
+
+func runAttach(ctx context.Context, c *cli, a *args) error {
+	name := a.str("domain")
+	d, err := c.client.Attach(ctx, api.AttachRequest{Name: name, QMP: a.str("qmp"), Agent: a.str("agent")})
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, d)
+	}
+	fmt.Fprintf(c.stdout, "Domain %s attached\n", name)
+	if !d.Connected && d.Error != "" {
+		fmt.Fprintf(c.stderr, "warning: domain %s is not connected: %s\n", name, d.Error)
+	}
+	return nil
+}
+
+func runDetach(ctx context.Context, c *cli, a *args) error {
+	name := a.str("domain")
+	if err := c.client.Detach(ctx, name); err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, struct{}{})
+	}
+	_, err := fmt.Fprintf(c.stdout, "Domain %s detached\n", name)
+	return err
+}
+
+func runList(ctx context.Context, c *cli, a *args) error {
+	doms, err := c.client.Domains(ctx)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, doms)
+	}
+	slices.SortStableFunc(doms, func(x, y api.Domain) int { return byName(x.Name, y.Name) })
+	if a.flag("name") {
+		for _, d := range doms {
+			fmt.Fprintln(c.stdout, d.Name)
+		}
+		return nil
+	}
+	t := newTable("Name", "State", "Agent", "Frozen")
+	for _, d := range doms {
+		state := "disconnected"
+		if d.Connected {
+			state = "connected"
+		}
+		t.add(d.Name, state, yesNo(d.AgentConfigured), yesNo(d.Freeze.Frozen))
+	}
+	return t.write(c.stdout)
+}
+
+func runDomblklist(ctx context.Context, c *cli, a *args) error {
+	disks, err := c.client.Disks(ctx, a.str("domain"))
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, disks)
+	}
+	var t *table
+	if a.flag("details") {
+		t = newTable("Type", "Device", "Target", "Source")
+	} else {
+		t = newTable("Target", "Source")
+	}
+	for _, d := range disks {
+		if a.flag("details") {
+			t.add("file", "disk", d.Target, orDash(d.Source))
+		} else {
+			t.add(d.Target, orDash(d.Source))
+		}
+	}
+	return t.write(c.stdout)
+}
+
+// createRequest is the request of snapshot-create and -create-as, less
+// the XML.
+func createRequest(a *args) (api.CreateSnapshotRequest, error) {
+	var names []string
+	for _, n := range createFlagNames {
+		if a.flag(n) {
+			names = append(names, n)
+		}
+	}
+	flags, err := driver.ParseFlags(names)
+	if err != nil {
+		return api.CreateSnapshotRequest{}, err
+	}
+	mode := a.str("quiesce-mode")
+	switch driver.QuiesceMode(mode) {
+	case "", driver.QuiesceRequire, driver.QuiescePrefer, driver.QuiesceSkip:
+	default:
+		return api.CreateSnapshotRequest{}, usagef("--quiesce-mode must be require, prefer or skip, not '%s'", mode)
+	}
+	return api.CreateSnapshotRequest{Flags: api.Flags(flags), Quiesce: mode}, nil
+}
+
+// snapshotXML builds the <domainsnapshot> of snapshot-create-as. As in
+// virsh, without diskspecs there is no <disks> element.
+func snapshotXML(name, description string, specs []diskSpec) (string, error) {
+	def := libvirtxml.DomainSnapshot{Name: name, Description: description}
+	if len(specs) > 0 {
+		def.Disks = &libvirtxml.DomainSnapshotDisks{}
+		for _, s := range specs {
+			def.Disks.Disks = append(def.Disks.Disks, s.snapshotDisk())
+		}
+	}
+	return def.Marshal()
+}
+
+func runSnapshotCreateAs(ctx context.Context, c *cli, a *args) error {
+	req, err := createRequest(a)
+	if err != nil {
+		return err
+	}
+	var specs []diskSpec
+	for _, s := range a.list("diskspec") {
+		d, err := parseDiskspec(s)
+		if err != nil {
+			return &usageError{err: err}
+		}
+		specs = append(specs, d)
+	}
+	if req.XML, err = snapshotXML(a.str("name"), a.str("description"), specs); err != nil {
+		return fmt.Errorf("build snapshot XML: %w", err)
+	}
+	if a.flag("print-xml") {
+		if c.json {
+			return writeJSON(c.stdout, req)
+		}
+		_, err := fmt.Fprintln(c.stdout, req.XML)
+		return err
+	}
+	return c.createSnapshot(ctx, a, req, "")
+}
+
+func runSnapshotCreate(ctx context.Context, c *cli, a *args) error {
+	req, err := createRequest(a)
+	if err != nil {
+		return err
+	}
+	req.XML = "<domainsnapshot/>"
+	from := a.str("xmlfile")
+	if from != "" {
+		if req.XML, err = readXMLFile(from); err != nil {
+			return err
+		}
+	}
+	return c.createSnapshot(ctx, a, req, from)
+}
+
+func readXMLFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxXMLFile+1))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > maxXMLFile {
+		return "", fmt.Errorf("%s: over %d bytes", path, maxXMLFile)
+	}
+	return string(b), nil
+}
+
+// quietIndications are the indications that need no warning.
+var quietIndications = []string{driver.IndQuiesced, driver.IndNotRequested, driver.IndRedefined, driver.IndHalted}
+
+// createSnapshot sends the request under an operation id, chosen here
+// if --operation is not given, so that the outcome stays readable if
+// the reply is lost.
+func (c *cli) createSnapshot(ctx context.Context, a *args, req api.CreateSnapshotRequest, from string) error {
+	opID := a.str("operation")
+	if opID == "" {
+		opID = newOpID()
+	}
+	res, err := c.client.CreateSnapshot(ctx, a.str("domain"), req, opID)
+	if err != nil {
+		var ae *api.Error
+		var ne *net.OpError
+		if errors.As(err, &ae) || errors.As(err, &ne) && ne.Op == "dial" {
+			return err
+		}
+		return &lostOpError{opID: opID, err: err}
+	}
+	if c.json {
+		return writeJSON(c.stdout, res)
+	}
+	if from != "" {
+		fmt.Fprintf(c.stdout, "Domain snapshot %s created from '%s'\n", res.Name, from)
+	} else {
+		fmt.Fprintf(c.stdout, "Domain snapshot %s created\n", res.Name)
+	}
+	for _, ind := range res.Indications {
+		if !slices.Contains(quietIndications, ind.Code) {
+			fmt.Fprintf(c.stderr, "warning: %s: %s\n", ind.Code, orDash(ind.Message))
+		}
+	}
+	return nil
+}
+
+// newOpID returns an id in the daemon's own format.
+func newOpID() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func runSnapshotList(ctx context.Context, c *cli, a *args) error {
+	for _, pair := range [][2]string{{"tree", "name"}, {"parent", "roots"}, {"parent", "tree"}, {"roots", "tree"}, {"leaves", "tree"}} {
+		if err := a.exclusive(pair[0], pair[1]); err != nil {
+			return err
+		}
+	}
+	q := url.Values{}
+	for _, f := range []string{"roots", "leaves", "tree"} {
+		if a.flag(f) {
+			q.Set(f, "true")
+		}
+	}
+	list, err := c.client.Snapshots(ctx, a.str("domain"), q)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, list)
+	}
+	if a.flag("tree") {
+		if !a.flag("topological") {
+			sortTree(list.Tree)
+		}
+		return writeTree(c.stdout, list.Tree)
+	}
+	snaps := list.Snapshots
+	if !a.flag("topological") {
+		slices.SortStableFunc(snaps, func(x, y api.Snapshot) int { return byName(x.Name, y.Name) })
+	}
+	if a.flag("name") {
+		for _, s := range snaps {
+			fmt.Fprintln(c.stdout, s.Name)
+		}
+		return nil
+	}
+	t := newTable("Name", "Creation Time", "State")
+	if a.flag("parent") {
+		t = newTable("Name", "Creation Time", "State", "Parent")
+	}
+	for _, s := range snaps {
+		if a.flag("parent") {
+			t.add(s.Name, c.fmtTime(s.CreationTime), s.State, s.Parent)
+		} else {
+			t.add(s.Name, c.fmtTime(s.CreationTime), s.State)
+		}
+	}
+	return t.write(c.stdout)
+}
+
+// printXML prints a document with one final newline.
+func (c *cli) printXML(doc string) error {
+	_, err := fmt.Fprintln(c.stdout, strings.TrimRight(doc, "\n"))
+	return err
+}
+
+func runSnapshotDumpxml(ctx context.Context, c *cli, a *args) error {
+	s, err := c.client.Snapshot(ctx, a.str("domain"), a.str("snapshotname"))
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, s)
+	}
+	return c.printXML(s.XML)
+}
+
+func runSnapshotCurrent(ctx context.Context, c *cli, a *args) error {
+	if err := a.exclusive("name", "snapshotname"); err != nil {
+		return err
+	}
+	domain := a.str("domain")
+	if name := a.str("snapshotname"); name != "" {
+		s, err := c.client.SetCurrent(ctx, domain, name)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return writeJSON(c.stdout, s)
+		}
+		_, err = fmt.Fprintf(c.stdout, "Snapshot %s set as current\n", name)
+		return err
+	}
+	s, err := c.client.Current(ctx, domain)
+	if err != nil {
+		return err
+	}
+	switch {
+	case c.json:
+		return writeJSON(c.stdout, s)
+	case a.flag("name"):
+		_, err = fmt.Fprintln(c.stdout, s.Name)
+		return err
+	}
+	return c.printXML(s.XML)
+}
+
+func runSnapshotDelete(ctx context.Context, c *cli, a *args) error {
+	if err := a.exclusive("snapshotname", "current"); err != nil {
+		return err
+	}
+	domain, name := a.str("domain"), a.str("snapshotname")
+	if name == "" {
+		if !a.flag("current") {
+			return usagef("--snapshotname or --current is required")
+		}
+		s, err := c.client.Current(ctx, domain)
+		if err != nil {
+			return err
+		}
+		name = s.Name
+	}
+	if err := c.client.DeleteSnapshot(ctx, domain, name, a.flag("metadata")); err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, struct{}{})
+	}
+	_, err := fmt.Fprintf(c.stdout, "Domain snapshot %s deleted\n", name)
+	return err
+}
+
+func runDomfsfreeze(ctx context.Context, c *cli, a *args) error {
+	timeout := a.str("timeout")
+	if timeout != "" {
+		if d, err := time.ParseDuration(timeout); err != nil || d <= 0 {
+			return usagef("--timeout must be a positive duration such as 30s, not '%s'", timeout)
+		}
+	}
+	res, err := c.client.FSFreeze(ctx, a.str("domain"), api.FreezeRequest{Mountpoints: a.list("mountpoint"), Timeout: timeout})
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, res)
+	}
+	_, err = fmt.Fprintf(c.stdout, "Froze %d filesystem(s)\n", res.Count)
+	return err
+}
+
+func runDomfsthaw(ctx context.Context, c *cli, a *args) error {
+	res, err := c.client.FSThaw(ctx, a.str("domain"))
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, res)
+	}
+	_, err = fmt.Fprintf(c.stdout, "Thawed %d filesystem(s)\n", res.Count)
+	return err
+}
+
+func runDomfsstatus(ctx context.Context, c *cli, a *args) error {
+	fi, err := c.client.FSStatus(ctx, a.str("domain"))
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, fi)
+	}
+	w := c.stdout
+	if !fi.Frozen {
+		field(w, "State", "thawed")
+	} else {
+		field(w, "State", "frozen")
+		field(w, "Owner", orDash(fi.Owner))
+		if fi.OpID != "" {
+			field(w, "Operation", fi.OpID)
+		}
+		field(w, "Since", c.fmtTime(fi.Since))
+		field(w, "Deadline", c.fmtTime(fi.Deadline))
+	}
+	if fi.ThawPending {
+		field(w, "Thaw pending", "yes")
+	}
+	if fi.Agent != "" {
+		field(w, "Agent", fi.Agent)
+	}
+	return nil
+}
+
+func runOperation(ctx context.Context, c *cli, a *args) error {
+	op, err := c.client.Operation(ctx, a.str("id"))
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(c.stdout, op)
+	}
+	w := c.stdout
+	field(w, "ID", op.ID)
+	field(w, "Kind", op.Kind)
+	field(w, "Domain", orDash(op.Domain))
+	field(w, "State", op.State)
+	field(w, "Started", c.fmtTime(op.Started))
+	field(w, "Ended", c.fmtTime(op.Ended))
+	if op.Error == nil {
+		return nil
+	}
+	field(w, "Error", op.Error.Message)
+	field(w, "Code", op.Error.Code)
+	if d := op.Error.Details; d != nil {
+		if d.Step != "" {
+			field(w, "Step", d.Step)
+		}
+		if len(d.Disks) > 0 {
+			return writeDisks(w, d.Disks)
+		}
+	}
+	return nil
+}
+
+func runVersion(ctx context.Context, c *cli, a *args) error {
+	v, err := c.client.Version(ctx)
+	if c.json {
+		if err != nil {
+			return err
+		}
+		return writeJSON(c.stdout, v)
+	}
+	fmt.Fprintf(c.stdout, "Client: qsnapctl %s (%s)\n", version.String(), version.Go())
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(c.stdout, "Daemon: qsnapd %s (%s), API %s\n", v.Version, v.GoVersion, v.APIVersion)
+	return err
+}
