@@ -17,7 +17,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; }
+show() { printf '$'; printf ' %q' "$@"; printf '\n'; "$@"; }
 
 step "Test guest: a Debian kernel and initramfs with qemu-ga (cached after the first build)"
 guest=$(bash internal/testguest/build.sh | tail -n 1)
@@ -26,7 +26,7 @@ echo "guest in $guest"
 step "Two ext4 data disks as qcow2 images"
 for d in data1 data2; do
 	mkdir -p "$work/seed-$d" && echo "$d" > "$work/seed-$d/serial"
-	mkfs.ext4 -F -q -E lazy_itable_init=0,lazy_journal_init=0 -d "$work/seed-$d" "$work/$d.raw" 64M
+	mkfs.ext4 -F -q -E lazy_itable_init=0,lazy_journal_init=0 -d "$work/seed-$d" "$work/$d.raw" 64M >/dev/null
 	qemu-img convert -f raw -O qcow2 "$work/$d.raw" "$work/$d.qcow2"
 	rm -rf "$work/$d.raw" "$work/seed-$d"
 done
