@@ -17,7 +17,14 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '$'; printf ' %q' "$@"; printf '\n'; "$@"; }
+show() {
+	printf '$'
+	for a in "$@"; do
+		if [[ $a =~ ^[A-Za-z0-9_./=,:@%+-]+$ ]]; then printf ' %s' "$a"; else printf " '%s'" "$a"; fi
+	done
+	printf '\n'
+	"$@"
+}
 
 step "Test guest: a Debian kernel and initramfs with qemu-ga (cached after the first build)"
 guest=$(bash internal/testguest/build.sh | tail -n 1)
