@@ -104,6 +104,19 @@ func (dom *Domain) acquire(ctx context.Context) (release func(), err error) {
 	}
 }
 
+// lockDomain looks up a domain and takes its lock within ctx.
+func (d *Driver) lockDomain(ctx context.Context, name string) (*Domain, func(), error) {
+	dom, err := d.domain(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	release, err := dom.acquire(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return dom, release, nil
+}
+
 // ready returns the QMP client of a connected domain, or fails at once.
 func (dom *Domain) ready() (*qmp.Client, error) {
 	dom.mu.Lock()

@@ -329,11 +329,7 @@ func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo
 // DetachDomain forgets a domain; it waits for the domain's running
 // operation, within ctx.
 func (d *Driver) DetachDomain(ctx context.Context, name string) error {
-	dom, err := d.domain(name)
-	if err != nil {
-		return err
-	}
-	release, err := dom.acquire(ctx)
+	dom, release, err := d.lockDomain(ctx, name)
 	if err != nil {
 		return err
 	}

@@ -256,22 +256,18 @@ func (d *Driver) thawRecorded() error {
 // (or let the deadline do it): hold is the auto-thaw deadline, zero
 // meaning the daemon's max-freeze.
 func (d *Driver) FSFreeze(ctx context.Context, domain string, mountpoints []string, hold time.Duration) (int, error) {
-	dom, err := d.domain(domain)
-	if err != nil {
-		return 0, err
-	}
-	defer dom.agent.Close() // the channel is shared: hold it only for the call
 	if hold < 0 {
 		return 0, fmt.Errorf("%w: negative freeze timeout", ErrInvalidArg)
 	}
 	if hold == 0 {
 		hold = d.cfg.MaxFreeze
 	}
-	release, err := dom.acquire(ctx)
+	dom, release, err := d.lockDomain(ctx, domain)
 	if err != nil {
 		return 0, err
 	}
 	defer release()
+	defer dom.agent.Close() // the channel is shared: hold it only for the call
 	if fi := dom.freezeInfo(); fi.Frozen {
 		return 0, fmt.Errorf("%w: domain '%s' is frozen already (by %s since %s)", ErrOperationInvalid, domain, fi.Owner, fi.Since.Format(time.RFC3339))
 	}
@@ -287,16 +283,12 @@ func (d *Driver) FSFreeze(ctx context.Context, domain string, mountpoints []stri
 
 // FSThaw thaws a guest, whoever froze it.
 func (d *Driver) FSThaw(ctx context.Context, domain string) (int, error) {
-	dom, err := d.domain(domain)
-	if err != nil {
-		return 0, err
-	}
-	defer dom.agent.Close() // the channel is shared: hold it only for the call
-	release, err := dom.acquire(ctx)
+	dom, release, err := d.lockDomain(ctx, domain)
 	if err != nil {
 		return 0, err
 	}
 	defer release()
+	defer dom.agent.Close() // the channel is shared: hold it only for the call
 	dom.mu.Lock()
 	gf := dom.freeze
 	dom.mu.Unlock()

@@ -41,11 +41,7 @@ func (d *Driver) Current(domain string) (SnapshotRecord, error) {
 
 // SetCurrent makes a snapshot the current one.
 func (d *Driver) SetCurrent(ctx context.Context, domain, name string) error {
-	dom, err := d.domain(domain)
-	if err != nil {
-		return err
-	}
-	release, err := dom.acquire(ctx)
+	_, release, err := d.lockDomain(ctx, domain)
 	if err != nil {
 		return err
 	}
@@ -57,14 +53,13 @@ func (d *Driver) SetCurrent(ctx context.Context, domain, name string) error {
 // disk snapshot's data (a block commit or pull of its overlays) is not
 // supported yet, so metadataOnly must be set.
 func (d *Driver) DeleteSnapshot(ctx context.Context, domain, name string, metadataOnly bool) error {
-	dom, err := d.domain(domain)
-	if err != nil {
+	if _, err := d.domain(domain); err != nil {
 		return err
 	}
 	if !metadataOnly {
 		return fmt.Errorf("%w: deleting the data of external disk snapshot '%s' is not supported; delete its metadata only", ErrUnsupported, name)
 	}
-	release, err := dom.acquire(ctx)
+	_, release, err := d.lockDomain(ctx, domain)
 	if err != nil {
 		return err
 	}

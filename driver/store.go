@@ -140,18 +140,28 @@ func (s *Store) DeleteDomain(name string) error {
 	})
 }
 
+// decodeAll decodes every value of a bucket (none if it is nil).
+func decodeAll[T any](b *bolt.Bucket) ([]T, error) {
+	var out []T
+	if b == nil {
+		return nil, nil
+	}
+	err := b.ForEach(func(_, v []byte) error {
+		var x T
+		if err := json.Unmarshal(v, &x); err != nil {
+			return err
+		}
+		out = append(out, x)
+		return nil
+	})
+	return out, err
+}
+
 // Domains lists the registered domains.
-func (s *Store) Domains() ([]DomainConfig, error) {
-	var out []DomainConfig
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketDomains).ForEach(func(_, v []byte) error {
-			var d DomainConfig
-			if err := json.Unmarshal(v, &d); err != nil {
-				return err
-			}
-			out = append(out, d)
-			return nil
-		})
+func (s *Store) Domains() (out []DomainConfig, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		out, err = decodeAll[DomainConfig](tx.Bucket(bucketDomains))
+		return err
 	})
 	return out, err
 }
@@ -180,19 +190,9 @@ func errNoSnapshot(domain, name string) error {
 // Snapshots lists a domain's snapshots, oldest first.
 func (s *Store) Snapshots(domain string) ([]SnapshotRecord, error) {
 	var out []SnapshotRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSnapshots).Bucket([]byte(domain))
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(_, v []byte) error {
-			var rec SnapshotRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
-			}
-			out = append(out, rec)
-			return nil
-		})
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		out, err = decodeAll[SnapshotRecord](tx.Bucket(bucketSnapshots).Bucket([]byte(domain)))
+		return err
 	})
 	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].CreationTime != out[j].CreationTime {
@@ -336,16 +336,13 @@ var errNoOp = errors.New("no such operation")
 func (s *Store) Ops(activeOnly bool) ([]*OpRecord, error) {
 	var out []*OpRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketOps).ForEach(func(_, v []byte) error {
-			op := new(OpRecord)
-			if err := json.Unmarshal(v, op); err != nil {
-				return err
-			}
+		all, err := decodeAll[*OpRecord](tx.Bucket(bucketOps))
+		for _, op := range all {
 			if !activeOnly || op.Phase().Active() {
 				out = append(out, op)
 			}
-			return nil
-		})
+		}
+		return err
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
 	return out, err
@@ -403,15 +400,9 @@ func (s *Store) DeleteFreeze(domain string) error {
 // Freezes lists the recorded freezes.
 func (s *Store) Freezes() ([]FreezeRecord, error) {
 	var out []FreezeRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketFreezes).ForEach(func(_, v []byte) error {
-			var r FreezeRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return err
-			}
-			out = append(out, r)
-			return nil
-		})
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		out, err = decodeAll[FreezeRecord](tx.Bucket(bucketFreezes))
+		return err
 	})
 	return out, err
 }

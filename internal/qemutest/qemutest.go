@@ -77,22 +77,22 @@ type VM struct {
 
 	cmd  *exec.Cmd
 	done chan struct{}
-	log  *lockedBuffer
+	log  *LockedBuffer
 }
 
-// lockedBuffer collects QEMU's output while tests may read it.
-type lockedBuffer struct {
+// LockedBuffer collects a process's output while tests may read it.
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *LockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+func (b *LockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
@@ -151,7 +151,7 @@ func Start(tb testing.TB, o Options) *VM {
 		o.DiskSize = "64M"
 	}
 	dir := TempDir(tb)
-	vm := &VM{Dir: dir, QMP: filepath.Join(dir, "qmp.sock"), done: make(chan struct{}), log: &lockedBuffer{}}
+	vm := &VM{Dir: dir, QMP: filepath.Join(dir, "qmp.sock"), done: make(chan struct{}), log: &LockedBuffer{}}
 
 	args := []string{"-S", "-nodefaults", "-display", "none", "-accel", "tcg", "-no-user-config"}
 	if o.Style == MachineNone {

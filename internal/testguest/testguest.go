@@ -145,7 +145,7 @@ type Guest struct {
 	serial string
 	cmd    *exec.Cmd
 	done   chan struct{}
-	out    *lockedBuffer
+	out    *qemutest.LockedBuffer
 }
 
 var serialRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
@@ -167,7 +167,7 @@ func Boot(tb testing.TB, o Options) *Guest {
 		QGA:    filepath.Join(dir, "qga.sock"),
 		serial: filepath.Join(dir, "serial.log"),
 		done:   make(chan struct{}),
-		out:    &lockedBuffer{},
+		out:    &qemutest.LockedBuffer{},
 	}
 	appendArgs := "console=ttyS0 quiet panic=-1"
 	if o.FailFreezeHook {
@@ -332,22 +332,4 @@ func (g *Guest) SerialLog() string {
 		return fmt.Sprintf("(no serial log: %v)", err)
 	}
 	return string(b)
-}
-
-// lockedBuffer collects QEMU's output while tests may read it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
