@@ -36,6 +36,7 @@ type Domain struct {
 	lastErr      error
 	needRecovery bool
 	recovered    chan struct{} // closed after the first recovery pass
+	settled      chan struct{} // closed after the first connect attempt (and recovery, if it connected)
 	freeze       *guestFreeze  // set while the daemon holds a freeze
 	retrying     bool          // a failed thaw is being retried
 }
@@ -65,6 +66,7 @@ func newDomain(cfg DomainConfig, drv *Driver) *Domain {
 		lock:      make(chan struct{}, 1),
 		stopCh:    make(chan struct{}),
 		recovered: make(chan struct{}),
+		settled:   make(chan struct{}),
 	}
 }
 
@@ -192,12 +194,15 @@ func (dom *Domain) supervise(ctx context.Context) {
 	cfg := dom.drv.cfg
 	backoff := cfg.ReconnectMin
 	recoveredOnce := false
+	settle := sync.OnceFunc(func() { close(dom.settled) })
+	defer settle()
 	for {
 		if !dom.client.Connected() {
 			cctx, cancel := context.WithTimeout(ctx, qmp.DefaultHandshakeTimeout)
 			err := dom.connect(cctx)
 			cancel()
 			if err != nil {
+				settle()
 				if !sleep(ctx, dom.stopCh, backoff) {
 					return
 				}
@@ -213,6 +218,7 @@ func (dom *Domain) supervise(ctx context.Context) {
 		if !recoveredOnce {
 			recoveredOnce = true
 			close(dom.recovered)
+			settle()
 		}
 		var retryC <-chan time.Time
 		if retry {

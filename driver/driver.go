@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"go.uber.org/zap"
 
 	"github.com/qsnapd/qsnapd/guestagent"
@@ -136,6 +137,8 @@ type Driver struct {
 
 	mu      sync.Mutex
 	domains map[string]*Domain
+
+	thawsSettled chan struct{} // closed after the startup thaws' first attempts
 }
 
 // Open opens the store, and connects and recovers every registered
@@ -152,7 +155,8 @@ func Open(cfg Config, log *zap.Logger) (*Driver, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &Driver{cfg: cfg, store: store, log: log, ctx: ctx, cancel: cancel, domains: map[string]*Domain{}}
+	d := &Driver{cfg: cfg, store: store, log: log, ctx: ctx, cancel: cancel, domains: map[string]*Domain{},
+		thawsSettled: make(chan struct{})}
 	if err := store.PruneOps(time.Now().Add(-cfg.OpRetention)); err != nil {
 		log.Warn("prune finished operations failed", zap.Error(err))
 	}
@@ -217,6 +221,18 @@ func (d *Driver) Close() error {
 	}
 	d.wg.Wait()
 	return d.store.Close()
+}
+
+// Healthy checks that the store answers within ctx, for the watchdog.
+func (d *Driver) Healthy(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- d.store.db.View(func(*bolt.Tx) error { return nil }) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("store did not answer: %w", ctx.Err())
+	}
 }
 
 // Store gives read access to metadata and the journal.
@@ -324,6 +340,54 @@ func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo
 	d.startSupervisor(dom)
 	d.domainsChanged()
 	return dom.Info(), nil
+}
+
+// EnsureDomain registers a domain from the configuration file unless it
+// is registered already. Unlike AttachDomain it does not need QEMU to be
+// up: the supervisor connects when it can.
+func (d *Driver) EnsureDomain(cfg DomainConfig) error {
+	if err := validateDomainConfig(cfg); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	if _, ok := d.domains[cfg.Name]; ok {
+		d.mu.Unlock()
+		return nil
+	}
+	dom := newDomain(cfg, d)
+	d.domains[cfg.Name] = dom
+	d.mu.Unlock()
+	if err := d.store.PutDomain(cfg); err != nil {
+		d.mu.Lock()
+		delete(d.domains, cfg.Name)
+		d.mu.Unlock()
+		return fmt.Errorf("%w: register domain %s: %w", ErrOperationFailed, cfg.Name, err)
+	}
+	d.startSupervisor(dom)
+	d.domainsChanged()
+	return nil
+}
+
+// WaitSettled waits until every domain has had its first connection
+// attempt (and, if it connected, its recovery pass) and every guest a
+// previous daemon left frozen has had its first thaw attempt: the point
+// at which the daemon tells systemd it is ready.
+func (d *Driver) WaitSettled(ctx context.Context) error {
+	d.mu.Lock()
+	var chans []<-chan struct{}
+	for _, dom := range d.domains {
+		chans = append(chans, dom.settled)
+	}
+	d.mu.Unlock()
+	chans = append(chans, d.thawsSettled)
+	for _, c := range chans {
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // DetachDomain forgets a domain; it waits for the domain's running

@@ -1,6 +1,9 @@
 package driver
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // Snapshot results, as metrics and signals report them.
 const (
@@ -102,3 +105,36 @@ func (m MultiEvents) OperationsInFlight(delta int) {
 		x.OperationsInFlight(delta)
 	}
 }
+
+// Hub is a MultiEvents that members can join while the driver runs,
+// such as a D-Bus service that needs the driver before it can listen.
+type Hub struct {
+	mu      sync.RWMutex
+	members MultiEvents
+}
+
+var _ Events = (*Hub)(nil)
+
+// Add makes e hear every event from now on.
+func (h *Hub) Add(e Events) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.members = append(h.members, e)
+}
+
+func (h *Hub) all() MultiEvents {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.members
+}
+
+func (h *Hub) SnapshotFinished(e SnapshotEvent)           { h.all().SnapshotFinished(e) }
+func (h *Hub) GuestFrozen(domain, owner string)           { h.all().GuestFrozen(domain, owner) }
+func (h *Hub) GuestThawed(domain string, d time.Duration) { h.all().GuestThawed(domain, d) }
+func (h *Hub) FreezeDeadlineExceeded(domain string)       { h.all().FreezeDeadlineExceeded(domain) }
+func (h *Hub) RollbackFinished(ok bool)                   { h.all().RollbackFinished(ok) }
+func (h *Hub) OperationRecovered(action string)           { h.all().OperationRecovered(action) }
+func (h *Hub) DomainsChanged(connected, disconnected int) {
+	h.all().DomainsChanged(connected, disconnected)
+}
+func (h *Hub) OperationsInFlight(delta int) { h.all().OperationsInFlight(delta) }

@@ -181,10 +181,16 @@ func (d *Driver) forgetFreeze(dom *Domain, gf *guestFreeze) {
 
 // retryThaw thaws until the agent confirms, with backoff: a guest left
 // frozen is the one outcome worse than a failed snapshot.
-func (d *Driver) retryThaw(dom *Domain, gf *guestFreeze) {
+func (d *Driver) retryThaw(dom *Domain, gf *guestFreeze, firstTry ...func()) {
+	tried := sync.OnceFunc(func() {
+		for _, f := range firstTry {
+			f()
+		}
+	})
 	dom.mu.Lock()
 	if dom.retrying {
 		dom.mu.Unlock()
+		tried()
 		return
 	}
 	dom.retrying, gf.thawing = true, true
@@ -192,11 +198,13 @@ func (d *Driver) retryThaw(dom *Domain, gf *guestFreeze) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
+		defer tried()
 		backoff := 100 * time.Millisecond
 		for {
 			ctx, cancel := context.WithTimeout(d.ctx, d.cfg.ThawTimeout)
 			err := thawAndCheck(ctx, dom.agent)
 			cancel()
+			tried()
 			dom.agent.Close()
 			if err == nil {
 				dom.log.Info("guest thawed after retries")
@@ -232,8 +240,13 @@ func thawAndCheck(ctx context.Context, agent *guestagent.Client) error {
 func (d *Driver) thawRecorded() error {
 	recs, err := d.store.Freezes()
 	if err != nil {
+		close(d.thawsSettled)
 		return fmt.Errorf("read freeze journal: %w", err)
 	}
+	var firstTries sync.WaitGroup
+	defer func() {
+		go func() { firstTries.Wait(); close(d.thawsSettled) }()
+	}()
 	for _, rec := range recs {
 		dom, err := d.domain(rec.Domain)
 		if err != nil {
@@ -247,7 +260,8 @@ func (d *Driver) thawRecorded() error {
 		dom.freeze = gf
 		dom.mu.Unlock()
 		d.cfg.Events.GuestFrozen(dom.cfg.Name, rec.Owner)
-		d.retryThaw(dom, gf)
+		firstTries.Add(1)
+		d.retryThaw(dom, gf, firstTries.Done)
 	}
 	return nil
 }

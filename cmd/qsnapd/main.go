@@ -12,8 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
-	"github.com/qsnapd/qsnapd/driver"
+	"go.uber.org/zap"
+
 	"github.com/qsnapd/qsnapd/internal/daemon"
 	"github.com/qsnapd/qsnapd/internal/version"
 )
@@ -22,43 +24,111 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// stringList is a repeatable string flag.
-type stringList []string
+// stringList is a repeatable string flag; given on the command line, it
+// replaces the config file's list.
+type stringList struct {
+	p   *[]string
+	set bool
+}
 
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+func (s *stringList) String() string {
+	if s.p == nil {
+		return ""
+	}
+	return strings.Join(*s.p, ",")
+}
 
-// intList is a repeatable integer flag.
-type intList []int
+func (s *stringList) Set(v string) error {
+	if !s.set {
+		*s.p, s.set = nil, true
+	}
+	*s.p = append(*s.p, v)
+	return nil
+}
 
-func (l *intList) String() string { return fmt.Sprint(*l) }
+// intList is a repeatable integer flag, replacing the file's list.
+type intList struct {
+	p   *[]int
+	set bool
+}
+
+func (l *intList) String() string {
+	if l.p == nil {
+		return ""
+	}
+	return fmt.Sprint(*l.p)
+}
+
 func (l *intList) Set(v string) error {
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 {
 		return fmt.Errorf("want a non-negative integer, got %q", v)
 	}
-	*l = append(*l, n)
+	if !l.set {
+		*l.p, l.set = nil, true
+	}
+	*l.p = append(*l.p, n)
 	return nil
 }
 
+// durationFlag sets a daemon.Duration.
+type durationFlag struct{ p *daemon.Duration }
+
+func (d durationFlag) String() string {
+	if d.p == nil {
+		return ""
+	}
+	return time.Duration(*d.p).String()
+}
+func (d durationFlag) Set(v string) error { return d.p.UnmarshalText([]byte(v)) }
+
+// configPath finds --config before the other flags are defined, since
+// their defaults come from the file.
+func configPath(args []string) string {
+	for i, a := range args {
+		a = strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if a == "config" && i+1 < len(args) {
+			return args[i+1]
+		}
+		if v, ok := strings.CutPrefix(a, "config="); ok {
+			return v
+		}
+		if a == "" { // "--" ends the flags
+			break
+		}
+	}
+	return ""
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
-	var cfg daemon.Config
+	cfg := daemon.Default()
+	configFile := configPath(args)
+	if configFile != "" {
+		if err := cfg.LoadFile(configFile); err != nil {
+			fmt.Fprintf(stderr, "qsnapd: config: %v\n", err)
+			return 2
+		}
+	}
 	fs := flag.NewFlagSet("qsnapd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.StringVar(&cfg.Socket, "socket", "", "read-write API socket (default /run/qsnapd/qsnapd.sock)")
-	fs.StringVar(&cfg.SocketRO, "socket-ro", "", "read-only API socket (default /run/qsnapd/qsnapd-ro.sock)")
-	fs.Var((*intList)(&cfg.AllowUIDs), "allow-uid", "uid allowed on the read-write socket besides root (repeatable)")
-	fs.Var((*intList)(&cfg.AllowGIDs), "allow-gid", "gid allowed on the read-write socket (repeatable)")
-	fs.StringVar(&cfg.LogFormat, "log-format", "console", "log format: json or console")
-	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&cfg.Driver.StateDir, "state-dir", "/var/lib/qsnapd", "directory of the metadata store and journal")
-	fs.StringVar(&cfg.Driver.Transaction, "transaction", "auto", "auto: one QMP transaction when QEMU has it; never: disk by disk")
-	fs.Var((*stringList)(&cfg.Driver.AllowedDirs), "allowed-dir", "directory overlays may be created in (repeatable; default: each disk's image directory)")
-	fs.DurationVar(&cfg.Driver.AgentTimeout, "agent-timeout", 0, "guest agent connect, sync and ping ceiling (default 5s)")
-	fs.DurationVar(&cfg.Driver.MaxFreeze, "max-freeze", 0, "hard freeze deadline: thaw after this long whatever happens (default 10s)")
-	fs.DurationVar(&cfg.Driver.RollbackTimeout, "rollback-timeout", 0, "bound on rolling back one disk (default 60s)")
-	quiesce := fs.String("quiesce", "skip", "quiesce for snapshots without QUIESCE: require, prefer or skip")
+	fs.String("config", configFile, "TOML config file; flags given on the command line override it")
+	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "read-write API socket")
+	fs.StringVar(&cfg.SocketRO, "socket-ro", cfg.SocketRO, "read-only API socket")
+	fs.Var(&intList{p: &cfg.AllowUIDs}, "allow-uid", "uid allowed on the read-write socket besides root (repeatable)")
+	fs.Var(&intList{p: &cfg.AllowGIDs}, "allow-gid", "gid allowed on the read-write socket (repeatable)")
+	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the metadata store and journal")
+	fs.StringVar(&cfg.Transaction, "transaction", cfg.Transaction, "auto: one QMP transaction when QEMU has it; never: disk by disk")
+	fs.Var(&stringList{p: &cfg.AllowedDirs}, "allowed-dir", "directory overlays may be created in (repeatable; default: each disk's image directory)")
+	fs.Var(durationFlag{&cfg.AgentTimeout}, "agent-timeout", "guest agent connect, sync and ping ceiling")
+	fs.Var(durationFlag{&cfg.MaxFreeze}, "max-freeze", "hard freeze deadline: thaw after this long whatever happens")
+	fs.Var(durationFlag{&cfg.ThawTimeout}, "thaw-timeout", "ceiling of one thaw attempt (failed thaws are retried)")
+	fs.Var(durationFlag{&cfg.RollbackTimeout}, "rollback-timeout", "bound on rolling back one disk (default 60s)")
+	fs.StringVar(&cfg.Quiesce, "quiesce", cfg.Quiesce, "quiesce for snapshots without QUIESCE: require, prefer or skip")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "address of the Prometheus /metrics endpoint; empty turns it off")
+	fs.StringVar(&cfg.DBus, "dbus", cfg.DBus, "export the API on D-Bus: none, system or session")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or console")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: qsnapd [flags]\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -77,8 +147,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "qsnapd: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	cfg.Driver.Quiesce = driver.QuiesceMode(*quiesce)
-	if err := cfg.Validate(); err != nil {
+	fromFlags := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { fromFlags[strings.ReplaceAll(f.Name, "-", "_")] = true })
+	if err := cfg.Check(fromFlags); err != nil {
 		fmt.Fprintf(stderr, "qsnapd: config: %v\n", err)
 		return 2
 	}
@@ -91,7 +162,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := daemon.Run(ctx, cfg, log); err != nil {
-		fmt.Fprintf(stderr, "qsnapd: %v\n", err)
+		log.Error("qsnapd failed", zap.Error(err))
 		return 1
 	}
 	return 0

@@ -1,5 +1,6 @@
-// Package daemon wires qsnapd together: logging, the driver, the API
-// sockets, and an orderly shutdown.
+// Package daemon wires qsnapd together: configuration, logging, the
+// driver, the API sockets (or systemd's), metrics, D-Bus, systemd
+// notifications, and an orderly shutdown.
 package daemon
 
 import (
@@ -11,59 +12,19 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
+	sd "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/godbus/dbus/v5"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/dbusapi"
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/internal/version"
+	"github.com/qsnapd/qsnapd/metrics"
+	"github.com/qsnapd/qsnapd/qmp"
 )
-
-// Config is the daemon's configuration: every command-line flag.
-type Config struct {
-	Socket    string        `toml:"socket"`
-	SocketRO  string        `toml:"socket_ro"`
-	AllowUIDs []int         `toml:"allow_uid"`
-	AllowGIDs []int         `toml:"allow_gid"`
-	LogFormat string        `toml:"log_format"`
-	LogLevel  string        `toml:"log_level"`
-	Driver    driver.Config `toml:"-"`
-}
-
-// Validate checks the configuration and fills in defaults.
-func (c *Config) Validate() error {
-	if c.Socket == "" {
-		c.Socket = api.DefaultSocket
-	}
-	if c.SocketRO == "" {
-		c.SocketRO = api.DefaultSocketRO
-	}
-	for name, p := range map[string]string{"socket": c.Socket, "socket_ro": c.SocketRO} {
-		if !filepath.IsAbs(p) {
-			return fmt.Errorf("%s must be an absolute path, got %q", name, p)
-		}
-		if len(p) >= 108 {
-			return fmt.Errorf("%s: unix socket paths must be under 108 bytes, got %d", name, len(p))
-		}
-	}
-	if c.Socket == c.SocketRO {
-		return fmt.Errorf("socket and socket_ro must differ")
-	}
-	switch c.LogFormat {
-	case "":
-		c.LogFormat = "console"
-	case "console", "json":
-	default:
-		return fmt.Errorf("log_format must be json or console, got %q", c.LogFormat)
-	}
-	if c.LogLevel == "" {
-		c.LogLevel = "info"
-	}
-	if _, err := zapcore.ParseLevel(c.LogLevel); err != nil {
-		return fmt.Errorf("log_level: %w", err)
-	}
-	return c.Driver.Validate()
-}
 
 // NewLogger builds the zap logger the configuration asks for, on stderr
 // so that journald takes it.
@@ -75,6 +36,7 @@ func NewLogger(format, level string) (*zap.Logger, error) {
 	var zc zap.Config
 	if format == "json" {
 		zc = zap.NewProductionConfig()
+		zc.Sampling = nil // every snapshot line counts
 	} else {
 		zc = zap.NewDevelopmentConfig()
 		zc.DisableStacktrace = true
@@ -84,36 +46,179 @@ func NewLogger(format, level string) (*zap.Logger, error) {
 	return zc.Build()
 }
 
+// notify sends a systemd notification; outside systemd it does nothing.
+func notify(log *zap.Logger, state string) {
+	if _, err := sd.SdNotify(false, state); err != nil {
+		log.Debug("sd_notify failed", zap.String("state", state), zap.Error(err))
+	}
+}
+
 // Run runs the daemon until ctx ends: then it stops accepting requests,
 // lets running ones finish or roll back, thaws what it froze and
 // returns nil.
 func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
-	drv, err := driver.Open(cfg.Driver, log)
+	notify(log, "STATUS=starting")
+	m := metrics.New(version.String())
+	dc := cfg.DriverConfig()
+	dc.QMPOptions = append(dc.QMPOptions, qmp.WithObserver(m.QMPCommand))
+	dc.AgentObserver = m.AgentCommand
+	events := &driver.Hub{}
+	events.Add(m)
+
+	// D-Bus: the API on the bus of choice, and a logind inhibitor on the
+	// system bus whenever there is one.
+	var closers []func()
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+	if conn, err := dbus.ConnectSystemBus(); err == nil {
+		closers = append(closers, func() { conn.Close() })
+		inh := dbusapi.NewInhibitor(conn, log)
+		events.Add(inh)
+	} else {
+		log.Debug("no system bus; no shutdown inhibitor", zap.Error(err))
+	}
+	var busService *dbusapi.Service
+	var busConn *dbus.Conn
+	if cfg.DBus != "none" {
+		var err error
+		if cfg.DBus == "system" {
+			busConn, err = dbus.ConnectSystemBus()
+		} else {
+			busConn, err = dbus.ConnectSessionBus()
+		}
+		if err != nil {
+			return fmt.Errorf("dbus %s bus: %w", cfg.DBus, err)
+		}
+		closers = append(closers, func() { busConn.Close() })
+	}
+	dc.Events = events
+
+	drv, err := driver.Open(dc, log)
 	if err != nil {
 		return err
 	}
-	rw, err := listen(cfg.Socket, 0o660)
-	if err != nil {
-		drv.Close()
-		return err
+	if busConn != nil {
+		busService, err = dbusapi.Export(busConn, drv, log)
+		if err != nil {
+			drv.Close()
+			return fmt.Errorf("dbus export: %w", err)
+		}
+		events.Add(busService.Events())
+		closers = append(closers, func() { busService.Close() })
 	}
-	ro, err := listen(cfg.SocketRO, 0o666)
+	for _, d := range cfg.Domains {
+		if err := drv.EnsureDomain(driver.DomainConfig{Name: d.Name, QMP: d.QMP, Agent: d.Agent}); err != nil {
+			drv.Close()
+			return fmt.Errorf("domain %s: %w", d.Name, err)
+		}
+	}
+
+	rw, ro, err := listeners(cfg)
 	if err != nil {
-		rw.Close()
 		drv.Close()
 		return err
 	}
 	srv := api.NewServer(drv, api.Config{Access: api.Access{UIDs: cfg.AllowUIDs, GIDs: cfg.AllowGIDs}}, log)
-	log.Info("qsnapd started", zap.String("version", version.String()), zap.String("socket", cfg.Socket),
-		zap.String("socket_ro", cfg.SocketRO), zap.String("state_dir", cfg.Driver.StateDir))
-	serveErr := srv.Serve(ctx, rw, ro)
-	sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	err = errors.Join(serveErr, drv.Shutdown(sctx))
-	os.Remove(cfg.Socket)
-	os.Remove(cfg.SocketRO)
+	serveCtx, stopServing := context.WithCancel(context.Background())
+	defer stopServing()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(serveCtx, rw, ro) }()
+
+	metricsErr := make(chan error, 1)
+	go func() { metricsErr <- metrics.Serve(serveCtx, cfg.MetricsListen, m, log) }()
+
+	// Ready once the sockets accept and startup recovery is done: every
+	// domain had its first connection attempt and recovery pass, and
+	// every guest left frozen its first thaw attempt.
+	notify(log, "STATUS=recovering")
+	settleCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	if err := drv.WaitSettled(settleCtx); err != nil {
+		log.Warn("startup recovery still running; ready anyway", zap.Error(err))
+	}
+	cancel()
+	notify(log, "READY=1")
+	notify(log, fmt.Sprintf("STATUS=serving %d domains", len(drv.Domains())))
+	log.Info("qsnapd ready", zap.String("version", version.String()), zap.String("socket", cfg.Socket),
+		zap.String("socket_ro", cfg.SocketRO), zap.String("state_dir", cfg.StateDir),
+		zap.String("metrics", cfg.MetricsListen), zap.String("dbus", cfg.DBus))
+
+	stopWatchdog := watchdog(ctx, drv, log)
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-served:
+		runErr = fmt.Errorf("api: %w", runErr)
+	case err := <-metricsErr:
+		if err != nil {
+			runErr = fmt.Errorf("metrics: %w", err)
+		}
+	}
+	stopWatchdog()
+	notify(log, "STOPPING=1")
+	notify(log, "STATUS=stopping: finishing running operations")
+	stopServing()
+	if runErr == nil {
+		runErr = <-served
+	}
+	sctx, cancel2 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel2()
+	err = errors.Join(runErr, drv.Shutdown(sctx))
+	if !activated() {
+		os.Remove(cfg.Socket)
+		os.Remove(cfg.SocketRO)
+	}
 	log.Info("qsnapd stopped")
 	return err
+}
+
+// activated reports whether systemd passed the sockets.
+func activated() bool { return os.Getenv("LISTEN_FDS") != "" }
+
+// listeners returns the read-write and read-only sockets: systemd's
+// (named "rw" and "ro" by FileDescriptorName, else in that order) when
+// it passed them, or our own.
+func listeners(cfg Config) (rw, ro net.Listener, err error) {
+	if activated() {
+		named, err := activation.ListenersWithNames()
+		if err != nil {
+			return nil, nil, fmt.Errorf("socket activation: %w", err)
+		}
+		var all []net.Listener
+		for name, lns := range named {
+			for _, ln := range lns {
+				switch name {
+				case "rw":
+					rw = ln
+				case "ro":
+					ro = ln
+				default:
+					all = append(all, ln)
+				}
+			}
+		}
+		for _, ln := range all {
+			if rw == nil {
+				rw = ln
+			} else if ro == nil {
+				ro = ln
+			}
+		}
+		if rw == nil {
+			return nil, nil, errors.New("socket activation: no read-write socket passed")
+		}
+		return rw, ro, nil
+	}
+	if rw, err = listen(cfg.Socket, 0o660); err != nil {
+		return nil, nil, err
+	}
+	if ro, err = listen(cfg.SocketRO, 0o666); err != nil {
+		rw.Close()
+		return nil, nil, err
+	}
+	return rw, ro, nil
 }
 
 // listen binds a unix socket with the given mode, replacing a stale
@@ -138,4 +243,36 @@ func listen(path string, mode os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("listen %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// watchdog pings systemd at half of WATCHDOG_USEC, but only while the
+// daemon is healthy: the store answers and the driver is not stuck.
+func watchdog(ctx context.Context, drv *driver.Driver, log *zap.Logger) (stop func()) {
+	interval, err := sd.SdWatchdogEnabled(false)
+	if err != nil || interval <= 0 {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				hctx, hcancel := context.WithTimeout(ctx, interval/4)
+				err := drv.Healthy(hctx)
+				hcancel()
+				if err != nil {
+					log.Warn("unhealthy; withholding the watchdog ping", zap.Error(err))
+					continue
+				}
+				notify(log, "WATCHDOG=1")
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }

@@ -1,0 +1,279 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/driver"
+)
+
+// Duration is a time.Duration written as a Go duration string ("10s").
+type Duration time.Duration
+
+// UnmarshalText parses "10s", "250ms", "1m30s".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration back.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// DomainEntry is a [[domain]] attached at startup.
+type DomainEntry struct {
+	Name  string `toml:"name"`
+	QMP   string `toml:"qmp"`
+	Agent string `toml:"agent"`
+}
+
+// Config is the daemon's configuration. Every command-line flag has a
+// key here (with underscores for dashes); a flag given on the command
+// line overrides the file.
+type Config struct {
+	Socket          string        `toml:"socket"`
+	SocketRO        string        `toml:"socket_ro"`
+	AllowUIDs       []int         `toml:"allow_uid"`
+	AllowGIDs       []int         `toml:"allow_gid"`
+	StateDir        string        `toml:"state_dir"`
+	Transaction     string        `toml:"transaction"`
+	AllowedDirs     []string      `toml:"allowed_dir"`
+	AgentTimeout    Duration      `toml:"agent_timeout"`
+	MaxFreeze       Duration      `toml:"max_freeze"`
+	ThawTimeout     Duration      `toml:"thaw_timeout"`
+	RollbackTimeout Duration      `toml:"rollback_timeout"`
+	Quiesce         string        `toml:"quiesce"`
+	MetricsListen   string        `toml:"metrics_listen"`
+	DBus            string        `toml:"dbus"`
+	LogFormat       string        `toml:"log_format"`
+	LogLevel        string        `toml:"log_level"`
+	Domains         []DomainEntry `toml:"domain"`
+
+	file     string // the config file read, for error positions
+	fileData []byte
+}
+
+// Default is the configuration with nothing set.
+func Default() Config {
+	return Config{
+		Socket:        api.DefaultSocket,
+		SocketRO:      api.DefaultSocketRO,
+		StateDir:      "/var/lib/qsnapd",
+		Transaction:   "auto",
+		AgentTimeout:  Duration(5 * time.Second),
+		MaxFreeze:     Duration(10 * time.Second),
+		ThawTimeout:   Duration(60 * time.Second),
+		Quiesce:       "skip",
+		MetricsListen: "127.0.0.1:9477",
+		DBus:          "none",
+		LogFormat:     "console",
+		LogLevel:      "info",
+	}
+}
+
+// KeyError is a configuration value that is wrong, naming its key.
+type KeyError struct {
+	Key  string
+	Line int // in the config file; 0 when the value came from a flag
+	File string
+	Msg  string
+}
+
+func (e *KeyError) Error() string {
+	if e.File != "" && e.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Key, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.Key, e.Msg)
+}
+
+func keyErr(key, format string, args ...any) error {
+	return &KeyError{Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Validate checks every value and names the key of the first wrong one.
+func (c *Config) Validate() error {
+	absolute := func(key, p string) error {
+		if !filepath.IsAbs(p) {
+			return keyErr(key, "%q is not an absolute path", p)
+		}
+		return nil
+	}
+	for _, kv := range []struct{ key, path string }{{"socket", c.Socket}, {"socket_ro", c.SocketRO}, {"state_dir", c.StateDir}} {
+		if err := absolute(kv.key, kv.path); err != nil {
+			return err
+		}
+	}
+	for _, kv := range []struct{ key, path string }{{"socket", c.Socket}, {"socket_ro", c.SocketRO}} {
+		if len(kv.path) >= 108 {
+			return keyErr(kv.key, "unix socket paths must be under 108 bytes, got %d", len(kv.path))
+		}
+	}
+	if c.Socket == c.SocketRO {
+		return keyErr("socket_ro", "must differ from socket")
+	}
+	for _, d := range c.AllowedDirs {
+		if err := absolute("allowed_dir", d); err != nil {
+			return err
+		}
+	}
+	for _, kv := range []struct {
+		key string
+		v   []int
+	}{{"allow_uid", c.AllowUIDs}, {"allow_gid", c.AllowGIDs}} {
+		for _, id := range kv.v {
+			if id < 0 {
+				return keyErr(kv.key, "%d is negative", id)
+			}
+		}
+	}
+	for _, kv := range []struct {
+		key string
+		d   Duration
+	}{{"agent_timeout", c.AgentTimeout}, {"max_freeze", c.MaxFreeze}, {"thaw_timeout", c.ThawTimeout}, {"rollback_timeout", c.RollbackTimeout}} {
+		if kv.d < 0 {
+			return keyErr(kv.key, "%v is negative", time.Duration(kv.d))
+		}
+	}
+	oneOf := func(key, v string, allowed ...string) error {
+		for _, a := range allowed {
+			if v == a {
+				return nil
+			}
+		}
+		return keyErr(key, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	}
+	for _, err := range []error{
+		oneOf("transaction", c.Transaction, "auto", "never"),
+		oneOf("quiesce", c.Quiesce, "require", "prefer", "skip"),
+		oneOf("dbus", c.DBus, "none", "system", "session"),
+		oneOf("log_format", c.LogFormat, "json", "console"),
+	} {
+		if err != nil {
+			return err
+		}
+	}
+	if _, err := zapcore.ParseLevel(c.LogLevel); err != nil {
+		return keyErr("log_level", "%v", err)
+	}
+	seen := map[string]bool{}
+	for i, d := range c.Domains {
+		key := fmt.Sprintf("domain[%d]", i)
+		switch {
+		case d.Name == "":
+			return keyErr(key+".name", "missing")
+		case seen[d.Name]:
+			return keyErr(key+".name", "domain %q listed twice", d.Name)
+		case !filepath.IsAbs(d.QMP):
+			return keyErr(key+".qmp", "%q is not an absolute path", d.QMP)
+		case d.Agent != "" && !filepath.IsAbs(d.Agent):
+			return keyErr(key+".agent", "%q is not an absolute path", d.Agent)
+		}
+		seen[d.Name] = true
+	}
+	dc := c.DriverConfig()
+	return dc.Validate()
+}
+
+// DriverConfig is the driver's part of the configuration.
+func (c *Config) DriverConfig() driver.Config {
+	return driver.Config{
+		StateDir:        c.StateDir,
+		Transaction:     c.Transaction,
+		AllowedDirs:     c.AllowedDirs,
+		AgentTimeout:    time.Duration(c.AgentTimeout),
+		MaxFreeze:       time.Duration(c.MaxFreeze),
+		ThawTimeout:     time.Duration(c.ThawTimeout),
+		RollbackTimeout: time.Duration(c.RollbackTimeout),
+		Quiesce:         driver.QuiesceMode(c.Quiesce),
+	}
+}
+
+// LoadFile reads a TOML file over c. An unknown key or a value of the
+// wrong type stops with an error naming the key and the file line;
+// Validate, after any flags, names the line of a bad value.
+func (c *Config) LoadFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	md, err := toml.Decode(string(data), c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("%s:%d: %s", path, pe.Position.Line, pe.Message)
+		}
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		k := undecoded[0]
+		return &KeyError{Key: k.String(), File: path, Line: lineOf(data, k), Msg: "unknown key"}
+	}
+	c.file, c.fileData = path, data
+	return nil
+}
+
+// Check validates c; an error about a key that the config file sets
+// (and no flag overrode) names the file and line.
+func (c *Config) Check(fromFlags map[string]bool) error {
+	err := c.Validate()
+	var ke *KeyError
+	if errors.As(err, &ke) && c.file != "" && !fromFlags[ke.Key] {
+		if line := lineOf(c.fileData, keyPath(ke.Key)); line > 0 {
+			ke.File, ke.Line = c.file, line
+		}
+	}
+	return err
+}
+
+var indexRE = regexp.MustCompile(`^(\w+)\[(\d+)\]$`)
+
+// keyPath turns "domain[1].qmp" into a key for lineOf.
+func keyPath(key string) toml.Key {
+	return toml.Key(strings.Split(key, "."))
+}
+
+// lineOf finds the line that sets key: the toml package keeps key
+// positions private, so read the file for it. For a key in the n-th
+// [[table]], it looks after the n-th header.
+func lineOf(data []byte, key toml.Key) int {
+	lines := bytes.Split(data, []byte("\n"))
+	start := 0
+	last := key[len(key)-1]
+	if len(key) > 1 {
+		table, n := key[0], 0
+		if m := indexRE.FindStringSubmatch(table); m != nil {
+			table = m[1]
+			fmt.Sscan(m[2], &n)
+		}
+		header := regexp.MustCompile(`^\s*\[\[?\s*` + regexp.QuoteMeta(table) + `\s*\]\]?`)
+		seen := -1
+		for i, l := range lines {
+			if header.Match(l) {
+				if seen++; seen == n {
+					start = i + 1
+					break
+				}
+			}
+		}
+	}
+	assign := regexp.MustCompile(`^\s*"?` + regexp.QuoteMeta(last) + `"?\s*=`)
+	for i := start; i < len(lines); i++ {
+		if assign.Match(lines[i]) {
+			return i + 1
+		}
+	}
+	return 0
+}
