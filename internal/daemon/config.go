@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -213,7 +214,15 @@ func (c *Config) LoadFile(path string) error {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
+			if pe.LastKey != "" {
+				return &KeyError{Key: pe.LastKey, File: path, Line: pe.Position.Line, Msg: pe.Message}
+			}
 			return fmt.Errorf("%s:%d: %s", path, pe.Position.Line, pe.Message)
+		}
+		// Type mismatches come as text: "toml: line 3 (last key "k"): ...".
+		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return &KeyError{Key: m[2], File: path, Line: line, Msg: m[3]}
 		}
 		return fmt.Errorf("%s: %w", path, err)
 	}
@@ -237,6 +246,8 @@ func (c *Config) Check(fromFlags map[string]bool) error {
 	}
 	return err
 }
+
+var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
 
 var indexRE = regexp.MustCompile(`^(\w+)\[(\d+)\]$`)
 

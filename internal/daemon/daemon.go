@@ -128,7 +128,12 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	go func() { served <- srv.Serve(serveCtx, rw, ro) }()
 
 	metricsErr := make(chan error, 1)
-	go func() { metricsErr <- metrics.Serve(serveCtx, cfg.MetricsListen, m, log) }()
+	go func() {
+		// Serve returns nil when metrics are off or after a shutdown.
+		if err := metrics.Serve(serveCtx, cfg.MetricsListen, m, log); err != nil {
+			metricsErr <- err
+		}
+	}()
 
 	// Ready once the sockets accept and startup recovery is done: every
 	// domain had its first connection attempt and recovery pass, and
@@ -152,9 +157,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	case runErr = <-served:
 		runErr = fmt.Errorf("api: %w", runErr)
 	case err := <-metricsErr:
-		if err != nil {
-			runErr = fmt.Errorf("metrics: %w", err)
-		}
+		runErr = fmt.Errorf("metrics: %w", err)
 	}
 	stopWatchdog()
 	notify(log, "STOPPING=1")

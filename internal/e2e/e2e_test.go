@@ -47,17 +47,25 @@ type daemon struct {
 	dir    string
 	socket string
 	cmd    *exec.Cmd
-	log    bytes.Buffer
+	log    qemutest.LockedBuffer
 	exited chan error
 }
 
 func startDaemon(t *testing.T, extra ...string) *daemon {
+	return startDaemonEnv(t, nil, extra...)
+}
+
+// startDaemonEnv starts bin/qsnapd with extra environment and flags;
+// metrics are off unless the flags turn them on.
+func startDaemonEnv(t *testing.T, env []string, extra ...string) *daemon {
 	t.Helper()
 	dir := qemutest.TempDir(t)
 	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "rw.sock"), exited: make(chan error, 1)}
 	args := append([]string{"--socket", d.socket, "--socket-ro", filepath.Join(dir, "ro.sock"),
-		"--state-dir", filepath.Join(dir, "state"), "--log-format", "json", "--log-level", "debug"}, extra...)
+		"--state-dir", filepath.Join(dir, "state"), "--log-format", "json", "--log-level", "debug",
+		"--metrics-listen", ""}, extra...)
 	d.cmd = exec.Command(filepath.Join(binDir, "qsnapd"), args...)
+	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stderr = &d.log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := d.cmd.Start(); err != nil {

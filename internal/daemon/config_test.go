@@ -1,0 +1,81 @@
+package daemon
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExampleConfigLoads(t *testing.T) {
+	c := Default()
+	if err := c.LoadFile("../../configs/qsnapd.toml"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Check(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Domains) != 2 || c.Domains[0].Name != "web1" || c.Domains[1].Agent != "" {
+		t.Errorf("domains: %+v", c.Domains)
+	}
+	if time.Duration(c.MaxFreeze) != 10*time.Second || c.LogFormat != "json" || c.MetricsListen != "127.0.0.1:9477" {
+		t.Errorf("values: %+v", c)
+	}
+	dc := c.DriverConfig()
+	if dc.MaxFreeze != 10*time.Second || dc.StateDir != "/var/lib/qsnapd" || len(dc.AllowedDirs) != 1 {
+		t.Errorf("driver config: %+v", dc)
+	}
+}
+
+func TestConfigErrorsNameKeyAndLine(t *testing.T) {
+	for _, tc := range []struct {
+		name, file, want string
+	}{
+		{"unknown key", "state_dir = \"/var/lib/q\"\nsnapshot_dir = \"/x\"\n", ":2: snapshot_dir: unknown key"},
+		{"negative duration", "# c\n\nmax_freeze = \"-3s\"\n", ":3: max_freeze:"},
+		{"not a duration", "agent_timeout = \"soon\"\n", ":1:"},
+		{"relative path", "state_dir = \"var/lib/q\"\n", ":1: state_dir: \"var/lib/q\" is not an absolute path"},
+		{"wrong type", "allow_uid = \"root\"\n", ":1:"},
+		{"bad enum", "transaction = \"sometimes\"\n", ":1: transaction:"},
+		{"bad log level", "log_level = \"loud\"\n", ":1: log_level:"},
+		{"domain without qmp", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\n\n[[domain]]\nname = \"b\"\nqmp = \"rel\"\n", ":7: domain[1].qmp:"},
+		{"unknown key in a domain", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\ncpu = 2\n", ":4: domain.cpu: unknown key"},
+		{"malformed", "socket = \n", ":1:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "qsnapd.toml")
+			os.WriteFile(path, []byte(tc.file), 0o644)
+			c := Default()
+			err := c.LoadFile(path)
+			if err == nil {
+				err = c.Check(nil)
+			}
+			if err == nil || !strings.Contains(err.Error(), path+tc.want) {
+				t.Errorf("got %v, want %q", err, path+tc.want)
+			}
+		})
+	}
+}
+
+func TestFlagOverridesFileAndLosesItsLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "qsnapd.toml")
+	os.WriteFile(path, []byte("transaction = \"never\"\nmax_freeze = \"3s\"\n"), 0o644)
+	c := Default()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	// A flag replaced the file's value with a bad one: the error names
+	// the key, not the file's line, which is not where the value is.
+	c.MaxFreeze = Duration(-time.Second)
+	err := c.Check(map[string]bool{"max_freeze": true})
+	var ke *KeyError
+	if !errors.As(err, &ke) || ke.Key != "max_freeze" || ke.Line != 0 {
+		t.Errorf("got %#v", err)
+	}
+	c.MaxFreeze = Duration(time.Second)
+	if err := c.Check(nil); err != nil || c.Transaction != "never" {
+		t.Errorf("got %v, transaction %q", err, c.Transaction)
+	}
+}
