@@ -15,7 +15,7 @@ DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static qemu-guest-agent
 FUZZTIME ?= 60s
 BENCHCOUNT ?= 6
 
-.PHONY: all build deps test test-short bench fuzz fmt vet clean demo
+.PHONY: all build deps test test-short bench fuzz fmt vet clean demo install
 
 all: build
 
@@ -63,6 +63,25 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./qmp/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCreateRequest$$' -fuzztime $(FUZZTIME) ./api/
 	$(GO) test -run '^$$' -fuzz '^FuzzDiskspec$$' -fuzztime $(FUZZTIME) ./cmd/qsnapctl/
+
+# install puts the binaries, units, example config, alert rules and bus
+# policy where Debian expects them; DESTDIR stages a package.
+PREFIX     ?= /usr
+SYSCONFDIR ?= /etc
+UNITDIR    ?= /lib/systemd/system
+install: build
+	install -D -m 0755 bin/qsnapd $(DESTDIR)$(PREFIX)/bin/qsnapd
+	install -D -m 0755 bin/qsnapctl $(DESTDIR)$(PREFIX)/bin/qsnapctl
+	install -D -m 0644 configs/qsnapd.service $(DESTDIR)$(UNITDIR)/qsnapd.service
+	install -D -m 0644 configs/qsnapd.socket $(DESTDIR)$(UNITDIR)/qsnapd.socket
+	sed -i 's|/usr/bin/qsnapd|$(PREFIX)/bin/qsnapd|' $(DESTDIR)$(UNITDIR)/qsnapd.service
+	install -D -m 0644 configs/io.github.qsnapd.conf $(DESTDIR)$(PREFIX)/share/dbus-1/system.d/io.github.qsnapd.conf
+	install -D -m 0644 configs/qsnapd-alerts.yml $(DESTDIR)$(PREFIX)/share/qsnapd/qsnapd-alerts.yml
+	install -D -m 0644 configs/qsnapd.toml $(DESTDIR)$(PREFIX)/share/doc/qsnapd/examples/qsnapd.toml
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/qsnapd/README.md
+	@if [ ! -e $(DESTDIR)$(SYSCONFDIR)/qsnapd/qsnapd.toml ]; then \
+		install -D -m 0640 configs/qsnapd.toml $(DESTDIR)$(SYSCONFDIR)/qsnapd/qsnapd.toml; \
+	fi
 
 clean:
 	rm -rf bin bench.out

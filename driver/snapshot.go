@@ -315,6 +315,9 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 		}
 	}
 	res.Total = time.Since(start)
+	for _, pd := range plan.Disks {
+		log.Debug("disk switched", zap.String("disk", pd.Target), zap.String("overlay", pd.Overlay), zap.String("backing", pd.Source))
+	}
 	log.Info("snapshot created", zap.String("mode", string(plan.Mode)), zap.Int("disks", len(plan.Disks)),
 		zap.Bool("quiesced", quiesced), zap.Float64("freeze_seconds", res.Freeze.Seconds()),
 		zap.Float64("switch_seconds", res.Switch.Seconds()), zap.Float64("duration_seconds", res.Total.Seconds()))

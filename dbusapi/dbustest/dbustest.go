@@ -11,11 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/qsnapd/qsnapd/internal/qemutest"
 )
 
 // Bus is a private dbus-daemon, killed when the test ends.
@@ -24,7 +25,7 @@ type Bus struct {
 	Address string
 	// Dir holds the socket and the configuration; it is mode 0700.
 	Dir string
-	log lockedBuffer
+	log qemutest.LockedBuffer
 }
 
 const busConfig = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -115,21 +116,4 @@ func escape(s string) string {
 	var buf bytes.Buffer
 	xml.EscapeText(&buf, []byte(s))
 	return buf.String()
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

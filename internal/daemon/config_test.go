@@ -17,6 +17,27 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err := c.Check(nil); err != nil {
 		t.Fatal(err)
 	}
+	if len(c.Domains) != 0 {
+		t.Errorf("the example attaches domains: %+v", c.Domains)
+	}
+	// Its commented-out [[domain]] entries are valid once uncommented.
+	data, _ := os.ReadFile("../../configs/qsnapd.toml")
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, "# [[domain]]") || strings.HasPrefix(l, "# name =") || strings.HasPrefix(l, "# qmp =") || strings.HasPrefix(l, "# agent =") {
+			l = strings.TrimPrefix(l, "# ")
+		}
+		lines = append(lines, l)
+	}
+	path := filepath.Join(t.TempDir(), "qsnapd.toml")
+	os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644)
+	c = Default()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Check(nil); err != nil {
+		t.Fatal(err)
+	}
 	if len(c.Domains) != 2 || c.Domains[0].Name != "web1" || c.Domains[1].Agent != "" {
 		t.Errorf("domains: %+v", c.Domains)
 	}

@@ -358,3 +358,25 @@ func TestOneInfoLinePerSnapshot(t *testing.T) {
 		t.Errorf("%d 'snapshot created' lines, want 1", created)
 	}
 }
+
+// TestMakeInstall stages an install and checks that everything lands
+// where Debian expects it.
+func TestMakeInstall(t *testing.T) {
+	stage := t.TempDir()
+	out, err := exec.Command("make", "-C", "../..", "install", "DESTDIR="+stage, "PREFIX=/usr").CombinedOutput()
+	if err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	for _, f := range []string{
+		"usr/bin/qsnapd", "usr/bin/qsnapctl", "lib/systemd/system/qsnapd.service", "lib/systemd/system/qsnapd.socket",
+		"usr/share/dbus-1/system.d/io.github.qsnapd.conf", "usr/share/qsnapd/qsnapd-alerts.yml", "etc/qsnapd/qsnapd.toml",
+	} {
+		if _, err := os.Stat(filepath.Join(stage, f)); err != nil {
+			t.Errorf("not installed: %s", f)
+		}
+	}
+	// The installed config is the one the unit points at, and it loads.
+	if out, err := exec.Command(filepath.Join(stage, "usr/bin/qsnapd"), "--config", filepath.Join(stage, "etc/qsnapd/qsnapd.toml"), "--version").CombinedOutput(); err != nil {
+		t.Errorf("qsnapd --config with the installed config: %v: %s", err, out)
+	}
+}
