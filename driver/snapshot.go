@@ -282,6 +282,9 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, err)
 	}
 
+	if err := exec.SyncDirs(plan); err != nil {
+		return nil, d.fail(ctx, dom, op, &undo, StepRecord, fmt.Errorf("%w: %w", ErrOperationFailed, err))
+	}
 	rec := d.record(dom, spec, plan)
 	plan.Phase = transaction.PhaseDone
 	var err error

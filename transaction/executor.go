@@ -114,8 +114,14 @@ func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("prepare overlays: %w", err)
 	}
-	// The new directory entries must be durable before the snapshot is
-	// recorded; one fsync per directory covers all of them.
+	return nil
+}
+
+// SyncDirs makes the new overlays' directory entries durable: one fsync
+// per directory covers all of them. It belongs after the switch and
+// before the snapshot is recorded, so that no fsync stands right before
+// the switch.
+func (e *Executor) SyncDirs(p *Plan) error {
 	dirs := map[string]bool{}
 	for _, d := range p.Disks {
 		if d.FileCreated && !d.WasEmpty {
@@ -124,7 +130,7 @@ func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 	}
 	for dir := range dirs {
 		if err := qcow2.SyncDir(dir); err != nil {
-			return fmt.Errorf("prepare overlays: %w", err)
+			return fmt.Errorf("sync overlay directory: %w", err)
 		}
 	}
 	return nil
