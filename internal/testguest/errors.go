@@ -2,7 +2,8 @@ package testguest
 
 import (
 	"errors"
-	"fmt"
+
+	"github.com/qsnapd/qsnapd/guestagent"
 )
 
 var (
@@ -17,12 +18,4 @@ var (
 
 // AgentError is an error reply of qemu-ga, with its QAPI class (for
 // example "GenericError", "CommandNotFound").
-type AgentError struct {
-	Command string `json:"-"`
-	Class   string `json:"class"`
-	Desc    string `json:"desc"`
-}
-
-func (e *AgentError) Error() string {
-	return fmt.Sprintf("agent %s: %s: %s", e.Command, e.Class, e.Desc)
-}
+type AgentError = guestagent.Error
