@@ -339,3 +339,35 @@ func TestVersion(t *testing.T) {
 		t.Errorf("unknown domain: %v", err)
 	}
 }
+
+// TestDetachRefusedWhileBusy: a domain cannot be forgotten while an
+// operation runs on it; the request is refused, not queued.
+func TestDetachRefusedWhileBusy(t *testing.T) {
+	d := startDaemon(t, api.Access{})
+	d.vm("vm1", 1)
+	inside, leave := make(chan struct{}), make(chan struct{})
+	d.drv.Hooks.AtStep = func(step string) error {
+		if step == driver.HookSwitching {
+			close(inside)
+			<-leave
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := d.client.CreateSnapshot(ctx(t), "vm1", api.CreateSnapshotRequest{Flags: api.Flags(driver.FlagDiskOnly)}, "")
+		done <- err
+	}()
+	<-inside
+	err := d.client.Detach(ctx(t), "vm1")
+	close(leave)
+	if api.Code(err) != api.CodeOperationInProgress {
+		t.Errorf("detach while busy: %v, want operation-in-progress", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the snapshot: %v", err)
+	}
+	if err := d.client.Detach(ctx(t), "vm1"); err != nil {
+		t.Errorf("detach when idle: %v", err)
+	}
+}
