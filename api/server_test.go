@@ -371,3 +371,44 @@ func TestDetachRefusedWhileBusy(t *testing.T) {
 		t.Errorf("detach when idle: %v", err)
 	}
 }
+
+// TestClientGoneMidSwitch: the client hangs up while the disks are being
+// switched; the operation still completes, and its outcome is readable.
+func TestClientGoneMidSwitch(t *testing.T) {
+	d := startDaemon(t, api.Access{})
+	d.vm("vm1", 2)
+	inside, leave := make(chan struct{}), make(chan struct{})
+	d.drv.Hooks.AtStep = func(step string) error {
+		if step == driver.HookSwitching {
+			close(inside)
+			<-leave
+		}
+		return nil
+	}
+	c, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := d.client.CreateSnapshot(c, "vm1", api.CreateSnapshotRequest{XML: "<domainsnapshot><name>gone</name></domainsnapshot>", Flags: api.Flags(driver.FlagDiskOnly | driver.FlagAtomic)}, "gone-1")
+		done <- err
+	}()
+	<-inside
+	cancel() // the client goes away mid-operation
+	if err := <-done; err == nil {
+		t.Fatal("the cancelled client got an answer")
+	}
+	close(leave)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		op, err := d.client.Operation(ctx(t), "gone-1")
+		if err == nil && op.State == api.OpSucceeded {
+			break
+		}
+		if time.Now().After(deadline) || (err == nil && op.State == api.OpFailed) {
+			t.Fatalf("operation: %+v, %v", op, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := d.client.Snapshot(ctx(t), "vm1", "gone"); err != nil {
+		t.Errorf("the snapshot of the vanished client: %v", err)
+	}
+}
