@@ -38,12 +38,14 @@ type Domain struct {
 	recovered    chan struct{} // closed after the first recovery pass
 	settled      chan struct{} // closed after the first connect attempt (and recovery, if it connected)
 	freeze       *guestFreeze  // set while the daemon holds a freeze
+	agentState   string        // after the last agent command; "" before any
 	retrying     bool          // a failed thaw is being retried
 }
 
 // DomainInfo is a domain's state, for listings.
 type DomainInfo struct {
 	Freeze         FreezeInfo `json:"freeze"`
+	AgentState     string     `json:"agent_state"`
 	Name           string     `json:"name"`
 	QMP            string     `json:"qmp"`
 	Agent          string     `json:"agent,omitempty"`
@@ -56,18 +58,48 @@ type DomainInfo struct {
 }
 
 func newDomain(cfg DomainConfig, drv *Driver) *Domain {
-	return &Domain{
-		cfg:    cfg,
-		drv:    drv,
-		client: qmp.New(cfg.QMP, drv.cfg.QMPOptions...),
-		agent: guestagent.New(cfg.Agent, guestagent.Options{Timeout: drv.cfg.AgentTimeout,
-			FreezeTimeout: drv.cfg.MaxFreeze, ThawTimeout: drv.cfg.ThawTimeout, Observer: drv.cfg.AgentObserver}),
+	dom := &Domain{
+		cfg:       cfg,
+		drv:       drv,
+		client:    qmp.New(cfg.QMP, drv.cfg.QMPOptions...),
 		log:       drv.log.With(zap.String("domain", cfg.Name)),
 		lock:      make(chan struct{}, 1),
 		stopCh:    make(chan struct{}),
 		recovered: make(chan struct{}),
 		settled:   make(chan struct{}),
 	}
+	dom.agent = guestagent.New(cfg.Agent, guestagent.Options{Timeout: drv.cfg.AgentTimeout,
+		FreezeTimeout: drv.cfg.MaxFreeze, ThawTimeout: drv.cfg.ThawTimeout,
+		Observer: func(command string, took time.Duration, err error) {
+			dom.noteAgent(err)
+			if obs := drv.cfg.AgentObserver; obs != nil {
+				obs(command, took, err)
+			}
+		}})
+	return dom
+}
+
+// Agent states, as the last exchange with the agent left them: the
+// daemon does not poll the agent, so a listing costs no guest I/O.
+const (
+	AgentNone         = "none"          // no agent socket registered
+	AgentUnknown      = "unknown"       // not contacted yet
+	AgentResponsive   = "responsive"    // the last command got an answer
+	AgentUnresponsive = "unresponsive"  // the last command timed out
+	AgentNotConnected = "not-connected" // the socket could not be reached
+)
+
+func (dom *Domain) noteAgent(err error) {
+	state := AgentResponsive
+	switch {
+	case errors.Is(err, guestagent.ErrUnresponsive):
+		state = AgentUnresponsive
+	case errors.Is(err, guestagent.ErrNotConnected):
+		state = AgentNotConnected
+	}
+	dom.mu.Lock()
+	dom.agentState = state
+	dom.mu.Unlock()
 }
 
 // Info returns the domain's state.
@@ -83,6 +115,14 @@ func (dom *Domain) Info() DomainInfo {
 	}
 	if dom.lastErr != nil && !connected {
 		info.Error = dom.lastErr.Error()
+	}
+	switch {
+	case dom.cfg.Agent == "":
+		info.AgentState = AgentNone
+	case dom.agentState == "":
+		info.AgentState = AgentUnknown
+	default:
+		info.AgentState = dom.agentState
 	}
 	if gf := dom.freeze; gf != nil {
 		info.Freeze = FreezeInfo{Frozen: true, Owner: gf.rec.Owner, OpID: gf.rec.OpID, Since: gf.rec.Since,

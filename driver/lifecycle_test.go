@@ -126,7 +126,7 @@ func TestMetadataSurvivesRestart(t *testing.T) {
 		t.Errorf("XML of s2 lacks its parent:\n%s", snaps[1].XML)
 	}
 	// The domain came back too, connected.
-	if info, err := e.drv.DomainInfo(e.name); err != nil || !info.Connected || !info.HasTransaction {
+	if info, err := e.drv.DomainInfo(e.name); err != nil || !info.Connected || !info.HasTransaction || info.AgentState != AgentNone {
 		t.Errorf("domain after restart: %+v, %v", info, err)
 	}
 }

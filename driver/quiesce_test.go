@@ -40,7 +40,13 @@ func hasIndication(res *CreateResult, code string) bool {
 
 func TestQuiesceSuccessWithFakeAgent(t *testing.T) {
 	e := quiesceEnv(t, false)
+	if st := e.drv.Domains()[0].AgentState; st != AgentUnknown {
+		t.Errorf("agent state before any command: %s", st)
+	}
 	res, err := e.createQuiesced("")
+	if st := e.drv.Domains()[0].AgentState; st != AgentResponsive {
+		t.Errorf("agent state after a quiesced snapshot: %s", st)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +95,11 @@ func TestQuiesceFailures(t *testing.T) {
 					// keeps trying, and gets through once it clears.
 					e.agent.Release()
 					waitFor(t, func() bool { return !e.agent.Frozen() && !e.drv.Domains()[0].Freeze.Frozen }, "thaw retried")
+				}
+				if tc.name == "no agent running" {
+					if st := e.drv.Domains()[0].AgentState; st != AgentUnresponsive {
+						t.Errorf("agent state: %s, want %s", st, AgentUnresponsive)
+					}
 				}
 				if mode == QuiesceRequire {
 					if !errors.Is(err, ErrQuiesce) || !errors.Is(err, tc.kind) {

@@ -226,7 +226,11 @@ func runList(ctx context.Context, c *cli, a *args) error {
 		if d.Connected {
 			state = "connected"
 		}
-		t.add(d.Name, state, yesNo(d.AgentConfigured), yesNo(d.Freeze.Frozen))
+		agent := d.AgentState
+		if agent == "" { // an older daemon
+			agent = yesNo(d.AgentConfigured)
+		}
+		t.add(d.Name, state, agent, yesNo(d.Freeze.Frozen))
 	}
 	return t.write(c.stdout)
 }
