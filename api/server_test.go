@@ -340,12 +340,10 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-// TestDetachRefusedWhileBusy: a domain cannot be forgotten while an
-// operation runs on it; the request is refused, not queued.
-func TestDetachRefusedWhileBusy(t *testing.T) {
-	d := startDaemon(t, api.Access{})
-	d.vm("vm1", 1)
-	inside, leave := make(chan struct{}), make(chan struct{})
+// holdAtSwitching makes the next snapshot stop just before its switch:
+// inside is closed when it gets there, and closing leave lets it go on.
+func (d *daemon) holdAtSwitching() (inside, leave chan struct{}) {
+	inside, leave = make(chan struct{}), make(chan struct{})
 	d.drv.Hooks.AtStep = func(step string) error {
 		if step == driver.HookSwitching {
 			close(inside)
@@ -353,6 +351,15 @@ func TestDetachRefusedWhileBusy(t *testing.T) {
 		}
 		return nil
 	}
+	return inside, leave
+}
+
+// TestDetachRefusedWhileBusy: a domain cannot be forgotten while an
+// operation runs on it; the request is refused, not queued.
+func TestDetachRefusedWhileBusy(t *testing.T) {
+	d := startDaemon(t, api.Access{})
+	d.vm("vm1", 1)
+	inside, leave := d.holdAtSwitching()
 	done := make(chan error, 1)
 	go func() {
 		_, err := d.client.CreateSnapshot(ctx(t), "vm1", api.CreateSnapshotRequest{Flags: api.Flags(driver.FlagDiskOnly)}, "")
@@ -377,14 +384,7 @@ func TestDetachRefusedWhileBusy(t *testing.T) {
 func TestClientGoneMidSwitch(t *testing.T) {
 	d := startDaemon(t, api.Access{})
 	d.vm("vm1", 2)
-	inside, leave := make(chan struct{}), make(chan struct{})
-	d.drv.Hooks.AtStep = func(step string) error {
-		if step == driver.HookSwitching {
-			close(inside)
-			<-leave
-		}
-		return nil
-	}
+	inside, leave := d.holdAtSwitching()
 	c, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
