@@ -85,16 +85,16 @@ func (d durationFlag) Set(v string) error { return d.p.UnmarshalText([]byte(v)) 
 // configPath finds --config before the other flags are defined, since
 // their defaults come from the file.
 func configPath(args []string) string {
-	for i, a := range args {
-		a = strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+	for i, arg := range args {
+		if arg == "--" { // the end of the flags
+			break
+		}
+		a := strings.TrimPrefix(strings.TrimPrefix(arg, "-"), "-")
 		if a == "config" && i+1 < len(args) {
 			return args[i+1]
 		}
 		if v, ok := strings.CutPrefix(a, "config="); ok {
 			return v
-		}
-		if a == "" { // "--" ends the flags
-			break
 		}
 	}
 	return ""

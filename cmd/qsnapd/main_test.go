@@ -25,3 +25,20 @@ func TestFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigPath(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--config", "/etc/q.toml"}, "/etc/q.toml"},
+		{[]string{"-config=/a.toml", "--log-level", "debug"}, "/a.toml"},
+		{[]string{"--metrics-listen", "", "--config", "/b.toml"}, "/b.toml"},
+		{[]string{"--", "--config", "/c.toml"}, ""},
+		{[]string{"--state-dir", "/x"}, ""},
+	} {
+		if got := configPath(tc.args); got != tc.want {
+			t.Errorf("configPath(%q) = %q, want %q", tc.args, got, tc.want)
+		}
+	}
+}

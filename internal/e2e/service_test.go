@@ -380,3 +380,47 @@ func TestMakeInstall(t *testing.T) {
 		t.Errorf("qsnapd --config with the installed config: %v: %s", err, out)
 	}
 }
+
+// TestConfigDomainsAttachedAtStartup: [[domain]] entries are attached at
+// startup, whether or not their QEMU is up yet; one that comes up later
+// is connected by the supervisor.
+func TestConfigDomainsAttachedAtStartup(t *testing.T) {
+	vm := qemutest.Start(t, qemutest.Options{Disks: 1, SecondMonitor: true})
+	later := filepath.Join(qemutest.TempDir(t), "qmp.sock")
+	cfg := filepath.Join(t.TempDir(), "qsnapd.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[[domain]]\nname = \"up\"\nqmp = %q\n\n[[domain]]\nname = \"later\"\nqmp = %q\n", vm.QMP, later)), 0o644)
+	d := startDaemon(t, "--config", cfg)
+	out := d.mustCtl("list")
+	for _, want := range []string{"up", "connected", "later", "disconnected"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("list lacks %q:\n%s", want, out)
+		}
+	}
+	d.mustCtl("snapshot-create-as", "up", "s1", "--disk-only")
+	if _, errs, code := d.ctl("snapshot-create-as", "later", "s1", "--disk-only"); code != 1 || !strings.Contains(errs, "disconnected") {
+		t.Errorf("snapshot of a domain whose QEMU is not up: exit %d, %q", code, errs)
+	}
+	// Its QEMU appears; the daemon connects on its own.
+	qemutest.Start(t, qemutest.Options{Disks: 1, Extra: []string{"-qmp", "unix:" + later + ",server=on,wait=off"}})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var doms []api.Domain
+		if err := json.Unmarshal([]byte(d.mustCtl("--json", "list")), &doms); err != nil {
+			t.Fatal(err)
+		}
+		connected := 0
+		for _, dom := range doms {
+			if dom.Connected {
+				connected++
+			}
+		}
+		if connected == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the later domain never connected: %+v", doms)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.mustCtl("snapshot-create-as", "later", "s1", "--disk-only")
+}
