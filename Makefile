@@ -86,8 +86,8 @@ install: build
 clean:
 	rm -rf bin bench.out
 
-# guest builds the kernel and initramfs of internal/testguest, or finds
+# guest builds the kernel and initramfs of internal/testing/testguest, or finds
 # them in its cache (QSNAPD_GUEST_CACHE, default /var/cache/qsnapd-testguest).
 .PHONY: guest
 guest:
-	bash internal/testguest/build.sh
+	bash internal/testing/testguest/build.sh

@@ -19,7 +19,7 @@ import (
 
 	"github.com/qsnapd/qsnapd/api"
 	"github.com/qsnapd/qsnapd/driver"
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/qmp"
 )
 

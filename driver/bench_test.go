@@ -11,8 +11,8 @@ import (
 	"github.com/digitalocean/go-qemu/qmp/raw"
 
 	"github.com/qsnapd/qsnapd/internal/qcow2"
-	"github.com/qsnapd/qsnapd/internal/qemutest"
-	"github.com/qsnapd/qsnapd/internal/testguest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/testguest"
 	"github.com/qsnapd/qsnapd/qmp"
 )
 

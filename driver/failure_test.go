@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qsnapd/qsnapd/internal/qemutest"
-	"github.com/qsnapd/qsnapd/internal/qmpproxy"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qmpproxy"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
 )

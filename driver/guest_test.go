@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qsnapd/qsnapd/internal/testguest"
+	"github.com/qsnapd/qsnapd/internal/testing/testguest"
 )
 
 // Tests with a real Linux guest and qemu-ga. A boot costs about 4 s of

@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/qsnapd/qsnapd/guestagent/agentfake"
-	"github.com/qsnapd/qsnapd/internal/qemutest"
-	"github.com/qsnapd/qsnapd/internal/qmpproxy"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qmpproxy"
 	"github.com/qsnapd/qsnapd/qmp"
 )
 

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/qsnapd/qsnapd/guestagent"
-	"github.com/qsnapd/qsnapd/internal/qmpproxy"
+	"github.com/qsnapd/qsnapd/internal/testing/qmpproxy"
 	"github.com/qsnapd/qsnapd/transaction"
 )
 

@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/transaction"
 )
 

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 )
 
 // TestValidationRefusesAndChangesNothing runs every rule of the request

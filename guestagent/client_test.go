@@ -11,7 +11,7 @@ import (
 
 	"github.com/qsnapd/qsnapd/guestagent"
 	"github.com/qsnapd/qsnapd/guestagent/agentfake"
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 )
 
 func startAgent(t *testing.T) *agentfake.Agent {

@@ -27,7 +27,7 @@ show() {
 }
 
 step "Test guest: a Debian kernel and initramfs with qemu-ga (cached after the first build)"
-guest=$(bash internal/testguest/build.sh | tail -n 1)
+guest=$(bash internal/testing/testguest/build.sh | tail -n 1)
 echo "guest in $guest"
 
 step "Two ext4 data disks as qcow2 images"

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/qsnapd/qsnapd/internal/qcow2"
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/qmp/qmpfake"
 	"github.com/qsnapd/qsnapd/transaction"

@@ -14,7 +14,7 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp/raw"
 
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/qmp/qmpfake"
 )

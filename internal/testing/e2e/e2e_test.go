@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/qsnapd/qsnapd/guestagent/agentfake"
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/qmp"
 )
 

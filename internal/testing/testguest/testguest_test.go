@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 )
 
 func ctxFor(t *testing.T) context.Context {
@@ -279,7 +279,7 @@ func TestAgentResync(t *testing.T) {
 
 // BenchmarkBoot measures QEMU's start to the agent's first reply:
 //
-//	go test -run '^$' -bench Boot -benchtime 3x ./internal/testguest/
+//	go test -run '^$' -bench Boot -benchtime 3x ./internal/testing/testguest/
 func BenchmarkBoot(b *testing.B) {
 	Build(b)
 	var total time.Duration

@@ -20,7 +20,7 @@ import (
 
 	"github.com/qsnapd/qsnapd/api"
 	"github.com/qsnapd/qsnapd/dbusapi/dbustest"
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 )
 
 // TestNotify sees READY=1 only once the socket accepts, watchdog pings
@@ -139,7 +139,7 @@ func TestUnitFiles(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for _, name := range []string{"qsnapd.service", "qsnapd.socket"} {
-		data, err := os.ReadFile(filepath.Join("../../configs", name))
+		data, err := os.ReadFile(filepath.Join("../../../configs", name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -363,7 +363,7 @@ func TestOneInfoLinePerSnapshot(t *testing.T) {
 // where Debian expects it.
 func TestMakeInstall(t *testing.T) {
 	stage := t.TempDir()
-	out, err := exec.Command("make", "-C", "../..", "install", "DESTDIR="+stage, "PREFIX=/usr").CombinedOutput()
+	out, err := exec.Command("make", "-C", "../../..", "install", "DESTDIR="+stage, "PREFIX=/usr").CombinedOutput()
 	if err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}

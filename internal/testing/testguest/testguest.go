@@ -26,7 +26,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qsnapd/qsnapd/internal/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 )
 
 //go:embed build.sh
