@@ -15,7 +15,7 @@ DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static qemu-guest-agent
 FUZZTIME ?= 60s
 BENCHCOUNT ?= 6
 
-.PHONY: all build deps test test-short bench fuzz fmt vet clean demo install
+.PHONY: all build deps test test-short bench fuzz fmt vet lint clean demo install
 
 all: build
 
@@ -45,6 +45,10 @@ vet:
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
+
+# lint runs golangci-lint, pinned as a Go tool in go.mod, with .golangci.yml.
+lint:
+	$(GO) tool golangci-lint run ./...
 
 test: deps fmt vet
 	$(GO) test -race -count=1 -timeout 25m ./...
