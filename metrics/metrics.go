@@ -237,12 +237,12 @@ func (m *Metrics) AgentCommand(command string, took time.Duration, err error) {
 // commandLabel caps the command label: a name that is not 1 to 40 of
 // [a-z0-9_-] becomes "other".
 func commandLabel(s string) string {
-	if len(s) == 0 || len(s) > 40 {
+	if s == "" || len(s) > 40 {
 		return "other"
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' && c != '-' {
 			return "other"
 		}
 	}

@@ -192,7 +192,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	m := New("test")
 	script(m)
 	rec := httptest.NewRecorder()
-	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", http.NoBody))
 	if rec.Code != http.StatusOK {
 		t.Fatalf("GET /metrics: status %d, want 200", rec.Code)
 	}
@@ -335,7 +335,7 @@ scrape_configs:
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		kill()
-		<-exited
+		t.Logf("prometheus stopped: %v", <-exited)
 	})
 
 	p := &promAPI{
@@ -413,7 +413,7 @@ type promAPI struct {
 }
 
 func (p *promAPI) get(ctx context.Context, path string, data any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+path, http.NoBody)
 	if err != nil {
 		return err
 	}

@@ -213,7 +213,7 @@ func TestTenMegabyteReply(t *testing.T) {
 func TestLineOverLimitDisconnects(t *testing.T) {
 	srv := startFake(t)
 	srv.Handle("query-big", func(c *qmpfake.Conn, cmd qmpfake.Command) error {
-		c.Reply(cmd, strings.Repeat("x", 2<<20)) // the client may hang up mid-write
+		_ = c.Reply(cmd, strings.Repeat("x", 2<<20)) // the client may hang up mid-write
 		return nil
 	})
 	c := dial(t, srv.Path, qmp.WithMaxLineBytes(1<<20))

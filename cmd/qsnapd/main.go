@@ -158,7 +158,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "qsnapd: %v\n", err)
 		return 2
 	}
-	defer log.Sync()
+	// Sync fails on a terminal's stderr (EINVAL); nothing is lost there.
+	defer func() { _ = log.Sync() }()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := daemon.Run(ctx, cfg, log); err != nil {

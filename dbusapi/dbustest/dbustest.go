@@ -76,10 +76,7 @@ func Start(tb testing.TB, include ...string) *Bus {
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
+	tb.Cleanup(func() { stopProcess(cmd) })
 	// dbus-daemon prints its address once it listens.
 	addr := make(chan string, 1)
 	go func() {
@@ -91,8 +88,7 @@ func Start(tb testing.TB, include ...string) *Bus {
 	case <-time.After(10 * time.Second):
 	}
 	if b.Address == "" {
-		cmd.Process.Kill()
-		cmd.Wait() // for the whole log
+		stopProcess(cmd) // for the whole log
 		tb.Fatalf("dbus-daemon did not start: %s", b.Log())
 	}
 	return b
@@ -112,8 +108,15 @@ func (b *Bus) Conn(tb testing.TB) *dbus.Conn {
 	return conn
 }
 
+// stopProcess kills a helper process and reaps it; its exit status is
+// the kill's, so it says nothing.
+func stopProcess(cmd *exec.Cmd) {
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+}
+
 func escape(s string) string {
 	var buf bytes.Buffer
-	xml.EscapeText(&buf, []byte(s))
+	_ = xml.EscapeText(&buf, []byte(s)) // a bytes.Buffer does not fail
 	return buf.String()
 }

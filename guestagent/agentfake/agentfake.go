@@ -202,7 +202,8 @@ func (a *Agent) serve(c net.Conn) {
 	for a.ctx.Err() == nil {
 		n, err := c.Read(buf)
 		var silent bool
-		if a.locked(func() { silent = a.silent }); silent {
+		a.locked(func() { silent = a.silent })
+		if silent {
 			n = 0 // nobody reads the port: the input is lost
 		}
 		for _, b := range buf[:n] {
@@ -404,7 +405,7 @@ func (a *Agent) respond(c net.Conn, req map[string]any, ret any, qe *qerr, delim
 	}
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
-	enc.Encode(reply{ret, req["id"], qe}) // cannot fail: plain values, and ids json decoded
+	_ = enc.Encode(reply{ret, req["id"], qe}) // cannot fail: plain values, and ids json decoded
 	a.locked(func() { a.pending = append(a.pending, spaced(b.Bytes())...) })
 	a.flush(c)
 }

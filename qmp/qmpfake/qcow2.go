@@ -19,7 +19,7 @@ const (
 	maxBackingName   = 1023
 )
 
-var errNotQcow2 = errors.New("Image is not in qcow2 format")
+var errNotQcow2 = errors.New("Image is not in qcow2 format") //nolint:staticcheck // QEMU's own message, byte for byte
 
 // qcow2Header is what the model reads from an image.
 type qcow2Header struct {

@@ -317,7 +317,8 @@ func (c *conn) swallowed(line []byte) bool {
 	if c.swallow[k] == 0 {
 		return false
 	}
-	if c.swallow[k]--; c.swallow[k] == 0 {
+	c.swallow[k]--
+	if c.swallow[k] == 0 {
 		delete(c.swallow, k) // so an empty map means "nothing to parse"
 	}
 	return true

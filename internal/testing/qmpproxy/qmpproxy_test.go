@@ -239,9 +239,9 @@ func startQEMU(t *testing.T) (dir, qmp string) {
 		t.Fatalf("start QEMU: %v", err)
 	}
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	go func() { _ = cmd.Wait(); close(exited) }() // killed at cleanup: the status says nothing
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill()
 		<-exited
 	})
 	// Dial, not stat: QEMU creates the file at bind(), before listen().

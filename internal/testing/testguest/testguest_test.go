@@ -231,7 +231,7 @@ func fakeAgent(t *testing.T, serve func(net.Conn)) string {
 func TestAgentNoReply(t *testing.T) {
 	// QEMU accepts on the agent socket even when no agent runs; the
 	// reads must not outlive the context.
-	sock := fakeAgent(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	sock := fakeAgent(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
