@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -145,7 +146,7 @@ func sameJSON(t *testing.T, got, want any) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(g) != string(w) {
+	if !bytes.Equal(g, w) {
 		t.Errorf("JSON changed:\ngot  %s\nwant %s", g, w)
 	}
 }

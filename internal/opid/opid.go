@@ -28,7 +28,7 @@ func New() string {
 // [A-Za-z0-9._-], so that it fits a header, a URL path segment and a
 // journal key as it is.
 func Check(id string) error {
-	if len(id) == 0 || len(id) > MaxLen {
+	if id == "" || len(id) > MaxLen {
 		return fmt.Errorf("operation id must be 1 to %d of [A-Za-z0-9._-]", MaxLen)
 	}
 	for i := 0; i < len(id); i++ {
