@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-
-	"github.com/qsnapd/qsnapd/driver"
 )
 
 // Client speaks the API over a unix socket.
@@ -210,8 +208,8 @@ func (c *Client) FSThaw(ctx context.Context, domain string) (FreezeResponse, err
 }
 
 // FSStatus reports the frozen state.
-func (c *Client) FSStatus(ctx context.Context, domain string) (driver.FreezeInfo, error) {
-	var out driver.FreezeInfo
+func (c *Client) FSStatus(ctx context.Context, domain string) (FreezeInfo, error) {
+	var out FreezeInfo
 	err := c.do(ctx, http.MethodGet, domainPath(domain, "fsfreeze"), nil, nil, &out)
 	return out, err
 }

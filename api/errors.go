@@ -1,67 +1,83 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 
-	"github.com/qsnapd/qsnapd/driver"
-	"github.com/qsnapd/qsnapd/guestagent"
+	"github.com/qsnapd/qsnapd/errkind"
 )
 
-// errBadRequest marks errors of the request itself (JSON, size, values)
-// found before the driver is asked.
-var errBadRequest = errors.New("bad request")
+// Error codes, after libvirt's error names where one fits.
+const (
+	CodeNoDomain             = "no-domain"
+	CodeNoDomainSnapshot     = "no-domain-snapshot"
+	CodeInvalidArg           = "invalid-arg"
+	CodeOperationInvalid     = "operation-invalid"
+	CodeOperationUnsupported = "operation-unsupported"
+	CodeOperationFailed      = "operation-failed"
+	CodeAgentUnresponsive    = "agent-unresponsive"
+	CodeOperationInProgress  = "operation-in-progress"
+	CodeSnapshotExists       = "snapshot-exists"
+	CodeNoOperation          = "no-operation"
+	CodeForbidden            = "forbidden"
+	CodeInternalError        = "internal-error"
+)
 
-// errForbidden marks a request the peer may not make on this socket.
-var errForbidden = errors.New("forbidden")
+// D-Bus error names: the same errors on the bus, one for each code the
+// D-Bus API can answer; the error's body is the message.
+const (
+	DBusErrorPrefix          = "io.github.qsnapd.Error."
+	DBusInvalidArg           = DBusErrorPrefix + "InvalidArg"
+	DBusNoDomain             = DBusErrorPrefix + "NoDomain"
+	DBusNoDomainSnapshot     = DBusErrorPrefix + "NoDomainSnapshot"
+	DBusSnapshotExists       = DBusErrorPrefix + "SnapshotExists"
+	DBusOperationInProgress  = DBusErrorPrefix + "OperationInProgress"
+	DBusOperationUnsupported = DBusErrorPrefix + "OperationUnsupported"
+	DBusAgentUnresponsive    = DBusErrorPrefix + "AgentUnresponsive"
+	DBusOperationInvalid     = DBusErrorPrefix + "OperationInvalid"
+	DBusOperationFailed      = DBusErrorPrefix + "OperationFailed"
+	DBusInternalError        = DBusErrorPrefix + "InternalError"
+)
 
-// errNoOperation marks an unknown operation id.
-var errNoOperation = errors.New("no such operation")
-
-// classify maps an error to its HTTP status and code. The order
-// matters: the most specific kinds come first.
-func classify(err error) (int, string) {
-	switch {
-	case errors.Is(err, errForbidden):
-		return http.StatusForbidden, CodeForbidden
-	case errors.Is(err, errBadRequest), errors.Is(err, driver.ErrInvalidArg):
-		return http.StatusBadRequest, CodeInvalidArg
-	case errors.Is(err, errNoOperation):
-		return http.StatusNotFound, CodeNoOperation
-	case errors.Is(err, driver.ErrNoDomain):
-		return http.StatusNotFound, CodeNoDomain
-	case errors.Is(err, driver.ErrNoSnapshot):
-		return http.StatusNotFound, CodeNoDomainSnapshot
-	case errors.Is(err, driver.ErrSnapshotExists):
-		return http.StatusConflict, CodeSnapshotExists
-	case errors.Is(err, driver.ErrBusy):
-		return http.StatusConflict, CodeOperationInProgress
-	case errors.Is(err, guestagent.ErrDisabled):
-		return http.StatusNotImplemented, CodeOperationUnsupported
-	case errors.Is(err, guestagent.ErrNotConfigured), errors.Is(err, guestagent.ErrNotConnected),
-		errors.Is(err, guestagent.ErrUnresponsive):
-		return http.StatusServiceUnavailable, CodeAgentUnresponsive
-	case errors.Is(err, driver.ErrUnsupported):
-		return http.StatusNotImplemented, CodeOperationUnsupported
-	case errors.Is(err, driver.ErrDisconnected), errors.Is(err, driver.ErrClosed):
-		return http.StatusServiceUnavailable, CodeOperationInvalid
-	case errors.Is(err, driver.ErrOperationInvalid), errors.Is(err, driver.ErrDomainExists):
-		return http.StatusConflict, CodeOperationInvalid
-	case errors.Is(err, driver.ErrOperationFailed), errors.Is(err, driver.ErrQuiesce):
-		// The request was valid; QEMU, the guest or the host failed it.
-		return http.StatusConflict, CodeOperationFailed
-	}
-	return http.StatusInternalServerError, CodeInternalError
+// ErrorClass is how every front end renders one kind of error: a row of
+// the error table. A libvirt RPC front end would send Kind.Number().
+type ErrorClass struct {
+	Kind   errkind.Kind
+	Code   string // ErrorInfo.Code
+	Status int    // the HTTP status
+	DBus   string // the D-Bus error name; "" where D-Bus cannot meet the kind
 }
 
-// errorInfo renders an error for the wire, with per-disk outcomes when
-// the driver reports them.
-func errorInfo(err error) (int, ErrorInfo) {
-	status, code := classify(err)
-	info := ErrorInfo{Code: code, Message: err.Error()}
-	var oe *driver.OpError
-	if errors.As(err, &oe) {
-		info.Details = &ErrorDetails{Operation: oe.OpID, Step: oe.Step, Disks: oe.Disks}
+// errorTable is the one table of error classes. Several kinds may share
+// a code, a status or a libvirt number; the row is the unit.
+var errorTable = []ErrorClass{
+	// First: ClassOf falls back on it.
+	{errkind.InternalError, CodeInternalError, http.StatusInternalServerError, DBusInternalError},
+	{errkind.InvalidArg, CodeInvalidArg, http.StatusBadRequest, DBusInvalidArg},
+	{errkind.NoDomain, CodeNoDomain, http.StatusNotFound, DBusNoDomain},
+	{errkind.NoDomainSnapshot, CodeNoDomainSnapshot, http.StatusNotFound, DBusNoDomainSnapshot},
+	{errkind.SnapshotExists, CodeSnapshotExists, http.StatusConflict, DBusSnapshotExists},
+	{errkind.DomExist, CodeOperationInvalid, http.StatusConflict, DBusOperationInvalid},
+	{errkind.OperationTimeout, CodeOperationInProgress, http.StatusConflict, DBusOperationInProgress},
+	{errkind.OperationUnsupported, CodeOperationUnsupported, http.StatusNotImplemented, DBusOperationUnsupported},
+	{errkind.AgentUnresponsive, CodeAgentUnresponsive, http.StatusServiceUnavailable, DBusAgentUnresponsive},
+	{errkind.OperationInvalid, CodeOperationInvalid, http.StatusConflict, DBusOperationInvalid},
+	// Worth a retry: QEMU cannot be reached now, or the daemon stops.
+	{errkind.Unavailable, CodeOperationInvalid, http.StatusServiceUnavailable, DBusOperationInvalid},
+	// The request was valid; QEMU, the guest or the host failed it.
+	{errkind.OperationFailed, CodeOperationFailed, http.StatusConflict, DBusOperationFailed},
+	// Front ends only. D-Bus leaves access to the bus policy and has no
+	// operation ids.
+	{errkind.OperationDenied, CodeForbidden, http.StatusForbidden, ""},
+	{errkind.NoOperation, CodeNoOperation, http.StatusNotFound, ""},
+}
+
+// ClassOf returns the row of a kind; a kind without one (OK among them)
+// is an internal error.
+func ClassOf(k errkind.Kind) ErrorClass {
+	for _, c := range errorTable {
+		if c.Kind == k {
+			return c
+		}
 	}
-	return status, info
+	return errorTable[0]
 }

@@ -1,16 +1,13 @@
-// Package api is qsnapd's HTTP/JSON interface on unix sockets: the wire
-// types, the server that maps them onto the driver, and the client that
-// qsnapctl uses.
+// Package api is qsnapd's HTTP/JSON protocol on unix sockets: the wire
+// types and their vocabulary, and the client qsnapctl uses.
+//
+// It stands alone: it imports nothing of the engine, so that a client
+// does not carry the daemon. Package api/server maps the engine onto it.
 package api
 
 import (
 	"encoding/json"
-	"fmt"
-	"strings"
 	"time"
-
-	"github.com/qsnapd/qsnapd/driver"
-	"github.com/qsnapd/qsnapd/transaction"
 )
 
 // APIVersion is the path prefix and version of this API.
@@ -37,22 +34,6 @@ type VersionInfo struct {
 	APIVersion string `json:"api_version"`
 }
 
-// Error codes, after libvirt's error names where one fits.
-const (
-	CodeNoDomain             = "no-domain"
-	CodeNoDomainSnapshot     = "no-domain-snapshot"
-	CodeInvalidArg           = "invalid-arg"
-	CodeOperationInvalid     = "operation-invalid"
-	CodeOperationUnsupported = "operation-unsupported"
-	CodeOperationFailed      = "operation-failed"
-	CodeAgentUnresponsive    = "agent-unresponsive"
-	CodeOperationInProgress  = "operation-in-progress"
-	CodeSnapshotExists       = "snapshot-exists"
-	CodeNoOperation          = "no-operation"
-	CodeForbidden            = "forbidden"
-	CodeInternalError        = "internal-error"
-)
-
 // ErrorBody is every error response.
 type ErrorBody struct {
 	Error ErrorInfo `json:"error"`
@@ -68,16 +49,56 @@ type ErrorInfo struct {
 
 // ErrorDetails are the structured parts of an operation's failure.
 type ErrorDetails struct {
-	Operation string                `json:"operation,omitempty"`
-	Step      string                `json:"step,omitempty"`
-	Disks     []transaction.Outcome `json:"disks,omitempty"`
+	Operation string        `json:"operation,omitempty"`
+	Step      string        `json:"step,omitempty"`
+	Disks     []DiskOutcome `json:"disks,omitempty"`
 }
 
-// Domain is a registered domain.
+// DiskOutcome is what an operation did to one disk.
+type DiskOutcome struct {
+	Target  string     `json:"target"`
+	Source  string     `json:"source"`
+	Overlay string     `json:"overlay"`
+	Result  DiskResult `json:"result"`
+	Error   string     `json:"error,omitempty"`
+}
+
+// Domain is a registered domain. The fields keep the order in which
+// the daemon has always written them.
 type Domain struct {
-	driver.DomainInfo
+	Freeze FreezeInfo `json:"freeze"`
+	// AgentState is how the last exchange with the agent went: none,
+	// unknown, responsive, unresponsive or not-connected.
+	AgentState  string    `json:"agent_state"`
+	Name        string    `json:"name"`
+	QMP         string    `json:"qmp"`
+	Agent       string    `json:"agent,omitempty"`
+	Connected   bool      `json:"connected"`
+	Since       time.Time `json:"since,omitzero"`
+	QEMUVersion string    `json:"qemu_version,omitempty"`
+	UUID        string    `json:"uuid,omitempty"`
+	// HasTransaction says whether QEMU has the QMP transaction command,
+	// so that atomic snapshots can switch every disk at once.
+	HasTransaction bool `json:"transaction"`
+	// Error is why the domain is not connected.
+	Error string `json:"error,omitempty"`
 	// AgentConfigured says whether an agent socket was registered.
 	AgentConfigured bool `json:"agent_configured"`
+}
+
+// FreezeInfo is a domain's frozen state as the daemon knows it.
+type FreezeInfo struct {
+	Frozen   bool      `json:"frozen"`
+	Owner    string    `json:"owner,omitempty"`
+	OpID     string    `json:"operation,omitempty"`
+	Since    time.Time `json:"since,omitzero"`
+	Deadline time.Time `json:"deadline,omitzero"`
+	// ThawPending is set once a thaw was sent and until one succeeds:
+	// a slow or failing thaw (retried in the background) shows here.
+	ThawPending bool `json:"thaw_pending,omitempty"`
+	// Agent is what the agent itself says ("frozen" or "thawed"), when
+	// asked.
+	Agent string `json:"agent,omitempty"`
 }
 
 // AttachRequest registers a domain.
@@ -96,53 +117,12 @@ type Disk struct {
 	Backing  []string `json:"backing"`
 }
 
-// Flags are snapshot creation flags: on the wire either a list of names
-// ("disk-only", "atomic", ...) or the integer of
-// virDomainSnapshotCreateFlags.
-type Flags driver.CreateFlags
-
-// UnmarshalJSON accepts a list of names or an integer.
-func (f *Flags) UnmarshalJSON(b []byte) error {
-	s := strings.TrimSpace(string(b))
-	if s == "null" {
-		*f = 0
-		return nil
-	}
-	if strings.HasPrefix(s, "[") {
-		var names []string
-		if err := json.Unmarshal(b, &names); err != nil {
-			return fmt.Errorf("flags: a list of names or an integer: %w", err)
-		}
-		v, err := driver.ParseFlags(names)
-		if err != nil {
-			return err
-		}
-		*f = Flags(v)
-		return nil
-	}
-	var n uint32
-	if err := json.Unmarshal(b, &n); err != nil {
-		return fmt.Errorf("flags: a list of names or an unsigned integer: %w", err)
-	}
-	*f = Flags(n)
-	return nil
-}
-
-// MarshalJSON writes the names.
-func (f Flags) MarshalJSON() ([]byte, error) {
-	names := driver.CreateFlags(f).Names()
-	if names == nil {
-		names = []string{}
-	}
-	return json.Marshal(names)
-}
-
 // CreateSnapshotRequest asks for a snapshot. An empty XML means
 // <domainsnapshot/>.
 type CreateSnapshotRequest struct {
 	XML     string `json:"xml"`
 	Flags   Flags  `json:"flags"`
-	Quiesce string `json:"quiesce,omitempty"` // require, prefer or skip
+	Quiesce string `json:"quiesce,omitempty"` // QuiesceRequire, QuiescePrefer or QuiesceSkip
 }
 
 // Timings of an operation, in milliseconds.
@@ -154,14 +134,14 @@ type Timings struct {
 
 // CreateSnapshotResponse describes the snapshot taken.
 type CreateSnapshotResponse struct {
-	Name        string                `json:"name"`
-	XML         string                `json:"xml"`
-	Operation   string                `json:"operation"`
-	Mode        string                `json:"mode,omitempty"`
-	Quiesced    bool                  `json:"quiesced"`
-	Disks       []transaction.Outcome `json:"disks"`
-	Indications []driver.Indication   `json:"indications"`
-	Timings     Timings               `json:"timings"`
+	Name        string        `json:"name"`
+	XML         string        `json:"xml"`
+	Operation   string        `json:"operation"`
+	Mode        string        `json:"mode,omitempty"`
+	Quiesced    bool          `json:"quiesced"`
+	Disks       []DiskOutcome `json:"disks"`
+	Indications []Indication  `json:"indications"`
+	Timings     Timings       `json:"timings"`
 }
 
 // Snapshot is a snapshot's metadata.

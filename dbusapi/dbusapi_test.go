@@ -26,7 +26,6 @@ import (
 	"github.com/qsnapd/qsnapd/dbusapi"
 	"github.com/qsnapd/qsnapd/dbusapi/dbustest"
 	"github.com/qsnapd/qsnapd/driver"
-	"github.com/qsnapd/qsnapd/guestagent"
 )
 
 var _ dbusapi.Driver = (*driver.Driver)(nil)
@@ -103,7 +102,7 @@ func (f *fakeDriver) CreateSnapshot(ctx context.Context, domain string, req driv
 		return nil, fmt.Errorf("%w: qsnapd takes disk-only snapshots", driver.ErrUnsupported)
 	case domain == "vm2" && req.Flags&driver.FlagQuiesce != 0:
 		// A failed quiesce wraps the agent's error: the agent's kind wins.
-		return nil, fmt.Errorf("%w: %w", driver.ErrQuiesce, guestagent.ErrUnresponsive)
+		return nil, fmt.Errorf("%w: %w", driver.ErrQuiesce, driver.ErrAgentUnresponsive)
 	}
 	f.ev().OperationsInFlight(1)
 	defer f.ev().OperationsInFlight(-1)
@@ -126,7 +125,7 @@ func (f *fakeDriver) FSFreeze(ctx context.Context, domain string, mountpoints []
 		return 0, err
 	}
 	if domain == "vm2" {
-		return 0, fmt.Errorf("freeze: %w", guestagent.ErrNotConfigured)
+		return 0, fmt.Errorf("freeze: %w", driver.ErrAgentUnresponsive)
 	}
 	f.ev().GuestFrozen(domain, driver.OwnerFSFreeze)
 	return max(len(mountpoints), 2), nil
@@ -268,6 +267,16 @@ func TestErrorNames(t *testing.T) {
 				t.Errorf("got %q (%v), want error %s", out, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestEveryEngineKindHasAName: whatever kind the driver reports, D-Bus
+// answers a specific error name, not InternalError.
+func TestEveryEngineKindHasAName(t *testing.T) {
+	for _, k := range driver.Kinds() {
+		if name := dbusapi.NameOf(k); name == dbusapi.ErrorInternalError || !strings.HasPrefix(name, dbusapi.ErrorPrefix) {
+			t.Errorf("%v (libvirt %d) is %q", k, k.Number(), name)
+		}
 	}
 }
 

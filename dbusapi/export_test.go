@@ -13,3 +13,6 @@ func (in *Inhibitor) Settle() {
 		<-w
 	}
 }
+
+// NameOf is a kind's D-Bus error name.
+var NameOf = nameOf

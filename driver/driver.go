@@ -5,8 +5,6 @@ package driver
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -19,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/qsnapd/qsnapd/guestagent"
+	"github.com/qsnapd/qsnapd/internal/opid"
 	"github.com/qsnapd/qsnapd/qmp"
 )
 
@@ -425,10 +424,4 @@ func validateDomainConfig(cfg DomainConfig) error {
 
 // newOpID returns a random operation id; its first 8 characters name
 // the operation's QEMU nodes, so they must differ between operations.
-func newOpID() string {
-	b := make([]byte, 12)
-	if _, err := rand.Read(b); err != nil {
-		panic(errors.New("crypto/rand failed: " + err.Error()))
-	}
-	return hex.EncodeToString(b)
-}
+func newOpID() string { return opid.New() }

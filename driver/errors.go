@@ -3,8 +3,8 @@ package driver
 import "errors"
 
 // Error kinds, named after libvirt's error codes where one fits. Errors
-// returned by the driver wrap exactly one of them, so the API can map
-// them to a status and a code with errors.Is.
+// returned by the driver wrap at least one of them; Kind sorts them into
+// the kinds every front end renders.
 var (
 	// ErrInvalidArg: the request is malformed or contradicts itself.
 	ErrInvalidArg = errors.New("invalid argument")
@@ -30,4 +30,8 @@ var (
 	ErrOperationFailed = errors.New("operation failed")
 	// ErrClosed: the driver is shutting down.
 	ErrClosed = errors.New("driver closed")
+	// ErrAgentUnresponsive: the guest agent is not configured, not
+	// reachable or not answering. The agent's own error stays in the
+	// chain and gives the message.
+	ErrAgentUnresponsive = errors.New("guest agent unavailable")
 )

@@ -1,14 +1,13 @@
 package driver
 
-import (
-	"fmt"
-	"strings"
-)
+import "fmt"
 
 // CreateFlags are virDomainSnapshotCreateFlags, with libvirt's values, so
 // a frontend can pass the integer it would give virDomainSnapshotCreateXML.
+// Their names are the wire's: package api holds the one table of them.
 type CreateFlags uint32
 
+// The flags, with virDomainSnapshotCreateFlags' bits.
 const (
 	FlagRedefine   CreateFlags = 1 << iota // REDEFINE: store given metadata, touch no disk
 	FlagCurrent                            // CURRENT: with REDEFINE, make it current
@@ -24,57 +23,9 @@ const (
 	flagsKnown = FlagValidate<<1 - 1
 )
 
-var flagNames = []struct {
-	flag CreateFlags
-	name string
-}{
-	{FlagRedefine, "redefine"},
-	{FlagCurrent, "current"},
-	{FlagNoMetadata, "no-metadata"},
-	{FlagHalt, "halt"},
-	{FlagDiskOnly, "disk-only"},
-	{FlagReuseExt, "reuse-external"},
-	{FlagQuiesce, "quiesce"},
-	{FlagAtomic, "atomic"},
-	{FlagLive, "live"},
-	{FlagValidate, "validate"},
-}
-
-// ParseFlags turns flag names (as virsh spells the options, without the
-// dashes: "disk-only", "reuse-external") into flags.
-func ParseFlags(names []string) (CreateFlags, error) {
-	var f CreateFlags
-next:
-	for _, n := range names {
-		n = strings.TrimPrefix(strings.ToLower(strings.TrimSpace(n)), "--")
-		for _, fn := range flagNames {
-			if fn.name == n {
-				f |= fn.flag
-				continue next
-			}
-		}
-		return 0, fmt.Errorf("%w: unknown snapshot flag %q", ErrInvalidArg, n)
-	}
-	return f, nil
-}
-
-// Names lists the set flags by name.
-func (f CreateFlags) Names() []string {
-	var names []string
-	for _, fn := range flagNames {
-		if f&fn.flag != 0 {
-			names = append(names, fn.name)
-		}
-	}
-	return names
-}
-
-func (f CreateFlags) String() string {
-	if f == 0 {
-		return "none"
-	}
-	return strings.Join(f.Names(), "|")
-}
+// String is the flags' integer, as libvirt's logs print them; the wire
+// (package api) names them.
+func (f CreateFlags) String() string { return fmt.Sprintf("%#x", uint32(f)) }
 
 // check applies libvirt's rules on flag combinations.
 func (f CreateFlags) check() error {

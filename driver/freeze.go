@@ -311,7 +311,7 @@ func (d *Driver) FSThaw(ctx context.Context, domain string) (int, error) {
 		select {
 		case <-gf.done:
 		case <-ctx.Done():
-			return 0, fmt.Errorf("%w: thaw still running; the daemon keeps trying: %w", guestagent.ErrUnresponsive, ctx.Err())
+			return 0, agentErr(fmt.Errorf("%w: thaw still running; the daemon keeps trying: %w", guestagent.ErrUnresponsive, ctx.Err()))
 		}
 		if gf.err != nil && !holdExpired(gf.err) {
 			return 0, agentErr(gf.err)
@@ -346,13 +346,17 @@ func (d *Driver) FSStatus(ctx context.Context, domain string) (FreezeInfo, error
 	return fi, nil
 }
 
-// agentErr keeps the guest agent's error kinds and marks the rest as a
-// failed operation.
+// agentErr files the guest agent's errors under the driver's own, so
+// that no front end needs to know the agent: a disabled command is
+// unsupported, an agent that cannot be had is unresponsive (both keep
+// their message), and an error reply is a failed operation.
 func agentErr(err error) error {
-	for _, kind := range []error{guestagent.ErrNotConfigured, guestagent.ErrNotConnected, guestagent.ErrUnresponsive, guestagent.ErrDisabled} {
-		if errors.Is(err, kind) {
-			return err
-		}
+	switch {
+	case errors.Is(err, guestagent.ErrDisabled):
+		return &kindError{sentinel: ErrUnsupported, err: err}
+	case errors.Is(err, guestagent.ErrNotConfigured), errors.Is(err, guestagent.ErrNotConnected),
+		errors.Is(err, guestagent.ErrUnresponsive):
+		return &kindError{sentinel: ErrAgentUnresponsive, err: err}
 	}
 	var ae *guestagent.Error
 	if errors.As(err, &ae) {

@@ -12,7 +12,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/qsnapd/qsnapd/api"
-	"github.com/qsnapd/qsnapd/transaction"
 )
 
 // timeLayout is virsh's "%Y-%m-%d %H:%M:%S %z".
@@ -156,7 +155,7 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 // writeDisks prints per-disk outcomes.
-func writeDisks(w io.Writer, disks []transaction.Outcome) error {
+func writeDisks(w io.Writer, disks []api.DiskOutcome) error {
 	t := newTable("Target", "Source", "Overlay", "Result", "Error")
 	for _, d := range disks {
 		t.add(d.Target, orDash(d.Source), orDash(d.Overlay), string(d.Result), orDash(d.Error))

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +15,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/qsnapd/qsnapd/api"
-	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/internal/opid"
 	"github.com/qsnapd/qsnapd/internal/version"
 )
 
@@ -55,7 +53,7 @@ var (
 	optDomain   = option{name: "domain", kind: kindString, positional: true, required: true, metavar: "domain", help: "domain name"}
 	optSnapshot = option{name: "snapshotname", kind: kindString, positional: true, required: true, metavar: "snapshot", help: "snapshot name"}
 
-	// Snapshot creation flags, named as driver.ParseFlags reads them.
+	// Snapshot creation flags, named as api.ParseFlags reads them.
 	optsCreateFlags = []option{
 		{name: "no-metadata", help: "take snapshot but create no metadata"},
 		{name: "halt", help: "halt domain after snapshot is created"},
@@ -67,7 +65,7 @@ var (
 		{name: "validate", help: "validate the XML strictly"},
 	}
 	// createFlagNames are the options that are creation flags.
-	createFlagNames  = []string{"redefine", "current", "no-metadata", "halt", "disk-only", "reuse-external", "quiesce", "atomic", "live", "validate"}
+	createFlagNames  = api.KnownFlags.Names()
 	optsCreateCommon = []option{
 		{name: "quiesce-mode", kind: kindString, metavar: "require|prefer|skip", help: "whether to freeze the guest: require, prefer (fall back to crash-consistent) or skip"},
 		{name: "operation", kind: kindString, metavar: "id", help: "operation id (X-Operation-ID), to read the outcome later with 'operation'"},
@@ -268,17 +266,17 @@ func createRequest(a *args) (api.CreateSnapshotRequest, error) {
 			names = append(names, n)
 		}
 	}
-	flags, err := driver.ParseFlags(names)
+	flags, err := api.ParseFlags(names)
 	if err != nil {
 		return api.CreateSnapshotRequest{}, err
 	}
 	mode := a.str("quiesce-mode")
-	switch driver.QuiesceMode(mode) {
-	case "", driver.QuiesceRequire, driver.QuiescePrefer, driver.QuiesceSkip:
+	switch mode {
+	case "", api.QuiesceRequire, api.QuiescePrefer, api.QuiesceSkip:
 	default:
 		return api.CreateSnapshotRequest{}, usagef("--quiesce-mode must be require, prefer or skip, not '%s'", mode)
 	}
-	return api.CreateSnapshotRequest{Flags: api.Flags(flags), Quiesce: mode}, nil
+	return api.CreateSnapshotRequest{Flags: flags, Quiesce: mode}, nil
 }
 
 // snapshotXML builds the <domainsnapshot> of snapshot-create-as. As in
@@ -352,7 +350,7 @@ func readXMLFile(path string) (string, error) {
 }
 
 // quietIndications are the indications that need no warning.
-var quietIndications = []string{driver.IndQuiesced, driver.IndNotRequested, driver.IndRedefined, driver.IndHalted}
+var quietIndications = []string{api.IndQuiesced, api.IndNotRequested, api.IndRedefined, api.IndHalted}
 
 // createSnapshot sends the request under an operation id, chosen here
 // if --operation is not given, so that the outcome stays readable if
@@ -360,7 +358,7 @@ var quietIndications = []string{driver.IndQuiesced, driver.IndNotRequested, driv
 func (c *cli) createSnapshot(ctx context.Context, a *args, req api.CreateSnapshotRequest, from string) error {
 	opID := a.str("operation")
 	if opID == "" {
-		opID = newOpID()
+		opID = opid.New()
 	}
 	res, err := c.client.CreateSnapshot(ctx, a.str("domain"), req, opID)
 	if err != nil {
@@ -385,13 +383,6 @@ func (c *cli) createSnapshot(ctx context.Context, a *args, req api.CreateSnapsho
 		}
 	}
 	return nil
-}
-
-// newOpID returns an id in the daemon's own format.
-func newOpID() string {
-	b := make([]byte, 12)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 func runSnapshotList(ctx context.Context, c *cli, a *args) error {

@@ -77,7 +77,7 @@ func Default() Config {
 		AgentTimeout:  Duration(5 * time.Second),
 		MaxFreeze:     Duration(10 * time.Second),
 		ThawTimeout:   Duration(60 * time.Second),
-		Quiesce:       "skip",
+		Quiesce:       string(driver.QuiesceSkip),
 		MetricsListen: "127.0.0.1:9477",
 		DBus:          "none",
 		LogFormat:     "console",
@@ -158,7 +158,7 @@ func (c *Config) Validate() error {
 	}
 	for _, err := range []error{
 		oneOf("transaction", c.Transaction, "auto", "never"),
-		oneOf("quiesce", c.Quiesce, "require", "prefer", "skip"),
+		oneOf("quiesce", c.Quiesce, string(driver.QuiesceRequire), string(driver.QuiescePrefer), string(driver.QuiesceSkip)),
 		oneOf("dbus", c.DBus, "none", "system", "session"),
 		oneOf("log_format", c.LogFormat, "json", "console"),
 	} {

@@ -18,7 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/api/server"
 	"github.com/qsnapd/qsnapd/dbusapi"
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/internal/version"
@@ -121,7 +121,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		drv.Close()
 		return err
 	}
-	srv := api.NewServer(drv, api.Config{Access: api.Access{UIDs: cfg.AllowUIDs, GIDs: cfg.AllowGIDs}}, log)
+	srv := server.New(drv, server.Config{Access: server.Access{UIDs: cfg.AllowUIDs, GIDs: cfg.AllowGIDs}}, log)
 	serveCtx, stopServing := context.WithCancel(context.Background())
 	defer stopServing()
 	served := make(chan error, 1)

@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
-	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/api"
 )
 
 // FuzzDecodeCreateRequest feeds arbitrary bodies to the request decoder:
@@ -26,23 +26,23 @@ func FuzzDecodeCreateRequest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		r := httptest.NewRequest("POST", "/v1/domains/x/snapshots", bytes.NewReader(body))
-		var req CreateSnapshotRequest
+		var req api.CreateSnapshotRequest
 		if err := decode(r, &req); err != nil {
 			return
 		}
 		if !json.Valid(body) {
 			t.Fatalf("accepted invalid JSON %q", body)
 		}
-		known := driver.CreateFlags(req.Flags) & (driver.FlagValidate<<1 - 1)
-		again, err := json.Marshal(CreateSnapshotRequest{XML: req.XML, Flags: Flags(known), Quiesce: req.Quiesce})
+		known := req.Flags & api.KnownFlags
+		again, err := json.Marshal(api.CreateSnapshotRequest{XML: req.XML, Flags: known, Quiesce: req.Quiesce})
 		if err != nil {
 			t.Fatal(err)
 		}
-		var back CreateSnapshotRequest
+		var back api.CreateSnapshotRequest
 		if err := decode(httptest.NewRequest("POST", "/", bytes.NewReader(again)), &back); err != nil {
 			t.Fatalf("round trip of %s: %v", again, err)
 		}
-		if back.XML != req.XML || back.Quiesce != req.Quiesce || driver.CreateFlags(back.Flags) != known {
+		if back.XML != req.XML || back.Quiesce != req.Quiesce || back.Flags != known {
 			t.Fatalf("round trip changed %+v into %+v", req, back)
 		}
 		// The XML goes to libvirtxml; it must not panic on anything.

@@ -1,43 +1,41 @@
-package api
+package server
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"sync"
 	"time"
+
+	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/internal/opid"
 )
 
 // DefaultOpRetention is how long finished operations stay readable.
 const DefaultOpRetention = 2 * time.Hour
 
-var opIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-
-// opRegistry keeps the outcome of recent operations in memory.
+// opRegistry keeps the outcome of recent operations in memory. It is
+// where an id is checked against the others in memory; the driver checks
+// a snapshot's id against its journal.
 type opRegistry struct {
 	retention time.Duration
 
 	mu  sync.Mutex
-	ops map[string]*Operation
+	ops map[string]*api.Operation
 }
 
 func newOpRegistry(retention time.Duration) *opRegistry {
 	if retention <= 0 {
 		retention = DefaultOpRetention
 	}
-	return &opRegistry{retention: retention, ops: map[string]*Operation{}}
+	return &opRegistry{retention: retention, ops: map[string]*api.Operation{}}
 }
 
 // start registers a running operation under id, or a new id if empty.
 func (r *opRegistry) start(id, kind, domain string) (string, error) {
 	if id == "" {
-		b := make([]byte, 12)
-		rand.Read(b)
-		id = hex.EncodeToString(b)
-	} else if !opIDRE.MatchString(id) {
-		return "", fmt.Errorf("%w: operation id must be 1 to 64 of [A-Za-z0-9._-]", errBadRequest)
+		id = opid.New()
+	} else if err := opid.Check(id); err != nil {
+		return "", fmt.Errorf("%w: %w", errBadRequest, err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -45,7 +43,7 @@ func (r *opRegistry) start(id, kind, domain string) (string, error) {
 	if _, ok := r.ops[id]; ok {
 		return "", fmt.Errorf("%w: operation id %q is in use", errBadRequest, id)
 	}
-	r.ops[id] = &Operation{ID: id, Kind: kind, Domain: domain, State: OpRunning, Started: time.Now().UTC()}
+	r.ops[id] = &api.Operation{ID: id, Kind: kind, Domain: domain, State: api.OpRunning, Started: time.Now().UTC()}
 	return id, nil
 }
 
@@ -59,23 +57,23 @@ func (r *opRegistry) finish(id string, result any, err error) {
 	}
 	op.Ended = time.Now().UTC()
 	if err != nil {
-		op.State = OpFailed
+		op.State = api.OpFailed
 		_, info := errorInfo(err)
 		op.Error = &info
 		return
 	}
-	op.State = OpSucceeded
+	op.State = api.OpSucceeded
 	if result != nil {
 		op.Result, _ = json.Marshal(result)
 	}
 }
 
-func (r *opRegistry) get(id string) (Operation, bool) {
+func (r *opRegistry) get(id string) (api.Operation, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	op, ok := r.ops[id]
 	if !ok {
-		return Operation{}, false
+		return api.Operation{}, false
 	}
 	return *op, true
 }
@@ -83,7 +81,7 @@ func (r *opRegistry) get(id string) (Operation, bool) {
 func (r *opRegistry) prune() {
 	cutoff := time.Now().Add(-r.retention)
 	for id, op := range r.ops {
-		if op.State != OpRunning && op.Ended.Before(cutoff) {
+		if op.State != api.OpRunning && op.Ended.Before(cutoff) {
 			delete(r.ops, id)
 		}
 	}

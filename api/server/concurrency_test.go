@@ -1,4 +1,4 @@
-package api_test
+package server_test
 
 import (
 	"fmt"
@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/api/server"
 	"github.com/qsnapd/qsnapd/driver"
 )
 
@@ -30,7 +31,7 @@ func TestHammer(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	fdsBefore := openFDs(t)
 	t.Run("hammer", func(t *testing.T) {
-		d := startDaemon(t, api.Access{})
+		d := startDaemon(t, server.Access{})
 		const domains, clients, rounds = 4, 20, 6
 		for i := 0; i < domains; i++ {
 			d.vm(fmt.Sprintf("vm%d", i), 2)

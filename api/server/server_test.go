@@ -1,4 +1,4 @@
-package api_test
+package server_test
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/api/server"
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/qmp"
@@ -36,7 +37,7 @@ type daemon struct {
 	done     chan error
 }
 
-func startDaemon(t *testing.T, access api.Access) *daemon {
+func startDaemon(t *testing.T, access server.Access) *daemon {
 	t.Helper()
 	dir := qemutest.TempDir(t)
 	d := &daemon{t: t, dir: dir, rw: filepath.Join(dir, "rw.sock"), ro: filepath.Join(dir, "ro.sock"), vms: map[string]*qemutest.VM{}}
@@ -55,7 +56,7 @@ func startDaemon(t *testing.T, access api.Access) *daemon {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stop, d.done = cancel, make(chan error, 1)
-	srv := api.NewServer(drv, api.Config{Access: access}, nil)
+	srv := server.New(drv, server.Config{Access: access}, nil)
 	go func() { d.done <- srv.Serve(ctx, rwl, rol) }()
 	d.client, d.roClient = api.NewClient(d.rw), api.NewClient(d.ro)
 	t.Cleanup(d.close)
@@ -138,7 +139,7 @@ func (d *daemon) state(name string) string {
 }
 
 func TestBadInputChangesNothing(t *testing.T) {
-	d := startDaemon(t, api.Access{})
+	d := startDaemon(t, server.Access{})
 	vm := d.vm("vm1", 2)
 	if _, err := d.client.CreateSnapshot(ctx(t), "vm1", api.CreateSnapshotRequest{XML: "<domainsnapshot><name>s0</name></domainsnapshot>", Flags: api.Flags(driver.FlagDiskOnly)}, ""); err != nil {
 		t.Fatal(err)
@@ -208,7 +209,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 }
 
 func TestOperationOutcomeOutlivesTheRequest(t *testing.T) {
-	d := startDaemon(t, api.Access{})
+	d := startDaemon(t, server.Access{})
 	d.vm("vm1", 1)
 	// A client that gives up at once still gets its snapshot, and reads
 	// the outcome afterwards by the id it chose.
@@ -248,7 +249,7 @@ func TestOperationOutcomeOutlivesTheRequest(t *testing.T) {
 }
 
 func TestSnapshotListingAndTree(t *testing.T) {
-	d := startDaemon(t, api.Access{})
+	d := startDaemon(t, server.Access{})
 	d.vm("vm1", 1)
 	for _, n := range []string{"a", "b", "c"} {
 		xml := "<domainsnapshot><name>" + n + "</name></domainsnapshot>"
@@ -302,12 +303,12 @@ func TestForbiddenUID(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name   string
-		access api.Access
+		access server.Access
 		want   int
 	}{
-		{"refused", api.Access{}, 403},
-		{"allowed by uid", api.Access{UIDs: []int{65534}}, 200},
-		{"allowed by gid", api.Access{GIDs: []int{65534}}, 200},
+		{"refused", server.Access{}, 403},
+		{"allowed by uid", server.Access{UIDs: []int{65534}}, 200},
+		{"allowed by gid", server.Access{GIDs: []int{65534}}, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := startDaemon(t, tc.access)
@@ -328,7 +329,7 @@ func TestForbiddenUID(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	d := startDaemon(t, api.Access{})
+	d := startDaemon(t, server.Access{})
 	v, err := d.client.Version(ctx(t))
 	if err != nil || v.APIVersion != "v1" || v.GoVersion == "" || v.Version == "" {
 		t.Errorf("version: %+v, %v", v, err)
@@ -357,7 +358,7 @@ func (d *daemon) holdAtSwitching() (inside, leave chan struct{}) {
 // TestDetachRefusedWhileBusy: a domain cannot be forgotten while an
 // operation runs on it; the request is refused, not queued.
 func TestDetachRefusedWhileBusy(t *testing.T) {
-	d := startDaemon(t, api.Access{})
+	d := startDaemon(t, server.Access{})
 	d.vm("vm1", 1)
 	inside, leave := d.holdAtSwitching()
 	done := make(chan error, 1)
@@ -382,7 +383,7 @@ func TestDetachRefusedWhileBusy(t *testing.T) {
 // TestClientGoneMidSwitch: the client hangs up while the disks are being
 // switched; the operation still completes, and its outcome is readable.
 func TestClientGoneMidSwitch(t *testing.T) {
-	d := startDaemon(t, api.Access{})
+	d := startDaemon(t, server.Access{})
 	d.vm("vm1", 2)
 	inside, leave := d.holdAtSwitching()
 	c, cancel := context.WithCancel(context.Background())

@@ -1,4 +1,8 @@
-package api
+// Package server serves qsnapd's HTTP API (package api) on the
+// read-write and read-only unix sockets: it checks who is calling,
+// decodes requests strictly, runs them on the driver, and renders the
+// engine's results and errors as wire types.
+package server
 
 import (
 	"bytes"
@@ -16,6 +20,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/qsnapd/qsnapd/api"
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/internal/version"
 	"github.com/qsnapd/qsnapd/transaction"
@@ -39,8 +44,8 @@ type Server struct {
 	ops *opRegistry
 }
 
-// NewServer returns a server over drv.
-func NewServer(drv *driver.Driver, cfg Config, log *zap.Logger) *Server {
+// New returns a server over drv.
+func New(drv *driver.Driver, cfg Config, log *zap.Logger) *Server {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -124,7 +129,7 @@ func (s *Server) Handler(readOnly bool) http.Handler {
 			s.writeErr(w, fmt.Errorf("%w: uid %d may not use this socket", errForbidden, peer.UID))
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
 		h, pattern := mux.Handler(r)
 		if pattern == "" {
 			// The mux answers 404 or 405 in plain text; answer in JSON.
@@ -133,11 +138,11 @@ func (s *Server) Handler(readOnly bool) http.Handler {
 			if allow := rec.header.Get("Allow"); allow != "" {
 				w.Header().Set("Allow", allow)
 			}
-			code := CodeInvalidArg
+			code := api.CodeInvalidArg
 			if rec.status == http.StatusNotFound {
-				code = CodeNoDomain
+				code = api.CodeNoDomain
 			}
-			writeJSON(w, rec.status, ErrorBody{Error: ErrorInfo{Code: code,
+			writeJSON(w, rec.status, api.ErrorBody{Error: api.ErrorInfo{Code: code,
 				Message: fmt.Sprintf("%s %s: %s", r.Method, r.URL.Path, strings.ToLower(http.StatusText(rec.status)))}})
 			return
 		}
@@ -188,7 +193,7 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	if status == http.StatusInternalServerError {
 		s.log.Error("request failed with an internal error", zap.Error(err))
 	}
-	writeJSON(w, status, ErrorBody{Error: info})
+	writeJSON(w, status, api.ErrorBody{Error: info})
 }
 
 // decode reads a JSON object body strictly: one object, nothing after
@@ -198,7 +203,7 @@ func decode(r *http.Request, v any) error {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return fmt.Errorf("%w: body over %d bytes", errBadRequest, MaxBodyBytes)
+			return fmt.Errorf("%w: body over %d bytes", errBadRequest, api.MaxBodyBytes)
 		}
 		return fmt.Errorf("%w: read body: %v", errBadRequest, err)
 	}
@@ -220,15 +225,11 @@ func decode(r *http.Request, v any) error {
 }
 
 func (s *Server) version(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, VersionInfo{Version: version.String(), GoVersion: version.Go(), APIVersion: APIVersion})
-}
-
-func toDomain(info driver.DomainInfo) Domain {
-	return Domain{DomainInfo: info, AgentConfigured: info.Agent != ""}
+	writeJSON(w, http.StatusOK, api.VersionInfo{Version: version.String(), GoVersion: version.Go(), APIVersion: api.APIVersion})
 }
 
 func (s *Server) listDomains(w http.ResponseWriter, r *http.Request) {
-	out := []Domain{}
+	out := []api.Domain{}
 	for _, d := range s.drv.Domains() {
 		out = append(out, toDomain(d))
 	}
@@ -245,7 +246,7 @@ func (s *Server) getDomain(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) attachDomain(w http.ResponseWriter, r *http.Request) {
-	var req AttachRequest
+	var req api.AttachRequest
 	if err := decode(r, &req); err != nil {
 		s.writeErr(w, err)
 		return
@@ -275,30 +276,30 @@ func (s *Server) listDisks(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	out := []Disk{}
+	out := []api.Disk{}
 	for _, d := range disks {
 		backing := []string{}
 		for _, b := range d.Backing {
 			backing = append(backing, b.File)
 		}
-		out = append(out, Disk{Target: d.Target, Source: d.File, Format: d.Format, NodeName: d.NodeName, Backing: backing})
+		out = append(out, api.Disk{Target: d.Target, Source: d.File, Format: d.Format, NodeName: d.NodeName, Backing: backing})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	domain := r.PathValue("name")
-	var req CreateSnapshotRequest
+	var req api.CreateSnapshotRequest
 	if err := decode(r, &req); err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	id, err := s.ops.start(r.Header.Get(OperationHeader), "snapshot-create", domain)
+	id, err := s.ops.start(r.Header.Get(api.OperationHeader), "snapshot-create", domain)
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	w.Header().Set(OperationHeader, id)
+	w.Header().Set(api.OperationHeader, id)
 	res, err := s.drv.CreateSnapshot(r.Context(), domain, driver.CreateRequest{
 		XML: req.XML, Flags: driver.CreateFlags(req.Flags), Quiesce: driver.QuiesceMode(req.Quiesce), OpID: id,
 	})
@@ -307,13 +308,13 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	resp := CreateSnapshotResponse{
+	resp := api.CreateSnapshotResponse{
 		Name: res.Name, XML: res.XML, Operation: id, Mode: string(res.Mode), Quiesced: res.Quiesced,
-		Disks: res.Disks, Indications: res.Indications,
-		Timings: Timings{TotalMS: ms(res.Total), SwitchMS: ms(res.Switch), FreezeMS: ms(res.Freeze)},
+		Disks: outcomes(res.Disks), Indications: indications(res.Indications),
+		Timings: api.Timings{TotalMS: ms(res.Total), SwitchMS: ms(res.Switch), FreezeMS: ms(res.Freeze)},
 	}
 	if resp.Disks == nil {
-		resp.Disks = []transaction.Outcome{}
+		resp.Disks = []api.DiskOutcome{}
 	}
 	s.ops.finish(id, resp, nil)
 	writeJSON(w, http.StatusCreated, resp)
@@ -331,7 +332,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 	cur, _ := s.drv.Store().Current(domain)
 	all := snapshotsOf(recs, cur, false)
 	q := r.URL.Query()
-	out := SnapshotList{Snapshots: []Snapshot{}}
+	out := api.SnapshotList{Snapshots: []api.Snapshot{}}
 	for _, sn := range all {
 		if q.Has("roots") && sn.Parent != "" || q.Has("leaves") && len(sn.Children) > 0 {
 			continue
@@ -345,16 +346,16 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 }
 
 // snapshotsOf converts records, oldest first, filling in children.
-func snapshotsOf(recs []driver.SnapshotRecord, current string, withXML bool) []Snapshot {
+func snapshotsOf(recs []driver.SnapshotRecord, current string, withXML bool) []api.Snapshot {
 	children := map[string][]string{}
 	for _, rec := range recs {
 		if rec.Parent != "" {
 			children[rec.Parent] = append(children[rec.Parent], rec.Name)
 		}
 	}
-	out := make([]Snapshot, len(recs))
+	out := make([]api.Snapshot, len(recs))
 	for i, rec := range recs {
-		out[i] = Snapshot{
+		out[i] = api.Snapshot{
 			Name: rec.Name, Description: rec.Description, CreationTime: time.Unix(rec.CreationTime, 0).UTC(),
 			State: rec.State, Parent: rec.Parent, Current: rec.Name == current, Children: children[rec.Name],
 		}
@@ -368,12 +369,12 @@ func snapshotsOf(recs []driver.SnapshotRecord, current string, withXML bool) []S
 	return out
 }
 
-func tree(all []Snapshot) []*SnapshotNode {
-	nodes := map[string]*SnapshotNode{}
+func tree(all []api.Snapshot) []*api.SnapshotNode {
+	nodes := map[string]*api.SnapshotNode{}
 	for _, sn := range all {
-		nodes[sn.Name] = &SnapshotNode{Name: sn.Name, Children: []*SnapshotNode{}}
+		nodes[sn.Name] = &api.SnapshotNode{Name: sn.Name, Children: []*api.SnapshotNode{}}
 	}
-	var roots []*SnapshotNode
+	var roots []*api.SnapshotNode
 	for _, sn := range all {
 		n := nodes[sn.Name]
 		if p, ok := nodes[sn.Parent]; ok {
@@ -419,7 +420,7 @@ func (s *Server) getCurrent(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) setCurrent(w http.ResponseWriter, r *http.Request) {
 	domain := r.PathValue("name")
-	var req SetCurrentRequest
+	var req api.SetCurrentRequest
 	if err := decode(r, &req); err != nil {
 		s.writeErr(w, err)
 		return
@@ -451,7 +452,7 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) fsFreeze(w http.ResponseWriter, r *http.Request) {
 	domain := r.PathValue("name")
-	var req FreezeRequest
+	var req api.FreezeRequest
 	if r.ContentLength != 0 {
 		if err := decode(r, &req); err != nil {
 			s.writeErr(w, err)
@@ -469,7 +470,7 @@ func (s *Server) fsFreeze(w http.ResponseWriter, r *http.Request) {
 	}
 	s.operation(w, r, "fsfreeze", domain, func(ctx context.Context) (any, error) {
 		n, err := s.drv.FSFreeze(ctx, domain, req.Mountpoints, hold)
-		return FreezeResponse{Count: n}, err
+		return api.FreezeResponse{Count: n}, err
 	})
 }
 
@@ -477,18 +478,18 @@ func (s *Server) fsThaw(w http.ResponseWriter, r *http.Request) {
 	domain := r.PathValue("name")
 	s.operation(w, r, "fsthaw", domain, func(ctx context.Context) (any, error) {
 		n, err := s.drv.FSThaw(ctx, domain)
-		return FreezeResponse{Count: n}, err
+		return api.FreezeResponse{Count: n}, err
 	})
 }
 
 // operation runs a mutating call as a readable operation.
 func (s *Server) operation(w http.ResponseWriter, r *http.Request, kind, domain string, f func(context.Context) (any, error)) {
-	id, err := s.ops.start(r.Header.Get(OperationHeader), kind, domain)
+	id, err := s.ops.start(r.Header.Get(api.OperationHeader), kind, domain)
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	w.Header().Set(OperationHeader, id)
+	w.Header().Set(api.OperationHeader, id)
 	res, err := f(r.Context())
 	s.ops.finish(id, res, err)
 	if err != nil {
@@ -504,7 +505,7 @@ func (s *Server) fsStatus(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, fi)
+	writeJSON(w, http.StatusOK, freezeInfo(fi))
 }
 
 func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
@@ -519,17 +520,17 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, fmt.Errorf("%w: %s", errNoOperation, id))
 		return
 	}
-	op := Operation{ID: rec.ID, Kind: rec.Kind, Domain: rec.Domain, Started: rec.Started, Ended: rec.Updated}
+	op := api.Operation{ID: rec.ID, Kind: rec.Kind, Domain: rec.Domain, Started: rec.Started, Ended: rec.Updated}
 	switch phase := rec.Phase(); {
 	case phase.Active():
-		op.State, op.Ended = OpRunning, time.Time{}
+		op.State, op.Ended = api.OpRunning, time.Time{}
 	case phase == transaction.PhaseDone:
-		op.State = OpSucceeded
+		op.State = api.OpSucceeded
 	default:
-		op.State = OpFailed
-		info := ErrorInfo{Code: CodeOperationFailed, Message: rec.Error}
+		op.State = api.OpFailed
+		info := api.ErrorInfo{Code: api.CodeOperationFailed, Message: rec.Error}
 		if rec.Plan != nil {
-			info.Details = &ErrorDetails{Operation: rec.ID, Disks: rec.Plan.Outcomes()}
+			info.Details = &api.ErrorDetails{Operation: rec.ID, Disks: outcomes(rec.Plan.Outcomes())}
 		}
 		op.Error = &info
 	}

@@ -1,0 +1,49 @@
+package server
+
+import (
+	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/transaction"
+)
+
+// The engine's results as wire types. Each keeps nil as nil, so that
+// the JSON is what the engine's own types used to give.
+
+func toDomain(info driver.DomainInfo) api.Domain {
+	return api.Domain{
+		Freeze: freezeInfo(info.Freeze), AgentState: info.AgentState, Name: info.Name, QMP: info.QMP,
+		Agent: info.Agent, Connected: info.Connected, Since: info.Since, QEMUVersion: info.QEMUVersion,
+		UUID: info.UUID, HasTransaction: info.HasTransaction, Error: info.Error,
+		AgentConfigured: info.Agent != "",
+	}
+}
+
+func freezeInfo(fi driver.FreezeInfo) api.FreezeInfo {
+	return api.FreezeInfo{
+		Frozen: fi.Frozen, Owner: fi.Owner, OpID: fi.OpID, Since: fi.Since, Deadline: fi.Deadline,
+		ThawPending: fi.ThawPending, Agent: fi.Agent,
+	}
+}
+
+func outcomes(in []transaction.Outcome) []api.DiskOutcome {
+	if in == nil {
+		return nil
+	}
+	out := make([]api.DiskOutcome, len(in))
+	for i, o := range in {
+		out[i] = api.DiskOutcome{Target: o.Target, Source: o.Source, Overlay: o.Overlay,
+			Result: api.DiskResult(o.Result), Error: o.Error}
+	}
+	return out
+}
+
+func indications(in []driver.Indication) []api.Indication {
+	if in == nil {
+		return nil
+	}
+	out := make([]api.Indication, len(in))
+	for i, ind := range in {
+		out[i] = api.Indication{Code: ind.Code, Message: ind.Message}
+	}
+	return out
+}

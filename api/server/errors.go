@@ -1,0 +1,52 @@
+package server
+
+import (
+	"errors"
+
+	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/errkind"
+)
+
+// errBadRequest marks errors of the request itself (JSON, size, values)
+// found before the driver is asked.
+var errBadRequest = errors.New("bad request")
+
+// errForbidden marks a request the peer may not make on this socket.
+var errForbidden = errors.New("forbidden")
+
+// errNoOperation marks an unknown operation id.
+var errNoOperation = errors.New("no such operation")
+
+// kinds are the server's own errors, found before the driver is asked;
+// they come before the driver's.
+var kinds = []struct {
+	err  error
+	kind errkind.Kind
+}{
+	{errForbidden, errkind.OperationDenied},
+	{errBadRequest, errkind.InvalidArg},
+	{errNoOperation, errkind.NoOperation},
+}
+
+// kindOf sorts an error into the kind api's error table renders.
+func kindOf(err error) errkind.Kind {
+	for _, k := range kinds {
+		if errors.Is(err, k.err) {
+			return k.kind
+		}
+	}
+	return driver.Kind(err)
+}
+
+// errorInfo renders an error for the wire, with per-disk outcomes when
+// the driver reports them.
+func errorInfo(err error) (int, api.ErrorInfo) {
+	c := api.ClassOf(kindOf(err))
+	info := api.ErrorInfo{Code: c.Code, Message: err.Error()}
+	var oe *driver.OpError
+	if errors.As(err, &oe) {
+		info.Details = &api.ErrorDetails{Operation: oe.OpID, Step: oe.Step, Disks: outcomes(oe.Disks)}
+	}
+	return c.Status, info
+}

@@ -1,0 +1,51 @@
+package api
+
+// Quiesce modes: what a snapshot does about freezing the guest, in
+// CreateSnapshotRequest.Quiesce.
+const (
+	// QuiesceRequire fails the snapshot, changing nothing, unless the
+	// guest is frozen across the whole switch: the QUIESCE flag.
+	QuiesceRequire = "require"
+	// QuiescePrefer freezes if it can and otherwise takes a
+	// crash-consistent snapshot, saying why in the indications.
+	QuiescePrefer = "prefer"
+	// QuiesceSkip does not freeze.
+	QuiesceSkip = "skip"
+)
+
+// Indication is one fact about how a snapshot was taken.
+type Indication struct {
+	Code    string `json:"code"`
+	Message string `json:"message,omitempty"`
+}
+
+// Indication codes: each result says whether it was quiesced, and if
+// not, why.
+const (
+	IndQuiesced          = "quiesced"
+	IndNotRequested      = "not-quiesced" // quiesce was skipped
+	IndNoAgent           = "no-agent"     // no agent configured or reachable
+	IndAgentUnresponsive = "agent-unresponsive"
+	IndFreezeDisabled    = "freeze-disabled"   // the agent does not allow fsfreeze
+	IndFreezeFailed      = "freeze-failed"     // the freeze returned an error (a hook failed, ...)
+	IndFreezeTimeout     = "freeze-timeout"    // the freeze got no reply in time
+	IndDeadlineExceeded  = "deadline-exceeded" // the switch outlasted the freeze deadline
+	IndHoldExpired       = "hold-expired"      // the guest released writes early (Windows VSS)
+	IndAlreadyFrozen     = "already-frozen"    // someone else holds a freeze
+	IndThawFailed        = "thaw-failed"       // the guest may still be frozen; the daemon keeps trying
+	IndHalted            = "halted"
+	IndHaltFailed        = "halt-failed"
+	IndRedefined         = "redefined"
+)
+
+// DiskResult is what happened to one disk of an operation.
+type DiskResult string
+
+// Disk results.
+const (
+	DiskUntouched  DiskResult = "untouched"   // not switched
+	DiskSwitched   DiskResult = "switched"    // on its overlay
+	DiskFailed     DiskResult = "failed"      // its switch failed; unchanged
+	DiskRolledBack DiskResult = "rolled-back" // switched, then committed back
+	DiskStuck      DiskResult = "stuck"       // switched, rollback failed: still on the overlay
+)

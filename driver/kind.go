@@ -1,0 +1,66 @@
+package driver
+
+import (
+	"errors"
+
+	"github.com/qsnapd/qsnapd/errkind"
+)
+
+// kinds sorts the driver's errors, most specific first: an error may
+// wrap several sentinels (a failed quiesce wraps the agent's error, a
+// failed operation its cause), and the first match decides.
+var kinds = []struct {
+	kind errkind.Kind
+	errs []error
+}{
+	{errkind.InvalidArg, []error{ErrInvalidArg}},
+	{errkind.NoDomain, []error{ErrNoDomain}},
+	{errkind.NoDomainSnapshot, []error{ErrNoSnapshot}},
+	{errkind.SnapshotExists, []error{ErrSnapshotExists}},
+	{errkind.OperationTimeout, []error{ErrBusy}},
+	{errkind.AgentUnresponsive, []error{ErrAgentUnresponsive}},
+	{errkind.OperationUnsupported, []error{ErrUnsupported}},
+	{errkind.Unavailable, []error{ErrDisconnected, ErrClosed}},
+	{errkind.DomExist, []error{ErrDomainExists}},
+	{errkind.OperationInvalid, []error{ErrOperationInvalid}},
+	// Last: the request was valid; QEMU, the guest or the host failed it.
+	{errkind.OperationFailed, []error{ErrOperationFailed, ErrQuiesce}},
+}
+
+// Kind sorts an error of the driver into the kind front ends render:
+// errkind.OK for nil, errkind.InternalError for an error of no known
+// kind, which is a bug.
+func Kind(err error) errkind.Kind {
+	if err == nil {
+		return errkind.OK
+	}
+	for _, k := range kinds {
+		for _, sentinel := range k.errs {
+			if errors.Is(err, sentinel) {
+				return k.kind
+			}
+		}
+	}
+	return errkind.InternalError
+}
+
+// Kinds lists the kinds Kind returns for the driver's errors, so that a
+// front end can check it renders each one.
+func Kinds() []errkind.Kind {
+	out := make([]errkind.Kind, len(kinds))
+	for i, k := range kinds {
+		out[i] = k.kind
+	}
+	return out
+}
+
+// kindError files err under a driver sentinel while keeping its message
+// and its own chain: errors.Is finds both.
+type kindError struct {
+	sentinel error
+	err      error
+}
+
+func (e *kindError) Error() string { return e.err.Error() }
+
+func (e *kindError) Unwrap() []error { return []error{e.sentinel, e.err} }

@@ -1,0 +1,90 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/qsnapd/qsnapd/errkind"
+	"github.com/qsnapd/qsnapd/guestagent"
+	"github.com/qsnapd/qsnapd/transaction"
+)
+
+// TestKind sorts errors as the driver returns them: wrapped, joined,
+// inside an OpError, and the agent's errors as agentErr files them.
+func TestKind(t *testing.T) {
+	agentReply := &guestagent.Error{Command: "guest-fsfreeze-freeze", Class: "GenericError", Desc: "hook failed"}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want errkind.Kind
+	}{
+		{"nil", nil, errkind.OK},
+		{"unknown", errors.New("something unforeseen"), errkind.InternalError},
+		{"context", context.DeadlineExceeded, errkind.InternalError},
+		{"invalid arg", fmt.Errorf("%w: CURRENT requires REDEFINE", ErrInvalidArg), errkind.InvalidArg},
+		{"no domain", fmt.Errorf("%w: no domain named 'x'", ErrNoDomain), errkind.NoDomain},
+		{"no snapshot", fmt.Errorf("%w: 's'", ErrNoSnapshot), errkind.NoDomainSnapshot},
+		{"snapshot exists", fmt.Errorf("%w: 's'", ErrSnapshotExists), errkind.SnapshotExists},
+		{"domain exists", fmt.Errorf("%w: 'vm1'", ErrDomainExists), errkind.DomExist},
+		{"busy", fmt.Errorf("%w: %w", ErrBusy, context.DeadlineExceeded), errkind.OperationTimeout},
+		{"unsupported", fmt.Errorf("%w: LIVE", ErrUnsupported), errkind.OperationUnsupported},
+		{"disconnected", fmt.Errorf("%w: EOF", ErrDisconnected), errkind.Unavailable},
+		{"closed", ErrClosed, errkind.Unavailable},
+		{"operation invalid", fmt.Errorf("%w: frozen", ErrOperationInvalid), errkind.OperationInvalid},
+		{"operation failed", fmt.Errorf("%w: journal: disk full", ErrOperationFailed), errkind.OperationFailed},
+		{"quiesce", fmt.Errorf("%w: deadline-exceeded: 12s", ErrQuiesce), errkind.OperationFailed},
+
+		{"agent not configured", agentErr(guestagent.ErrNotConfigured), errkind.AgentUnresponsive},
+		{"agent not connected", agentErr(fmt.Errorf("dial: %w", guestagent.ErrNotConnected)), errkind.AgentUnresponsive},
+		{"agent unresponsive", agentErr(guestagent.ErrUnresponsive), errkind.AgentUnresponsive},
+		{"agent disabled", agentErr(guestagent.ErrDisabled), errkind.OperationUnsupported},
+		{"agent error reply", agentErr(agentReply), errkind.OperationFailed},
+		{"agent's other error", agentErr(errors.New("odd")), errkind.InternalError},
+		// A required quiesce that failed: the agent's kind wins.
+		{"quiesce, agent unresponsive", fmt.Errorf("%w: freeze: %w", ErrQuiesce, agentErr(guestagent.ErrUnresponsive)), errkind.AgentUnresponsive},
+		{"quiesce, agent disabled", fmt.Errorf("%w: %w", ErrQuiesce, agentErr(guestagent.ErrDisabled)), errkind.OperationUnsupported},
+		{"quiesce, agent reply", fmt.Errorf("%w: freeze: %w", ErrQuiesce, agentErr(agentReply)), errkind.OperationFailed},
+		{"quiesce, frozen already", fmt.Errorf("%w: %w", ErrQuiesce, fmt.Errorf("%w: frozen by fsfreeze", ErrOperationInvalid)), errkind.OperationInvalid},
+		// An operation's failure with the disks' outcomes.
+		{"op error", &OpError{OpID: "op1", Step: StepSwitch, Disks: []transaction.Outcome{{Target: "vda", Result: transaction.DiskRolledBack}},
+			Err: fmt.Errorf("%w: switch: %w", ErrOperationFailed, errors.New("QMP said no"))}, errkind.OperationFailed},
+		{"op error, quiesce", &OpError{OpID: "op1", Step: StepFreeze,
+			Err: fmt.Errorf("%w: freeze: %w", ErrQuiesce, agentErr(guestagent.ErrUnresponsive))}, errkind.AgentUnresponsive},
+		{"joined", errors.Join(errors.New("x"), fmt.Errorf("%w: y", ErrNoDomain)), errkind.NoDomain},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Kind(tc.err); got != tc.want {
+				t.Errorf("Kind(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestAgentErrKeepsTheAgent: the agent's error stays in the chain and
+// gives the message, so logs and indications read as before.
+func TestAgentErrKeepsTheAgent(t *testing.T) {
+	inner := fmt.Errorf("thaw: %w", guestagent.ErrUnresponsive)
+	err := agentErr(inner)
+	if err.Error() != inner.Error() {
+		t.Errorf("message %q, want %q", err, inner)
+	}
+	if !errors.Is(err, guestagent.ErrUnresponsive) || !errors.Is(err, ErrAgentUnresponsive) {
+		t.Errorf("%v: want both the agent's and the driver's sentinel", err)
+	}
+}
+
+// TestKinds: every kind the driver reports is a specific one.
+func TestKinds(t *testing.T) {
+	seen := map[errkind.Kind]bool{}
+	for _, k := range Kinds() {
+		if k == errkind.OK || k == errkind.InternalError || k == errkind.OperationDenied || k == errkind.NoOperation {
+			t.Errorf("the driver reports %v", k)
+		}
+		if seen[k] {
+			t.Errorf("%v twice", k)
+		}
+		seen[k] = true
+	}
+}
