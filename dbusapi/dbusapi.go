@@ -107,9 +107,11 @@ func (s *Service) Close() error {
 	return nil
 }
 
+// unexport removes the objects; godbus fails it only for an invalid
+// path, and ObjectPath is valid.
 func (s *Service) unexport() {
-	s.conn.Export(nil, ObjectPath, Interface)
-	s.conn.Export(nil, ObjectPath, introspectableIface)
+	_ = s.conn.Export(nil, ObjectPath, Interface)
+	_ = s.conn.Export(nil, ObjectPath, introspectableIface)
 }
 
 // Events returns the driver.Events that emits the API's signals.

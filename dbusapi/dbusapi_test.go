@@ -514,8 +514,12 @@ func TestPolicy(t *testing.T) {
 	if _, err := dbusapi.Export(bus.Conn(t), &fakeDriver{}, nil); err != nil {
 		t.Fatalf("root may not own the name: %v", err)
 	}
-	os.Chmod(bus.Dir, 0o755) // the socket's mode must not decide
-	os.Chmod(filepath.Join(bus.Dir, "bus"), 0o777)
+	// The socket's mode must not decide.
+	for path, mode := range map[string]os.FileMode{bus.Dir: 0o755, filepath.Join(bus.Dir, "bus"): 0o777} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
 	send := func(asNobody bool, dest, path, method string, args ...string) (string, error) {
 		cmd := []string{"dbus-send", "--bus=" + bus.Address, "--print-reply", "--dest=" + dest, path, method}
 		if asNobody {

@@ -65,8 +65,8 @@ func (in *Inhibitor) Release() { in.add(-1) }
 // OperationsInFlight counts snapshots in flight.
 func (in *Inhibitor) OperationsInFlight(delta int) { in.add(delta) }
 
-// GuestFrozen and GuestThawed count each domain once, whatever the order
-// of events across a restart.
+// GuestFrozen counts each domain once, whatever the order of events
+// across a restart.
 func (in *Inhibitor) GuestFrozen(domain, _ string) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -76,6 +76,7 @@ func (in *Inhibitor) GuestFrozen(domain, _ string) {
 	}
 }
 
+// GuestThawed releases a domain's reference, once.
 func (in *Inhibitor) GuestThawed(domain string, _ time.Duration) {
 	in.mu.Lock()
 	defer in.mu.Unlock()

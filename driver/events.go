@@ -44,62 +44,85 @@ type Events interface {
 // NopEvents ignores everything; embed it to implement only some events.
 type NopEvents struct{}
 
-func (NopEvents) SnapshotFinished(SnapshotEvent)    {}
-func (NopEvents) GuestFrozen(string, string)        {}
+// SnapshotFinished does nothing.
+func (NopEvents) SnapshotFinished(SnapshotEvent) {}
+
+// GuestFrozen does nothing.
+func (NopEvents) GuestFrozen(string, string) {}
+
+// GuestThawed does nothing.
 func (NopEvents) GuestThawed(string, time.Duration) {}
-func (NopEvents) FreezeDeadlineExceeded(string)     {}
-func (NopEvents) RollbackFinished(bool)             {}
-func (NopEvents) OperationRecovered(string)         {}
-func (NopEvents) DomainsChanged(int, int)           {}
-func (NopEvents) OperationsInFlight(int)            {}
+
+// FreezeDeadlineExceeded does nothing.
+func (NopEvents) FreezeDeadlineExceeded(string) {}
+
+// RollbackFinished does nothing.
+func (NopEvents) RollbackFinished(bool) {}
+
+// OperationRecovered does nothing.
+func (NopEvents) OperationRecovered(string) {}
+
+// DomainsChanged does nothing.
+func (NopEvents) DomainsChanged(int, int) {}
+
+// OperationsInFlight does nothing.
+func (NopEvents) OperationsInFlight(int) {}
 
 var _ Events = NopEvents{}
 
 // MultiEvents sends every event to each of its members.
 type MultiEvents []Events
 
+// SnapshotFinished implements Events.
 func (m MultiEvents) SnapshotFinished(e SnapshotEvent) {
 	for _, x := range m {
 		x.SnapshotFinished(e)
 	}
 }
 
+// GuestFrozen implements Events.
 func (m MultiEvents) GuestFrozen(domain, owner string) {
 	for _, x := range m {
 		x.GuestFrozen(domain, owner)
 	}
 }
 
+// GuestThawed implements Events.
 func (m MultiEvents) GuestThawed(domain string, d time.Duration) {
 	for _, x := range m {
 		x.GuestThawed(domain, d)
 	}
 }
 
+// FreezeDeadlineExceeded implements Events.
 func (m MultiEvents) FreezeDeadlineExceeded(domain string) {
 	for _, x := range m {
 		x.FreezeDeadlineExceeded(domain)
 	}
 }
 
+// RollbackFinished implements Events.
 func (m MultiEvents) RollbackFinished(ok bool) {
 	for _, x := range m {
 		x.RollbackFinished(ok)
 	}
 }
 
+// OperationRecovered implements Events.
 func (m MultiEvents) OperationRecovered(action string) {
 	for _, x := range m {
 		x.OperationRecovered(action)
 	}
 }
 
+// DomainsChanged implements Events.
 func (m MultiEvents) DomainsChanged(connected, disconnected int) {
 	for _, x := range m {
 		x.DomainsChanged(connected, disconnected)
 	}
 }
 
+// OperationsInFlight implements Events.
 func (m MultiEvents) OperationsInFlight(delta int) {
 	for _, x := range m {
 		x.OperationsInFlight(delta)
@@ -128,13 +151,28 @@ func (h *Hub) all() MultiEvents {
 	return h.members
 }
 
-func (h *Hub) SnapshotFinished(e SnapshotEvent)           { h.all().SnapshotFinished(e) }
-func (h *Hub) GuestFrozen(domain, owner string)           { h.all().GuestFrozen(domain, owner) }
+// SnapshotFinished implements Events.
+func (h *Hub) SnapshotFinished(e SnapshotEvent) { h.all().SnapshotFinished(e) }
+
+// GuestFrozen implements Events.
+func (h *Hub) GuestFrozen(domain, owner string) { h.all().GuestFrozen(domain, owner) }
+
+// GuestThawed implements Events.
 func (h *Hub) GuestThawed(domain string, d time.Duration) { h.all().GuestThawed(domain, d) }
-func (h *Hub) FreezeDeadlineExceeded(domain string)       { h.all().FreezeDeadlineExceeded(domain) }
-func (h *Hub) RollbackFinished(ok bool)                   { h.all().RollbackFinished(ok) }
-func (h *Hub) OperationRecovered(action string)           { h.all().OperationRecovered(action) }
+
+// FreezeDeadlineExceeded implements Events.
+func (h *Hub) FreezeDeadlineExceeded(domain string) { h.all().FreezeDeadlineExceeded(domain) }
+
+// RollbackFinished implements Events.
+func (h *Hub) RollbackFinished(ok bool) { h.all().RollbackFinished(ok) }
+
+// OperationRecovered implements Events.
+func (h *Hub) OperationRecovered(action string) { h.all().OperationRecovered(action) }
+
+// DomainsChanged implements Events.
 func (h *Hub) DomainsChanged(connected, disconnected int) {
 	h.all().DomainsChanged(connected, disconnected)
 }
+
+// OperationsInFlight implements Events.
 func (h *Hub) OperationsInFlight(delta int) { h.all().OperationsInFlight(delta) }

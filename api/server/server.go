@@ -185,7 +185,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	// The status is sent: a client that hung up has nobody to tell.
+	_ = enc.Encode(v)
 }
 
 func (s *Server) writeErr(w http.ResponseWriter, err error) {

@@ -178,7 +178,7 @@ func (c *cli) report(err error) {
 	}
 	fmt.Fprintf(c.stderr, "error: %s\n", ae.Info.Message)
 	if c.json {
-		writeJSON(c.stdout, api.ErrorBody{Error: ae.Info})
+		_ = writeJSON(c.stdout, api.ErrorBody{Error: ae.Info}) // already failing: stderr has the message
 	}
 	d := ae.Info.Details
 	if d == nil {
@@ -191,7 +191,7 @@ func (c *cli) report(err error) {
 		fmt.Fprintf(c.stderr, "step: %s\n", d.Step)
 	}
 	if len(d.Disks) > 0 {
-		writeDisks(c.stderr, d.Disks)
+		_ = writeDisks(c.stderr, d.Disks) // stderr: nowhere left to report to
 	}
 }
 

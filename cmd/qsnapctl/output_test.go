@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -306,7 +307,7 @@ func TestRequests(t *testing.T) {
 			}
 			gotJSON, _ := json.Marshal(got)
 			wantJSON, _ := json.Marshal(tc.body)
-			if string(gotJSON) != string(wantJSON) {
+			if !bytes.Equal(gotJSON, wantJSON) {
 				t.Errorf("body\n%s\nwant\n%s", gotJSON, wantJSON)
 			}
 		})

@@ -27,7 +27,9 @@ func TestTable(t *testing.T) {
 	}
 	// Writing twice gives the same (cells are not escaped in place).
 	var b2 strings.Builder
-	tb.write(&b2)
+	if err := tb.write(&b2); err != nil {
+		t.Fatal(err)
+	}
 	if b2.String() != want {
 		t.Errorf("second write differs:\n%q", b2.String())
 	}
