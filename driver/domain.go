@@ -26,6 +26,7 @@ type Domain struct {
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
+	wake     chan struct{} // a failed operation asks for recovery now
 
 	mu           sync.Mutex
 	connected    bool
@@ -65,6 +66,7 @@ func newDomain(cfg DomainConfig, drv *Driver) *Domain {
 		log:       drv.log.With(zap.String("domain", cfg.Name)),
 		lock:      make(chan struct{}, 1),
 		stopCh:    make(chan struct{}),
+		wake:      make(chan struct{}, 1),
 		recovered: make(chan struct{}),
 		settled:   make(chan struct{}),
 	}
@@ -273,6 +275,7 @@ func (dom *Domain) supervise(ctx context.Context) {
 			dom.log.Warn("domain disconnected")
 			dom.drv.domainsChanged()
 		case <-retryC:
+		case <-dom.wake:
 		case <-dom.stopCh:
 			return
 		case <-ctx.Done():
@@ -306,11 +309,17 @@ func (dom *Domain) recoverIfNeeded(ctx context.Context) bool {
 }
 
 // requestRecovery makes the supervisor reconcile the journal again, for
-// an operation whose disks' state could not be learned.
+// an operation whose disks' state could not be learned. The supervisor
+// wakes at once: QEMU may well stay connected, and a disconnect is not
+// to be waited for. It runs once the operation releases the domain.
 func (dom *Domain) requestRecovery() {
 	dom.mu.Lock()
 	dom.needRecovery = true
 	dom.mu.Unlock()
+	select {
+	case dom.wake <- struct{}{}:
+	default: // a wake-up is pending already
+	}
 }
 
 // WaitRecovered waits for the first recovery pass after startup or
