@@ -3,9 +3,13 @@ package driver
 import (
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/internal/testing/qmpproxy"
@@ -58,4 +62,69 @@ func TestUnknownStateReconciledWhileConnected(t *testing.T) {
 		t.Error("the domain disconnected")
 	}
 	e.mustCreate(snapXML("s2"), FlagDiskOnly|FlagAtomic)
+}
+
+// TestEnsureDomainTakesChangedPaths: a [[domain]] entry whose paths
+// changed since the store recorded it wins over the store, and the
+// change is logged with the old and new paths.
+func TestEnsureDomainTakesChangedPaths(t *testing.T) {
+	e := newEnv(t, envOpts{detached: true})
+	ctx := testCtx(t)
+	core, logs := observer.New(zap.InfoLevel)
+	open := func() *Driver {
+		t.Helper()
+		drv, err := Open(e.cfg, zap.New(core))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { drv.Close() })
+		return drv
+	}
+	stale := DomainConfig{Name: e.name, QMP: filepath.Join(e.vm.Dir, "gone.sock")}
+	drv := open()
+	if err := drv.EnsureDomain(ctx, stale); err != nil {
+		t.Fatal(err)
+	}
+	drv.Close()
+
+	// The next start's config file names QEMU's real socket and an agent.
+	want := DomainConfig{Name: e.name, QMP: e.vm.QMP, Agent: filepath.Join(e.vm.Dir, "qga.sock")}
+	drv = open()
+	if err := drv.EnsureDomain(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	info, err := drv.DomainInfo(e.name)
+	if err != nil || info.QMP != want.QMP || info.Agent != want.Agent {
+		t.Fatalf("domain after EnsureDomain: %+v, %v; want qmp %s, agent %s", info, err, want.QMP, want.Agent)
+	}
+	if stored, err := drv.Store().Domains(); err != nil || len(stored) != 1 || stored[0] != want {
+		t.Errorf("stored domains: %+v, %v; want [%+v]", stored, err, want)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for info, _ := drv.DomainInfo(e.name); !info.Connected; info, _ = drv.DomainInfo(e.name) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never connected through the new path: %+v", info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	changed := logs.FilterMessage("domain paths changed").AllUntimed()
+	if len(changed) != 1 {
+		t.Fatalf("got %d \"domain paths changed\" lines, want 1; all: %+v", len(changed), logs.AllUntimed())
+	}
+	fields := changed[0].ContextMap()
+	for k, v := range map[string]string{"old_qmp": stale.QMP, "new_qmp": want.QMP, "old_agent": "", "new_agent": want.Agent} {
+		if fields[k] != v {
+			t.Errorf("log field %s = %v, want %q", k, fields[k], v)
+		}
+	}
+	// The same entry again changes nothing and logs nothing.
+	if err := drv.EnsureDomain(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if n := logs.FilterMessage("domain paths changed").Len(); n != 1 {
+		t.Errorf("an unchanged entry logged a change: %d lines", n)
+	}
+	if _, err := drv.CreateSnapshot(ctx, e.name, CreateRequest{XML: snapXML("s1"), Flags: FlagDiskOnly}); err != nil {
+		t.Errorf("snapshot through the new path: %v", err)
+	}
 }

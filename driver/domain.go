@@ -238,6 +238,8 @@ func (dom *Domain) supervise(ctx context.Context) {
 	recoveredOnce := false
 	settle := sync.OnceFunc(func() { close(dom.settled) })
 	defer settle()
+	// A connect may have raced stop: the connection goes with us.
+	defer dom.client.Close()
 	for {
 		if !dom.client.Connected() {
 			cctx, cancel := context.WithTimeout(ctx, qmp.DefaultHandshakeTimeout)
@@ -298,6 +300,11 @@ func (dom *Domain) recoverIfNeeded(ctx context.Context) bool {
 		return false
 	}
 	defer release()
+	select {
+	case <-dom.stopCh:
+		return false // detached or replaced: the journal is not ours now
+	default:
+	}
 	if err := dom.drv.recoverDomain(ctx, dom); err != nil {
 		dom.log.Warn("recovery incomplete; will retry", zap.Error(err))
 		return true

@@ -342,17 +342,21 @@ func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo
 	return dom.Info(), nil
 }
 
-// EnsureDomain registers a domain from the configuration file unless it
-// is registered already. Unlike AttachDomain it does not need QEMU to be
-// up: the supervisor connects when it can.
-func (d *Driver) EnsureDomain(cfg DomainConfig) error {
+// EnsureDomain registers a domain from the configuration file. Unlike
+// AttachDomain it does not need QEMU to be up: the supervisor connects
+// when it can. A domain registered already is left as it is, unless the
+// entry's paths changed: the configuration file wins over the store.
+func (d *Driver) EnsureDomain(ctx context.Context, cfg DomainConfig) error {
 	if err := validateDomainConfig(cfg); err != nil {
 		return err
 	}
 	d.mu.Lock()
-	if _, ok := d.domains[cfg.Name]; ok {
+	if old, ok := d.domains[cfg.Name]; ok {
 		d.mu.Unlock()
-		return nil
+		if old.cfg == cfg {
+			return nil
+		}
+		return d.replaceDomain(ctx, old, cfg)
 	}
 	dom := newDomain(cfg, d)
 	d.domains[cfg.Name] = dom
@@ -364,6 +368,53 @@ func (d *Driver) EnsureDomain(cfg DomainConfig) error {
 		return fmt.Errorf("%w: register domain %s: %w", ErrOperationFailed, cfg.Name, err)
 	}
 	d.startSupervisor(dom)
+	d.domainsChanged()
+	return nil
+}
+
+// replaceDomain swaps a registered domain for one with new paths, once
+// the operation running on it, if any, is done.
+func (d *Driver) replaceDomain(ctx context.Context, old *Domain, cfg DomainConfig) error {
+	release, err := old.acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("change paths of domain %s: %w", cfg.Name, err)
+	}
+	defer release()
+	d.mu.Lock()
+	current := d.domains[cfg.Name]
+	d.mu.Unlock()
+	if current != old {
+		return fmt.Errorf("%w: domain '%s' was detached or changed meanwhile", ErrOperationInvalid, cfg.Name)
+	}
+	old.mu.Lock()
+	gf := old.freeze
+	old.mu.Unlock()
+	if gf != nil && gf.timer != nil {
+		return fmt.Errorf("%w: domain '%s' is frozen by %s; thaw it before its paths change", ErrOperationInvalid, cfg.Name, gf.rec.Owner)
+	}
+	if err := d.store.PutDomain(cfg); err != nil {
+		return fmt.Errorf("%w: change paths of domain %s: %w", ErrOperationFailed, cfg.Name, err)
+	}
+	dom := newDomain(cfg, d)
+	d.mu.Lock()
+	d.domains[cfg.Name] = dom
+	d.mu.Unlock()
+	// Stopped under its lock: the old supervisor starts no recovery
+	// from here on, so only the new one reconciles the journal.
+	old.stop()
+	d.log.Info("domain paths changed", zap.String("domain", cfg.Name),
+		zap.String("old_qmp", old.cfg.QMP), zap.String("new_qmp", cfg.QMP),
+		zap.String("old_agent", old.cfg.Agent), zap.String("new_agent", cfg.Agent))
+	d.startSupervisor(dom)
+	if gf != nil {
+		// A guest a previous daemon left frozen: go on thawing it
+		// through the new agent path.
+		thaw := &guestFreeze{rec: gf.rec, done: make(chan struct{})}
+		dom.mu.Lock()
+		dom.freeze = thaw
+		dom.mu.Unlock()
+		d.retryThaw(dom, thaw)
+	}
 	d.domainsChanged()
 	return nil
 }
