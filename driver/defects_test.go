@@ -128,3 +128,39 @@ func TestEnsureDomainTakesChangedPaths(t *testing.T) {
 		t.Errorf("snapshot through the new path: %v", err)
 	}
 }
+
+// TestFSFreezeRefusesHoldAboveMaxFreeze: max-freeze is the ceiling of
+// every freeze, an explicit caller's too. A longer hold is refused
+// before the agent is asked anything.
+func TestFSFreezeRefusesHoldAboveMaxFreeze(t *testing.T) {
+	const maxFreeze = 2 * time.Second
+	e := newEnv(t, envOpts{agent: true, cfg: func(c *Config) { c.MaxFreeze = maxFreeze }})
+	ctx := testCtx(t)
+	if _, err := e.drv.FSFreeze(ctx, e.name, nil, maxFreeze+time.Millisecond); !errors.Is(err, ErrInvalidArg) {
+		t.Fatalf("hold above max-freeze: got %v, want ErrInvalidArg", err)
+	}
+	info, _ := e.drv.DomainInfo(e.name)
+	recs, _ := e.drv.Store().Freezes()
+	if e.agent.Frozen() || info.Freeze.Frozen || len(recs) != 0 || len(e.agent.Calls()) != 0 {
+		t.Errorf("a refused freeze changed something: agent frozen %v, calls %v, domain %+v, records %+v",
+			e.agent.Frozen(), e.agent.Calls(), info.Freeze, recs)
+	}
+	// max-freeze itself is allowed.
+	if _, err := e.drv.FSFreeze(ctx, e.name, nil, maxFreeze); err != nil {
+		t.Fatalf("hold of max-freeze: %v", err)
+	}
+	if _, err := e.drv.FSThaw(ctx, e.name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// explicitFreezeEnv is quiesceEnv with a max-freeze long enough for
+// tests that hold an explicit freeze across other steps: max-freeze caps
+// every freeze.
+func explicitFreezeEnv(t *testing.T) *env {
+	return newEnv(t, envOpts{disks: 2, agent: true, cfg: func(c *Config) {
+		c.MaxFreeze = time.Hour
+		c.AgentTimeout = 300 * time.Millisecond
+		c.ThawTimeout = 500 * time.Millisecond
+	}})
+}
