@@ -164,3 +164,29 @@ func explicitFreezeEnv(t *testing.T) *env {
 		c.ThawTimeout = 500 * time.Millisecond
 	}})
 }
+
+// TestSnapshotNameWithControlCharacterRefused: a snapshot name becomes
+// part of overlay file names (vda.<name>) and of every listing, so a
+// control character in it is refused as '/' is, on create and on
+// REDEFINE alike.
+func TestSnapshotNameWithControlCharacterRefused(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	before := e.world()
+	for _, name := range []string{"a\nb", "a\tb", "a\rb", "a\x7fb", "a\u0085b", "\x1b[31mred"} {
+		if _, err := e.create(snapXML(name), FlagDiskOnly); !errors.Is(err, ErrInvalidArg) {
+			t.Errorf("create %q: got %v, want ErrInvalidArg", name, err)
+		}
+		redefine := "<domainsnapshot><name>" + name + "</name><state>disk-snapshot</state><creationTime>1700000000</creationTime></domainsnapshot>"
+		if _, err := e.create(redefine, FlagRedefine); !errors.Is(err, ErrInvalidArg) {
+			t.Errorf("redefine %q: got %v, want ErrInvalidArg", name, err)
+		}
+	}
+	e.assertUnchanged(before)
+	// NUL cannot travel in XML; the check itself refuses it.
+	if err := checkSnapshotName("a\x00b"); !errors.Is(err, ErrInvalidArg) {
+		t.Errorf("name with NUL: got %v, want ErrInvalidArg", err)
+	}
+	if err := checkSnapshotName("before-upgrade é"); err != nil {
+		t.Errorf("a plain name is refused: %v", err)
+	}
+}

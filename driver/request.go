@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"libvirt.org/go/libvirtxml"
 
@@ -112,8 +113,13 @@ func (d *Driver) validateCreate(def *libvirtxml.DomainSnapshot, flags CreateFlag
 	return spec, nil
 }
 
+// checkSnapshotName refuses names that cannot be part of a file name
+// (overlays are named <image>.<name>) or would garble a listing.
 func checkSnapshotName(name string) error {
 	switch {
+	case strings.ContainsFunc(name, unicode.IsControl):
+		// Quoted: the name itself would break the message.
+		return fmt.Errorf("%w: invalid snapshot name %q: it contains a control character", ErrInvalidArg, name)
 	case strings.Contains(name, "/"):
 		return fmt.Errorf("%w: invalid snapshot name '%s': it contains '/'", ErrInvalidArg, name)
 	case strings.HasPrefix(name, "."):
