@@ -102,7 +102,7 @@ func (d *Driver) beginSnapshot(dom *Domain, spec *createSpec, start time.Time) (
 		plan.Disks = append(plan.Disks, &transaction.Disk{
 			Target: ds.Target, Node: ds.NodeName, Source: ds.File, SourceFormat: ds.Format,
 			VirtualSize: ds.VirtualSize, Overlay: ds.overlay, OverlayNode: transaction.NodeName(tag, i),
-			Reuse: ds.reuse, WasEmpty: ds.wasEmpty, State: transaction.DiskPlanned,
+			Reuse: ds.reuse, WasEmpty: ds.wasEmpty, FileID: ds.fileID, State: transaction.DiskPlanned,
 		})
 	}
 	op.Plan = plan

@@ -3,7 +3,10 @@ package driver
 import (
 	"encoding/json"
 	"errors"
+	"maps"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -188,5 +191,71 @@ func TestSnapshotNameWithControlCharacterRefused(t *testing.T) {
 	}
 	if err := checkSnapshotName("before-upgrade é"); err != nil {
 		t.Errorf("a plain name is refused: %v", err)
+	}
+}
+
+// TestEmptyOverlaySwappedAfterValidation: an empty file at the overlay
+// path is filled in place. If it is swapped after validation, for a
+// symbolic link or for another file, the snapshot fails with nothing
+// changed: the link's target is not written through, the other file is
+// not filled, and the error says why.
+func TestEmptyOverlaySwappedAfterValidation(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		symlink bool
+	}{
+		{"symbolic link", true},
+		{"another file", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{})
+			empty := filepath.Join(e.vm.Dir, "empty.img")
+			target := filepath.Join(e.vm.Dir, "precious.img")
+			const precious = "precious data, not a qcow2 image"
+			for path, data := range map[string]string{empty: "", target: precious} {
+				if err := os.WriteFile(path, []byte(data), 0o640); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := e.world()
+			e.drv.Hooks.AtStep = func(step string) error {
+				if step != HookPrepared {
+					return nil
+				}
+				// Made aside and renamed over it, as an attacker would:
+				// the new file cannot reuse the old one's inode.
+				swap := empty + ".new"
+				var err error
+				if tc.symlink {
+					err = os.Symlink(target, swap)
+				} else {
+					err = os.WriteFile(swap, nil, 0o640)
+				}
+				return errors.Join(err, os.Rename(swap, empty))
+			}
+			_, err := e.create(snapXML("s1", diskXML("vda", "", empty)), FlagDiskOnly)
+			if !errors.Is(err, transaction.ErrOverlayChanged) || !strings.Contains(err.Error(), empty) {
+				t.Fatalf("got %v, want ErrOverlayChanged naming %s", err, empty)
+			}
+			if data, err := os.ReadFile(target); err != nil || string(data) != precious {
+				t.Errorf("the symlink's target was written through: %q, %v", data, err)
+			}
+			fi, err := os.Lstat(empty)
+			switch {
+			case err != nil:
+				t.Errorf("the swapped-in file is gone: %v", err)
+			case tc.symlink && fi.Mode()&os.ModeSymlink == 0:
+				t.Errorf("the symbolic link was replaced: mode %v", fi.Mode())
+			case !tc.symlink && fi.Size() != 0:
+				t.Errorf("the other file was filled: %d bytes", fi.Size())
+			}
+			want := before
+			want.Files = maps.Clone(before.Files)
+			if tc.symlink { // a link is not a regular file: world leaves it out
+				delete(want.Files, "empty.img")
+			}
+			e.drv.Hooks.AtStep = nil
+			e.assertUnchanged(want)
+		})
 	}
 }

@@ -50,6 +50,7 @@ type diskSpec struct {
 	overlay  string
 	reuse    bool
 	wasEmpty bool
+	fileID   *transaction.FileID // of a reused or empty overlay, as validation saw it
 }
 
 // domainView is what validation needs to know of the domain.
@@ -267,7 +268,14 @@ func (d *Driver) checkOverlay(spec *createSpec, ds *diskSpec, disks []qmp.Disk) 
 	if err := d.checkAllowedDir(p, ds); err != nil {
 		return err
 	}
+	return checkOverlayFile(ds, reuse, generated)
+}
 
+// checkOverlayFile checks what is at the overlay path now: nothing, a
+// qcow2 image to reuse, or an empty file to fill, whose identity the
+// plan keeps so that nothing swapped in later is written through.
+func checkOverlayFile(ds *diskSpec, reuse, generated bool) error {
+	p := ds.overlay
 	fi, err := os.Lstat(p)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -294,6 +302,7 @@ func (d *Driver) checkOverlay(spec *createSpec, ds *diskSpec, disks []qmp.Disk) 
 	default:
 		ds.wasEmpty = true
 	}
+	ds.fileID = transaction.IdentifyFile(fi)
 	return nil
 }
 
