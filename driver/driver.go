@@ -20,6 +20,7 @@ import (
 
 	"github.com/qsnapd/qsnapd/guestagent"
 	"github.com/qsnapd/qsnapd/qmp"
+	"github.com/qsnapd/qsnapd/transaction"
 )
 
 // Config is the driver's part of the daemon configuration.
@@ -57,14 +58,32 @@ type Config struct {
 	Events Events `toml:"-"`
 }
 
+// DefaultConfig is every default of the configuration, written once:
+// Validate fills in these, and the daemon's own defaults are these.
+// StateDir has none.
+func DefaultConfig() Config {
+	return Config{
+		Transaction:     "auto",
+		Quiesce:         QuiesceSkip,
+		RollbackTimeout: transaction.DefaultRollbackTimeout,
+		ReconnectMin:    100 * time.Millisecond,
+		ReconnectMax:    30 * time.Second,
+		OpRetention:     24 * time.Hour,
+		AgentTimeout:    guestagent.DefaultTimeout,
+		ThawTimeout:     guestagent.DefaultThawTimeout,
+		MaxFreeze:       10 * time.Second,
+	}
+}
+
 // Validate checks the configuration and fills in defaults.
 func (c *Config) Validate() error {
+	def := DefaultConfig()
 	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("state_dir must be an absolute path, got %q", c.StateDir)
 	}
 	switch c.Transaction {
 	case "":
-		c.Transaction = "auto"
+		c.Transaction = def.Transaction
 	case "auto", "never":
 	default:
 		return fmt.Errorf("transaction must be auto or never, got %q", c.Transaction)
@@ -76,40 +95,33 @@ func (c *Config) Validate() error {
 	}
 	switch c.Quiesce {
 	case "":
-		c.Quiesce = QuiesceSkip
+		c.Quiesce = def.Quiesce
 	case QuiesceSkip, QuiescePrefer, QuiesceRequire:
 	default:
 		return fmt.Errorf("quiesce must be require, prefer or skip, got %q", c.Quiesce)
 	}
-	for name, d := range map[string]*time.Duration{
-		"rollback_timeout": &c.RollbackTimeout, "reconnect_min": &c.ReconnectMin,
-		"reconnect_max": &c.ReconnectMax, "op_retention": &c.OpRetention,
-		"agent_timeout": &c.AgentTimeout, "max_freeze": &c.MaxFreeze, "thaw_timeout": &c.ThawTimeout,
+	for _, d := range []struct {
+		key string
+		v   *time.Duration
+		def time.Duration
+	}{
+		{"rollback_timeout", &c.RollbackTimeout, def.RollbackTimeout},
+		{"reconnect_min", &c.ReconnectMin, def.ReconnectMin},
+		{"reconnect_max", &c.ReconnectMax, def.ReconnectMax},
+		{"op_retention", &c.OpRetention, def.OpRetention},
+		{"agent_timeout", &c.AgentTimeout, def.AgentTimeout},
+		{"thaw_timeout", &c.ThawTimeout, def.ThawTimeout},
+		{"max_freeze", &c.MaxFreeze, def.MaxFreeze},
 	} {
-		if *d < 0 {
-			return fmt.Errorf("%s must not be negative", name)
+		switch {
+		case *d.v < 0:
+			return fmt.Errorf("%s must not be negative", d.key)
+		case *d.v == 0:
+			*d.v = d.def
 		}
-	}
-	if c.ReconnectMin == 0 {
-		c.ReconnectMin = 100 * time.Millisecond
-	}
-	if c.ReconnectMax == 0 {
-		c.ReconnectMax = 30 * time.Second
 	}
 	if c.ReconnectMax < c.ReconnectMin {
 		c.ReconnectMax = c.ReconnectMin
-	}
-	if c.OpRetention == 0 {
-		c.OpRetention = 24 * time.Hour
-	}
-	if c.AgentTimeout == 0 {
-		c.AgentTimeout = guestagent.DefaultTimeout
-	}
-	if c.ThawTimeout == 0 {
-		c.ThawTimeout = guestagent.DefaultThawTimeout
-	}
-	if c.MaxFreeze == 0 {
-		c.MaxFreeze = 10 * time.Second
 	}
 	if c.Events == nil {
 		c.Events = NopEvents{}
