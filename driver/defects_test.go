@@ -1,9 +1,11 @@
 package driver
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -257,5 +259,59 @@ func TestEmptyOverlaySwappedAfterValidation(t *testing.T) {
 			e.drv.Hooks.AtStep = nil
 			e.assertUnchanged(want)
 		})
+	}
+}
+
+// TestSnapshotWaitsForFirstConnectAttempt: a domain from the
+// configuration file is registered before its first connection attempt
+// ends. A snapshot asked for meanwhile waits for that attempt, within
+// its ctx, instead of failing as not connected.
+func TestSnapshotWaitsForFirstConnectAttempt(t *testing.T) {
+	e := newEnv(t, envOpts{proxy: true, detached: true})
+	// Slow capabilities negotiation: the first attempt takes a second.
+	e.proxy.Add(qmpproxy.Rule{Command: "qmp_capabilities", Times: 1, Action: qmpproxy.Delay{D: time.Second}})
+	e.open()
+	ctx := testCtx(t)
+	if err := e.drv.EnsureDomain(ctx, DomainConfig{Name: e.name, QMP: e.proxy.Path()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.drv.CreateSnapshot(ctx, e.name, CreateRequest{XML: snapXML("s1"), Flags: FlagDiskOnly}); err != nil {
+		t.Fatalf("snapshot during the first connection attempt: %v", err)
+	}
+
+	// A peer that never greets holds the first attempt for the whole
+	// handshake timeout; the request's ctx bounds the wait.
+	mute, err := net.Listen("unix", filepath.Join(e.vm.Dir, "mute.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Close()
+	go func() {
+		for {
+			c, err := mute.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	if err := e.drv.EnsureDomain(ctx, DomainConfig{Name: "mute", QMP: mute.Addr().String()}); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = e.drv.CreateSnapshot(short, "mute", CreateRequest{XML: snapXML("s1"), Flags: FlagDiskOnly})
+	if !errors.Is(err, ErrDisconnected) || time.Since(start) > 2*time.Second {
+		t.Errorf("got %v after %v, want ErrDisconnected within the request's 300ms", err, time.Since(start))
+	}
+
+	// A first attempt that fails fails the request with its reason.
+	if err := e.drv.EnsureDomain(ctx, DomainConfig{Name: "gone", QMP: filepath.Join(e.vm.Dir, "gone.sock")}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.drv.CreateSnapshot(ctx, "gone", CreateRequest{XML: snapXML("s1"), Flags: FlagDiskOnly})
+	if !errors.Is(err, ErrDisconnected) || !strings.Contains(err.Error(), "gone.sock") {
+		t.Errorf("got %v, want ErrDisconnected naming gone.sock", err)
 	}
 }

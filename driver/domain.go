@@ -161,6 +161,25 @@ func (d *Driver) lockDomain(ctx context.Context, name string) (*Domain, func(), 
 	return dom, release, nil
 }
 
+// awaitFirstAttempt waits, within ctx, until the supervisor's first
+// connection attempt (and its recovery pass, if it connected) is over,
+// so that a request that arrives at startup or attach is not failed as
+// not connected while that attempt is under way. The caller must not
+// hold the domain's lock: the recovery pass takes it.
+func (dom *Domain) awaitFirstAttempt(ctx context.Context) error {
+	select { // settled already: even a done ctx goes on
+	case <-dom.settled:
+		return nil
+	default:
+	}
+	select {
+	case <-dom.settled:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: domain '%s': first connection attempt still under way: %w", ErrDisconnected, dom.cfg.Name, ctx.Err())
+	}
+}
+
 // ready returns the QMP client of a connected domain, or fails at once.
 func (dom *Domain) ready() (*qmp.Client, error) {
 	dom.mu.Lock()

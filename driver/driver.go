@@ -347,6 +347,7 @@ func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo
 		d.mu.Lock()
 		delete(d.domains, cfg.Name)
 		d.mu.Unlock()
+		close(dom.settled) // no supervisor will: release whoever waits on it
 		return DomainInfo{}, fmt.Errorf("attach domain %s: %w", cfg.Name, err)
 	}
 	d.startSupervisor(dom)

@@ -87,6 +87,9 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	if err != nil {
 		return nil, err
 	}
+	if err := dom.awaitFirstAttempt(ctx); err != nil {
+		return nil, err
+	}
 	release, err := dom.acquire(ctx)
 	if err != nil {
 		return nil, err
