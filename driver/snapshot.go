@@ -99,6 +99,27 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	if req.Flags&FlagRedefine != 0 {
 		return d.redefine(dom, def, req.Flags)
 	}
+	// The agent channel is shared with whoever else manages the guest:
+	// hold it only for the operation.
+	defer dom.agent.Close()
+	spec, err := d.specFor(ctx, dom, def, req, quiesce)
+	if err != nil {
+		return nil, err
+	}
+	// From the first side effect on, the operation completes or rolls
+	// back even if the caller goes away; each QMP command keeps its own
+	// ceiling.
+	d.cfg.Events.OperationsInFlight(1)
+	defer d.cfg.Events.OperationsInFlight(-1)
+	res, err := d.create(context.WithoutCancel(ctx), dom, spec, start)
+	d.cfg.Events.SnapshotFinished(snapshotEvent(dom.cfg.Name, spec, res, err, time.Since(start)))
+	return res, err
+}
+
+// specFor checks a request against the domain as QEMU and the guest
+// agent see it now, before anything changes. The caller holds the
+// domain's lock.
+func (d *Driver) specFor(ctx context.Context, dom *Domain, def *libvirtxml.DomainSnapshot, req CreateRequest, quiesce QuiesceMode) (*createSpec, error) {
 	client, err := dom.ready()
 	if err != nil {
 		return nil, err
@@ -114,7 +135,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 		return nil, qmpErr("list disks and block jobs", err)
 	}
 	busy := busyDisks(ctx, client, disks, jobs)
-	spec, err := d.validateCreate(def, req.Flags, domainView{name: domain, disks: disks, busy: busy, mode: dom.mode()})
+	spec, err := d.validateCreate(def, req.Flags, domainView{name: dom.cfg.Name, disks: disks, busy: busy, mode: dom.mode()})
 	if err != nil {
 		return nil, err
 	}
@@ -124,9 +145,6 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	} else if _, err := d.store.Op(spec.opID); err == nil {
 		return nil, fmt.Errorf("%w: operation id '%s' is in use", ErrInvalidArg, spec.opID)
 	}
-	// The agent channel is shared with whoever else manages the guest:
-	// hold it only for the operation.
-	defer dom.agent.Close()
 	if quiesce == QuiesceSkip {
 		spec.indications = append(spec.indications, Indication{Code: IndNotRequested})
 	} else if ind, err := d.checkQuiesce(ctx, dom); err != nil {
@@ -136,14 +154,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 		spec.quiesce = QuiesceSkip
 		spec.indications = append(spec.indications, *ind)
 	}
-	// From the first side effect on, the operation completes or rolls
-	// back even if the caller goes away; each QMP command keeps its own
-	// ceiling.
-	d.cfg.Events.OperationsInFlight(1)
-	defer d.cfg.Events.OperationsInFlight(-1)
-	res, err := d.create(context.WithoutCancel(ctx), dom, spec, start)
-	d.cfg.Events.SnapshotFinished(snapshotEvent(dom.cfg.Name, spec, res, err, time.Since(start)))
-	return res, err
+	return spec, nil
 }
 
 // snapshotEvent summarises a finished snapshot for metrics and signals.
