@@ -95,7 +95,8 @@ func (d *Driver) beginSnapshot(dom *Domain, spec *createSpec, start time.Time) (
 	// client may have chosen: they must differ between operations.
 	tag := newOpID()
 	plan := &transaction.Plan{OpID: op.ID, Domain: dom.cfg.Name, Mode: spec.mode, Phase: transaction.PhasePrepared}
-	for i, ds := range spec.disks {
+	for i := range spec.disks {
+		ds := &spec.disks[i]
 		if !ds.external {
 			continue
 		}

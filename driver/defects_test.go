@@ -82,19 +82,23 @@ func TestEnsureDomainTakesChangedPaths(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { drv.Close() })
 		return drv
 	}
 	stale := DomainConfig{Name: e.name, QMP: filepath.Join(e.vm.Dir, "gone.sock")}
 	drv := open()
-	if err := drv.EnsureDomain(ctx, stale); err != nil {
-		t.Fatal(err)
+	err := drv.EnsureDomain(ctx, stale)
+	if cerr := drv.Close(); err != nil || cerr != nil {
+		t.Fatalf("register %+v: %v; close: %v", stale, err, cerr)
 	}
-	drv.Close()
 
 	// The next start's config file names QEMU's real socket and an agent.
 	want := DomainConfig{Name: e.name, QMP: e.vm.QMP, Agent: filepath.Join(e.vm.Dir, "qga.sock")}
 	drv = open()
+	t.Cleanup(func() {
+		if err := drv.Close(); err != nil {
+			t.Errorf("close driver: %v", err)
+		}
+	})
 	if err := drv.EnsureDomain(ctx, want); err != nil {
 		t.Fatal(err)
 	}
@@ -285,14 +289,18 @@ func TestSnapshotWaitsForFirstConnectAttempt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mute.Close()
+	t.Cleanup(func() { _ = mute.Close() }) // a test listener: nothing to report
 	go func() {
+		var held []net.Conn // open and silent until the listener closes
 		for {
 			c, err := mute.Accept()
 			if err != nil {
+				for _, c := range held {
+					_ = c.Close()
+				}
 				return
 			}
-			defer c.Close()
+			held = append(held, c)
 		}
 	}()
 	if err := e.drv.EnsureDomain(ctx, DomainConfig{Name: "mute", QMP: mute.Addr().String()}); err != nil {

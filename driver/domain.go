@@ -257,8 +257,10 @@ func (dom *Domain) supervise(ctx context.Context) {
 	recoveredOnce := false
 	settle := sync.OnceFunc(func() { close(dom.settled) })
 	defer settle()
-	// A connect may have raced stop: the connection goes with us.
-	defer dom.client.Close()
+	defer func() {
+		// A connect may have raced stop: the connection goes with us.
+		_ = dom.client.Close() // it reports nothing
+	}()
 	for {
 		if !dom.client.Connected() {
 			cctx, cancel := context.WithTimeout(ctx, qmp.DefaultHandshakeTimeout)

@@ -38,8 +38,7 @@ func openValidated(d *Disk, flag int) (*os.File, os.FileInfo, error) {
 		err = d.checkIdentity(fi)
 	}
 	if err != nil {
-		f.Close()
-		return nil, nil, err
+		return nil, nil, errors.Join(err, f.Close())
 	}
 	return f, fi, nil
 }
