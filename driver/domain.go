@@ -26,6 +26,7 @@ type Domain struct {
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
+	wake     chan struct{} // a failed operation asks for recovery now
 
 	mu           sync.Mutex
 	connected    bool
@@ -65,6 +66,7 @@ func newDomain(cfg DomainConfig, drv *Driver) *Domain {
 		log:       drv.log.With(zap.String("domain", cfg.Name)),
 		lock:      make(chan struct{}, 1),
 		stopCh:    make(chan struct{}),
+		wake:      make(chan struct{}, 1),
 		recovered: make(chan struct{}),
 		settled:   make(chan struct{}),
 	}
@@ -159,6 +161,25 @@ func (d *Driver) lockDomain(ctx context.Context, name string) (*Domain, func(), 
 	return dom, release, nil
 }
 
+// awaitFirstAttempt waits, within ctx, until the supervisor's first
+// connection attempt (and its recovery pass, if it connected) is over,
+// so that a request that arrives at startup or attach is not failed as
+// not connected while that attempt is under way. The caller must not
+// hold the domain's lock: the recovery pass takes it.
+func (dom *Domain) awaitFirstAttempt(ctx context.Context) error {
+	select { // settled already: even a done ctx goes on
+	case <-dom.settled:
+		return nil
+	default:
+	}
+	select {
+	case <-dom.settled:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: domain '%s': first connection attempt still under way: %w", ErrDisconnected, dom.cfg.Name, ctx.Err())
+	}
+}
+
 // ready returns the QMP client of a connected domain, or fails at once.
 func (dom *Domain) ready() (*qmp.Client, error) {
 	dom.mu.Lock()
@@ -236,6 +257,10 @@ func (dom *Domain) supervise(ctx context.Context) {
 	recoveredOnce := false
 	settle := sync.OnceFunc(func() { close(dom.settled) })
 	defer settle()
+	defer func() {
+		// A connect may have raced stop: the connection goes with us.
+		_ = dom.client.Close() // it reports nothing
+	}()
 	for {
 		if !dom.client.Connected() {
 			cctx, cancel := context.WithTimeout(ctx, qmp.DefaultHandshakeTimeout)
@@ -273,6 +298,7 @@ func (dom *Domain) supervise(ctx context.Context) {
 			dom.log.Warn("domain disconnected")
 			dom.drv.domainsChanged()
 		case <-retryC:
+		case <-dom.wake:
 		case <-dom.stopCh:
 			return
 		case <-ctx.Done():
@@ -295,6 +321,11 @@ func (dom *Domain) recoverIfNeeded(ctx context.Context) bool {
 		return false
 	}
 	defer release()
+	select {
+	case <-dom.stopCh:
+		return false // detached or replaced: the journal is not ours now
+	default:
+	}
 	if err := dom.drv.recoverDomain(ctx, dom); err != nil {
 		dom.log.Warn("recovery incomplete; will retry", zap.Error(err))
 		return true
@@ -306,11 +337,17 @@ func (dom *Domain) recoverIfNeeded(ctx context.Context) bool {
 }
 
 // requestRecovery makes the supervisor reconcile the journal again, for
-// an operation whose disks' state could not be learned.
+// an operation whose disks' state could not be learned. The supervisor
+// wakes at once: QEMU may well stay connected, and a disconnect is not
+// to be waited for. It runs once the operation releases the domain.
 func (dom *Domain) requestRecovery() {
 	dom.mu.Lock()
 	dom.needRecovery = true
 	dom.mu.Unlock()
+	select {
+	case dom.wake <- struct{}{}:
+	default: // a wake-up is pending already
+	}
 }
 
 // WaitRecovered waits for the first recovery pass after startup or

@@ -19,6 +19,7 @@ import (
 	"github.com/qsnapd/qsnapd/guestagent"
 	"github.com/qsnapd/qsnapd/internal/opid"
 	"github.com/qsnapd/qsnapd/qmp"
+	"github.com/qsnapd/qsnapd/transaction"
 )
 
 // Config is the driver's part of the daemon configuration.
@@ -56,14 +57,32 @@ type Config struct {
 	Events Events `toml:"-"`
 }
 
+// DefaultConfig is every default of the configuration, written once:
+// Validate fills in these, and the daemon's own defaults are these.
+// StateDir has none.
+func DefaultConfig() Config {
+	return Config{
+		Transaction:     "auto",
+		Quiesce:         QuiesceSkip,
+		RollbackTimeout: transaction.DefaultRollbackTimeout,
+		ReconnectMin:    100 * time.Millisecond,
+		ReconnectMax:    30 * time.Second,
+		OpRetention:     24 * time.Hour,
+		AgentTimeout:    guestagent.DefaultTimeout,
+		ThawTimeout:     guestagent.DefaultThawTimeout,
+		MaxFreeze:       10 * time.Second,
+	}
+}
+
 // Validate checks the configuration and fills in defaults.
 func (c *Config) Validate() error {
+	def := DefaultConfig()
 	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("state_dir must be an absolute path, got %q", c.StateDir)
 	}
 	switch c.Transaction {
 	case "":
-		c.Transaction = "auto"
+		c.Transaction = def.Transaction
 	case "auto", "never":
 	default:
 		return fmt.Errorf("transaction must be auto or never, got %q", c.Transaction)
@@ -75,40 +94,33 @@ func (c *Config) Validate() error {
 	}
 	switch c.Quiesce {
 	case "":
-		c.Quiesce = QuiesceSkip
+		c.Quiesce = def.Quiesce
 	case QuiesceSkip, QuiescePrefer, QuiesceRequire:
 	default:
 		return fmt.Errorf("quiesce must be require, prefer or skip, got %q", c.Quiesce)
 	}
-	for name, d := range map[string]*time.Duration{
-		"rollback_timeout": &c.RollbackTimeout, "reconnect_min": &c.ReconnectMin,
-		"reconnect_max": &c.ReconnectMax, "op_retention": &c.OpRetention,
-		"agent_timeout": &c.AgentTimeout, "max_freeze": &c.MaxFreeze, "thaw_timeout": &c.ThawTimeout,
+	for _, d := range []struct {
+		key string
+		v   *time.Duration
+		def time.Duration
+	}{
+		{"rollback_timeout", &c.RollbackTimeout, def.RollbackTimeout},
+		{"reconnect_min", &c.ReconnectMin, def.ReconnectMin},
+		{"reconnect_max", &c.ReconnectMax, def.ReconnectMax},
+		{"op_retention", &c.OpRetention, def.OpRetention},
+		{"agent_timeout", &c.AgentTimeout, def.AgentTimeout},
+		{"thaw_timeout", &c.ThawTimeout, def.ThawTimeout},
+		{"max_freeze", &c.MaxFreeze, def.MaxFreeze},
 	} {
-		if *d < 0 {
-			return fmt.Errorf("%s must not be negative", name)
+		switch {
+		case *d.v < 0:
+			return fmt.Errorf("%s must not be negative", d.key)
+		case *d.v == 0:
+			*d.v = d.def
 		}
-	}
-	if c.ReconnectMin == 0 {
-		c.ReconnectMin = 100 * time.Millisecond
-	}
-	if c.ReconnectMax == 0 {
-		c.ReconnectMax = 30 * time.Second
 	}
 	if c.ReconnectMax < c.ReconnectMin {
 		c.ReconnectMax = c.ReconnectMin
-	}
-	if c.OpRetention == 0 {
-		c.OpRetention = 24 * time.Hour
-	}
-	if c.AgentTimeout == 0 {
-		c.AgentTimeout = guestagent.DefaultTimeout
-	}
-	if c.ThawTimeout == 0 {
-		c.ThawTimeout = guestagent.DefaultThawTimeout
-	}
-	if c.MaxFreeze == 0 {
-		c.MaxFreeze = 10 * time.Second
 	}
 	if c.Events == nil {
 		c.Events = NopEvents{}
@@ -334,6 +346,7 @@ func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo
 		d.mu.Lock()
 		delete(d.domains, cfg.Name)
 		d.mu.Unlock()
+		close(dom.settled) // no supervisor will: release whoever waits on it
 		return DomainInfo{}, fmt.Errorf("attach domain %s: %w", cfg.Name, err)
 	}
 	d.startSupervisor(dom)
@@ -341,17 +354,21 @@ func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo
 	return dom.Info(), nil
 }
 
-// EnsureDomain registers a domain from the configuration file unless it
-// is registered already. Unlike AttachDomain it does not need QEMU to be
-// up: the supervisor connects when it can.
-func (d *Driver) EnsureDomain(cfg DomainConfig) error {
+// EnsureDomain registers a domain from the configuration file. Unlike
+// AttachDomain it does not need QEMU to be up: the supervisor connects
+// when it can. A domain registered already is left as it is, unless the
+// entry's paths changed: the configuration file wins over the store.
+func (d *Driver) EnsureDomain(ctx context.Context, cfg DomainConfig) error {
 	if err := validateDomainConfig(cfg); err != nil {
 		return err
 	}
 	d.mu.Lock()
-	if _, ok := d.domains[cfg.Name]; ok {
+	if old, ok := d.domains[cfg.Name]; ok {
 		d.mu.Unlock()
-		return nil
+		if old.cfg == cfg {
+			return nil
+		}
+		return d.replaceDomain(ctx, old, cfg)
 	}
 	dom := newDomain(cfg, d)
 	d.domains[cfg.Name] = dom
@@ -363,6 +380,53 @@ func (d *Driver) EnsureDomain(cfg DomainConfig) error {
 		return fmt.Errorf("%w: register domain %s: %w", ErrOperationFailed, cfg.Name, err)
 	}
 	d.startSupervisor(dom)
+	d.domainsChanged()
+	return nil
+}
+
+// replaceDomain swaps a registered domain for one with new paths, once
+// the operation running on it, if any, is done.
+func (d *Driver) replaceDomain(ctx context.Context, old *Domain, cfg DomainConfig) error {
+	release, err := old.acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("change paths of domain %s: %w", cfg.Name, err)
+	}
+	defer release()
+	d.mu.Lock()
+	current := d.domains[cfg.Name]
+	d.mu.Unlock()
+	if current != old {
+		return fmt.Errorf("%w: domain '%s' was detached or changed meanwhile", ErrOperationInvalid, cfg.Name)
+	}
+	old.mu.Lock()
+	gf := old.freeze
+	old.mu.Unlock()
+	if gf != nil && gf.timer != nil {
+		return fmt.Errorf("%w: domain '%s' is frozen by %s; thaw it before its paths change", ErrOperationInvalid, cfg.Name, gf.rec.Owner)
+	}
+	if err := d.store.PutDomain(cfg); err != nil {
+		return fmt.Errorf("%w: change paths of domain %s: %w", ErrOperationFailed, cfg.Name, err)
+	}
+	dom := newDomain(cfg, d)
+	d.mu.Lock()
+	d.domains[cfg.Name] = dom
+	d.mu.Unlock()
+	// Stopped under its lock: the old supervisor starts no recovery
+	// from here on, so only the new one reconciles the journal.
+	old.stop()
+	d.log.Info("domain paths changed", zap.String("domain", cfg.Name),
+		zap.String("old_qmp", old.cfg.QMP), zap.String("new_qmp", cfg.QMP),
+		zap.String("old_agent", old.cfg.Agent), zap.String("new_agent", cfg.Agent))
+	d.startSupervisor(dom)
+	if gf != nil {
+		// A guest a previous daemon left frozen: go on thawing it
+		// through the new agent path.
+		thaw := &guestFreeze{rec: gf.rec, done: make(chan struct{})}
+		dom.mu.Lock()
+		dom.freeze = thaw
+		dom.mu.Unlock()
+		d.retryThaw(dom, thaw)
+	}
 	d.domainsChanged()
 	return nil
 }

@@ -268,10 +268,13 @@ func (d *Driver) thawRecorded() error {
 
 // FSFreeze freezes a guest's filesystems for a caller who will thaw it
 // (or let the deadline do it): hold is the auto-thaw deadline, zero
-// meaning the daemon's max-freeze.
+// meaning the daemon's max-freeze, which no freeze may outlast.
 func (d *Driver) FSFreeze(ctx context.Context, domain string, mountpoints []string, hold time.Duration) (int, error) {
 	if hold < 0 {
 		return 0, fmt.Errorf("%w: negative freeze timeout", ErrInvalidArg)
+	}
+	if hold > d.cfg.MaxFreeze {
+		return 0, fmt.Errorf("%w: freeze timeout %v is above the daemon's max-freeze of %v", ErrInvalidArg, hold, d.cfg.MaxFreeze)
 	}
 	if hold == 0 {
 		hold = d.cfg.MaxFreeze

@@ -73,6 +73,9 @@ func (d *Driver) Disks(ctx context.Context, domain string) ([]qmp.Disk, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := dom.awaitFirstAttempt(ctx); err != nil {
+		return nil, err
+	}
 	client, err := dom.ready()
 	if err != nil {
 		return nil, err

@@ -207,7 +207,7 @@ func TestThawFailureIsRetried(t *testing.T) {
 }
 
 func TestFSFreezeOwnership(t *testing.T) {
-	e := quiesceEnv(t, false)
+	e := explicitFreezeEnv(t)
 	ctx := testCtx(t)
 	n, err := e.drv.FSFreeze(ctx, e.name, []string{"/mnt/data1"}, 10*time.Second)
 	if err != nil || n != 1 || !e.agent.Frozen() {
@@ -247,7 +247,7 @@ func TestFSFreezeOwnership(t *testing.T) {
 }
 
 func TestFrozenGuestThawedAfterRestart(t *testing.T) {
-	e := quiesceEnv(t, false)
+	e := explicitFreezeEnv(t)
 	if _, err := e.drv.FSFreeze(testCtx(t), e.name, nil, time.Hour); err != nil {
 		t.Fatal(err)
 	}

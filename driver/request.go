@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"libvirt.org/go/libvirtxml"
 
@@ -49,6 +50,7 @@ type diskSpec struct {
 	overlay  string
 	reuse    bool
 	wasEmpty bool
+	fileID   *transaction.FileID // of a reused or empty overlay, as validation saw it
 }
 
 // domainView is what validation needs to know of the domain.
@@ -112,8 +114,13 @@ func (d *Driver) validateCreate(def *libvirtxml.DomainSnapshot, flags CreateFlag
 	return spec, nil
 }
 
+// checkSnapshotName refuses names that cannot be part of a file name
+// (overlays are named <image>.<name>) or would garble a listing.
 func checkSnapshotName(name string) error {
 	switch {
+	case strings.ContainsFunc(name, unicode.IsControl):
+		// Quoted: the name itself would break the message.
+		return fmt.Errorf("%w: invalid snapshot name %q: it contains a control character", ErrInvalidArg, name)
 	case strings.Contains(name, "/"):
 		return fmt.Errorf("%w: invalid snapshot name '%s': it contains '/'", ErrInvalidArg, name)
 	case strings.HasPrefix(name, "."):
@@ -261,7 +268,14 @@ func (d *Driver) checkOverlay(spec *createSpec, ds *diskSpec, disks []qmp.Disk) 
 	if err := d.checkAllowedDir(p, ds); err != nil {
 		return err
 	}
+	return checkOverlayFile(ds, reuse, generated)
+}
 
+// checkOverlayFile checks what is at the overlay path now: nothing, a
+// qcow2 image to reuse, or an empty file to fill, whose identity the
+// plan keeps so that nothing swapped in later is written through.
+func checkOverlayFile(ds *diskSpec, reuse, generated bool) error {
+	p := ds.overlay
 	fi, err := os.Lstat(p)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -288,6 +302,7 @@ func (d *Driver) checkOverlay(spec *createSpec, ds *diskSpec, disks []qmp.Disk) 
 	default:
 		ds.wasEmpty = true
 	}
+	ds.fileID = transaction.IdentifyFile(fi)
 	return nil
 }
 

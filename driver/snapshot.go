@@ -7,12 +7,9 @@ import (
 	"strconv"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"libvirt.org/go/libvirtxml"
 
-	"github.com/qsnapd/qsnapd/guestagent"
-	"github.com/qsnapd/qsnapd/internal/revert"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
 )
@@ -90,6 +87,9 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	if err != nil {
 		return nil, err
 	}
+	if err := dom.awaitFirstAttempt(ctx); err != nil {
+		return nil, err
+	}
 	release, err := dom.acquire(ctx)
 	if err != nil {
 		return nil, err
@@ -99,6 +99,27 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	if req.Flags&FlagRedefine != 0 {
 		return d.redefine(dom, def, req.Flags)
 	}
+	// The agent channel is shared with whoever else manages the guest:
+	// hold it only for the operation.
+	defer dom.agent.Close()
+	spec, err := d.specFor(ctx, dom, def, req, quiesce)
+	if err != nil {
+		return nil, err
+	}
+	// From the first side effect on, the operation completes or rolls
+	// back even if the caller goes away; each QMP command keeps its own
+	// ceiling.
+	d.cfg.Events.OperationsInFlight(1)
+	defer d.cfg.Events.OperationsInFlight(-1)
+	res, err := d.create(context.WithoutCancel(ctx), dom, spec, start)
+	d.cfg.Events.SnapshotFinished(snapshotEvent(dom.cfg.Name, spec, res, err, time.Since(start)))
+	return res, err
+}
+
+// specFor checks a request against the domain as QEMU and the guest
+// agent see it now, before anything changes. The caller holds the
+// domain's lock.
+func (d *Driver) specFor(ctx context.Context, dom *Domain, def *libvirtxml.DomainSnapshot, req CreateRequest, quiesce QuiesceMode) (*createSpec, error) {
 	client, err := dom.ready()
 	if err != nil {
 		return nil, err
@@ -114,7 +135,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 		return nil, qmpErr("list disks and block jobs", err)
 	}
 	busy := busyDisks(ctx, client, disks, jobs)
-	spec, err := d.validateCreate(def, req.Flags, domainView{name: domain, disks: disks, busy: busy, mode: dom.mode()})
+	spec, err := d.validateCreate(def, req.Flags, domainView{name: dom.cfg.Name, disks: disks, busy: busy, mode: dom.mode()})
 	if err != nil {
 		return nil, err
 	}
@@ -124,9 +145,6 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	} else if _, err := d.store.Op(spec.opID); err == nil {
 		return nil, fmt.Errorf("%w: operation id '%s' is in use", ErrInvalidArg, spec.opID)
 	}
-	// The agent channel is shared with whoever else manages the guest:
-	// hold it only for the operation.
-	defer dom.agent.Close()
 	if quiesce == QuiesceSkip {
 		spec.indications = append(spec.indications, Indication{Code: IndNotRequested})
 	} else if ind, err := d.checkQuiesce(ctx, dom); err != nil {
@@ -136,14 +154,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 		spec.quiesce = QuiesceSkip
 		spec.indications = append(spec.indications, *ind)
 	}
-	// From the first side effect on, the operation completes or rolls
-	// back even if the caller goes away; each QMP command keeps its own
-	// ceiling.
-	d.cfg.Events.OperationsInFlight(1)
-	defer d.cfg.Events.OperationsInFlight(-1)
-	res, err := d.create(context.WithoutCancel(ctx), dom, spec, start)
-	d.cfg.Events.SnapshotFinished(snapshotEvent(dom.cfg.Name, spec, res, err, time.Since(start)))
-	return res, err
+	return spec, nil
 }
 
 // snapshotEvent summarises a finished snapshot for metrics and signals.
@@ -166,190 +177,6 @@ func snapshotEvent(domain string, spec *createSpec, res *CreateResult, err error
 		}
 	}
 	return ev
-}
-
-func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, start time.Time) (*CreateResult, error) {
-	op := &OpRecord{ID: spec.opID, Domain: dom.cfg.Name, Kind: "snapshot", Snapshot: spec.name, Flags: spec.flags, Started: start.UTC()}
-	// Node names come from a fresh random tag, not the operation id a
-	// client may have chosen: they must differ between operations.
-	tag := newOpID()
-	plan := &transaction.Plan{OpID: op.ID, Domain: dom.cfg.Name, Mode: spec.mode, Phase: transaction.PhasePrepared}
-	for i, ds := range spec.disks {
-		if !ds.external {
-			continue
-		}
-		plan.Disks = append(plan.Disks, &transaction.Disk{
-			Target: ds.Target, Node: ds.NodeName, Source: ds.File, SourceFormat: ds.Format,
-			VirtualSize: ds.VirtualSize, Overlay: ds.overlay, OverlayNode: transaction.NodeName(tag, i),
-			Reuse: ds.reuse, WasEmpty: ds.wasEmpty, State: transaction.DiskPlanned,
-		})
-	}
-	op.Plan = plan
-	log := dom.log.With(zap.String("op", op.ID), zap.String("snapshot", spec.name))
-	exec := d.executor(dom, op)
-
-	if err := d.store.SaveOp(op); err != nil {
-		return nil, &OpError{OpID: op.ID, Step: StepPrepare, Err: fmt.Errorf("%w: journal: %w", ErrOperationFailed, err)}
-	}
-	var undo revert.Stack
-	undo.Add(func(ctx context.Context) error { return exec.Cleanup(ctx, plan) })
-	if err := d.hook(HookPrepared); err != nil {
-		return nil, d.fail(ctx, dom, op, &undo, StepPrepare, err)
-	}
-	if err := exec.Prepare(ctx, plan); err != nil {
-		return nil, d.fail(ctx, dom, op, &undo, StepPrepare, qmpErr("prepare", err))
-	}
-	if err := d.hook(HookOverlays); err != nil {
-		return nil, d.fail(ctx, dom, op, &undo, StepPrepare, err)
-	}
-
-	plan.Phase = transaction.PhaseSwitching
-	if err := d.store.SaveOp(op); err != nil {
-		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, fmt.Errorf("%w: journal: %w", ErrOperationFailed, err))
-	}
-	if err := d.hook(HookSwitching); err != nil {
-		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, err)
-	}
-	indications := spec.indications
-	var gf *guestFreeze
-	if spec.quiesce != QuiesceSkip {
-		var err error
-		gf, _, err = d.freezeGuest(ctx, dom, OwnerSnapshot, op.ID, nil, d.cfg.MaxFreeze)
-		if err != nil {
-			if spec.quiesce == QuiesceRequire {
-				return nil, d.fail(ctx, dom, op, &undo, StepFreeze, fmt.Errorf("%w: freeze: %w", ErrQuiesce, agentErr(err)))
-			}
-			ind := notQuiesced(err)
-			if errors.Is(err, guestagent.ErrUnresponsive) {
-				ind.Code = IndFreezeTimeout
-			}
-			indications = append(indications, ind)
-		} else if err := d.hook(HookFrozen); err != nil {
-			d.thawGuest(dom, gf, false)
-			return nil, d.fail(ctx, dom, op, &undo, StepFreeze, err)
-		}
-	}
-	// Registered before the switch: a switch whose reply was lost may
-	// still have happened, and Rollback acts only on switched disks.
-	undo.Add(func(ctx context.Context) error { return exec.Rollback(ctx, plan) })
-	switchErr := exec.Switch(ctx, plan)
-	quiesced, freezeWindow := false, time.Duration(0)
-	var freezeCall, thawCall time.Duration
-	if gf != nil {
-		thawed := d.awaitThaw(dom, gf)
-		// The timer thaws at the deadline; a switch that ended after it
-		// ran (at least partly) with the guest thawed.
-		late := plan.SwitchEnd.After(gf.sent.Add(d.cfg.MaxFreeze)) || (thawed && gf.byTimer)
-		switch {
-		case late:
-			indications = append(indications, Indication{Code: IndDeadlineExceeded,
-				Message: fmt.Sprintf("the switch outlasted the %v freeze deadline; the guest was thawed first", d.cfg.MaxFreeze)})
-		case !thawed:
-			quiesced = true
-			indications = append(indications, Indication{Code: IndThawFailed, Message: "the thaw has not answered yet; the daemon keeps trying"})
-		case holdExpired(gf.err):
-			indications = append(indications, Indication{Code: IndHoldExpired, Message: gf.err.Error()})
-		default:
-			quiesced = true
-			if gf.err != nil {
-				indications = append(indications, Indication{Code: IndThawFailed, Message: gf.err.Error()})
-			}
-		}
-		freezeWindow = time.Since(gf.sent)
-		if thawed {
-			freezeWindow = gf.thawedAt.Sub(gf.sent)
-			freezeCall, thawCall = gf.frozenAt.Sub(gf.sent), gf.thawedAt.Sub(gf.thawSent)
-		}
-	}
-	if err := switchErr; err != nil {
-		if errors.Is(err, transaction.ErrStateUnknown) {
-			// Deleting files QEMU may use would be worse than leaving
-			// them: the journal keeps the operation for recovery.
-			dom.requestRecovery()
-			return nil, &OpError{OpID: op.ID, Step: StepSwitch, Disks: plan.Outcomes(),
-				Err: fmt.Errorf("%w: %w; recovery will reconcile the disks", ErrOperationFailed, err)}
-		}
-		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, qmpErr("switch", err))
-	}
-	if spec.quiesce == QuiesceRequire && !quiesced {
-		last := indications[len(indications)-1]
-		return nil, d.fail(ctx, dom, op, &undo, StepThaw, fmt.Errorf("%w: %s: %s", ErrQuiesce, last.Code, last.Message))
-	}
-	if quiesced {
-		indications = append([]Indication{{Code: IndQuiesced}}, indications...)
-	}
-	if err := d.hook(HookSwitched); err != nil {
-		return nil, d.fail(ctx, dom, op, &undo, StepSwitch, err)
-	}
-
-	if err := exec.SyncDirs(plan); err != nil {
-		return nil, d.fail(ctx, dom, op, &undo, StepRecord, fmt.Errorf("%w: %w", ErrOperationFailed, err))
-	}
-	rec := d.record(dom, spec, plan)
-	plan.Phase = transaction.PhaseDone
-	var err error
-	if spec.flags&FlagNoMetadata != 0 {
-		err = d.store.SaveOp(op)
-	} else if rec.XML, err = snapshotXML(&rec); err == nil {
-		err = d.store.PutSnapshot(rec, true, op)
-	}
-	if err != nil {
-		plan.Phase = transaction.PhaseSwitching
-		return nil, d.fail(ctx, dom, op, &undo, StepRecord, fmt.Errorf("%w: record metadata: %w", ErrOperationFailed, err))
-	}
-	undo.Release()
-	// The snapshot is durable: a failure from here on does not undo it.
-	_ = d.hook(HookCommitted)
-
-	res := &CreateResult{
-		Name: spec.name, XML: rec.XML, OpID: op.ID, Mode: plan.Mode, Disks: plan.Outcomes(),
-		Quiesced: quiesced, Indications: indications, Switch: plan.SwitchWindow(), Freeze: freezeWindow,
-		freezeCall: freezeCall, thawCall: thawCall,
-	}
-	if res.XML == "" { // NO_METADATA: still show what was taken
-		res.XML, _ = snapshotXML(&rec)
-	}
-	if spec.flags&FlagHalt != 0 {
-		if err := dom.client.Quit(ctx); err != nil {
-			// The snapshot is durable; HALT failing does not undo it.
-			res.Indications = append(res.Indications, Indication{Code: IndHaltFailed, Message: err.Error()})
-		} else {
-			res.Indications = append(res.Indications, Indication{Code: IndHalted})
-		}
-	}
-	res.Total = time.Since(start)
-	for _, pd := range plan.Disks {
-		log.Debug("disk switched", zap.String("disk", pd.Target), zap.String("overlay", pd.Overlay), zap.String("backing", pd.Source))
-	}
-	log.Info("snapshot created", zap.String("mode", string(plan.Mode)), zap.Int("disks", len(plan.Disks)),
-		zap.Bool("quiesced", quiesced), zap.Float64("freeze_seconds", res.Freeze.Seconds()),
-		zap.Float64("switch_seconds", res.Switch.Seconds()), zap.Float64("duration_seconds", res.Total.Seconds()))
-	return res, nil
-}
-
-// fail undoes what the operation did and closes its journal entry. The
-// error carries every disk's outcome.
-func (d *Driver) fail(ctx context.Context, dom *Domain, op *OpRecord, undo *revert.Stack, step string, cause error) error {
-	rerr := undo.Revert(ctx)
-	plan := op.Plan
-	plan.Phase = transaction.PhaseFailed
-	err := cause
-	if rerr != nil {
-		err = fmt.Errorf("%w; undo: %w", cause, rerr)
-	}
-	if errors.Is(rerr, qmp.ErrDisconnected) || errors.Is(rerr, transaction.ErrStateUnknown) {
-		// QEMU went away before the undo finished: the journal entry
-		// stays open, and recovery finishes the undo on reconnect.
-		plan.Phase = transaction.PhaseSwitching
-		dom.requestRecovery()
-	}
-	op.Error = err.Error()
-	if serr := d.store.SaveOp(op); serr != nil {
-		dom.log.Error("journal of failed operation not saved", zap.String("op", op.ID), zap.Error(serr))
-	}
-	dom.log.Info("snapshot failed", zap.String("op", op.ID), zap.String("step", step),
-		zap.String("mode", string(plan.Mode)), zap.Int("stuck", len(plan.Stuck())))
-	return &OpError{OpID: op.ID, Step: step, Disks: plan.Outcomes(), Err: err}
 }
 
 // executor binds the transaction executor to a domain and an operation's

@@ -14,6 +14,11 @@ var (
 	// disks switched; the journal keeps the operation for recovery.
 	ErrStateUnknown = errors.New("disk state unknown")
 
+	// ErrOverlayChanged means the file at an overlay path is not the one
+	// validation saw (a symbolic link or another file was put there
+	// since); the daemon leaves it alone.
+	ErrOverlayChanged = errors.New("overlay changed since validation")
+
 	// ErrRollbackUnverified means a commit job completed but query-block
 	// does not show the original image active again.
 	ErrRollbackUnverified = errors.New("rollback not verified")

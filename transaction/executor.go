@@ -84,10 +84,14 @@ func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for _, d := range p.Disks {
 		g.Go(func() error {
-			if !d.Reuse {
-				if err := createOverlay(d); err != nil {
+			if d.Reuse {
+				// QEMU opens it by path: check it is still the file
+				// validation saw, as late as the daemon can.
+				if err := checkReused(d); err != nil {
 					return err
 				}
+			} else if err := createOverlay(d); err != nil {
+				return err
 			}
 			// Until QEMU says no, the node may exist: a lost reply or a
 			// lost connection leaves its fate unknown, and Cleanup must
@@ -145,11 +149,16 @@ func createOverlay(d *Disk) error {
 		d.FileCreated = true
 		return nil
 	}
-	f, err := os.OpenFile(d.Overlay, os.O_RDWR, 0)
+	f, fi, err := openValidated(d, os.O_RDWR)
 	if err != nil {
-		return fmt.Errorf("open overlay %s for disk %s: %w", d.Overlay, d.Target, err)
+		return err
 	}
 	defer f.Close()
+	// Empty it again on failure only if it was empty: what someone wrote
+	// into it since validation is not the daemon's to destroy.
+	if fi.Size() != 0 {
+		return fmt.Errorf("%w: overlay %s of disk %s is no longer empty", ErrOverlayChanged, d.Overlay, d.Target)
+	}
 	d.FileCreated = true // from here on Cleanup must empty it again
 	if err := qcow2.WriteTo(f, o); err != nil {
 		return fmt.Errorf("write overlay %s for disk %s: %w", d.Overlay, d.Target, err)
@@ -288,7 +297,7 @@ func removeOverlay(d *Disk) error {
 	}
 	var err error
 	if d.WasEmpty {
-		err = os.Truncate(d.Overlay, 0)
+		err = emptyOverlay(d)
 	} else {
 		err = os.Remove(d.Overlay)
 	}
@@ -297,6 +306,28 @@ func removeOverlay(d *Disk) error {
 	}
 	d.FileCreated = false
 	return nil
+}
+
+// emptyOverlay empties a filled overlay again, through no symbolic link
+// and only if it is the file the daemon filled.
+func emptyOverlay(d *Disk) error {
+	f, _, err := openValidated(d, os.O_WRONLY)
+	if err != nil {
+		return err
+	}
+	return errors.Join(f.Truncate(0), f.Close())
+}
+
+// checkReused requires a reused overlay to be the file validation saw.
+func checkReused(d *Disk) error {
+	fi, err := os.Lstat(d.Overlay)
+	if err != nil {
+		return fmt.Errorf("reused overlay %s of disk %s: %w", d.Overlay, d.Target, err)
+	}
+	if fi.Mode()&os.ModeSymlink != 0 {
+		return fmt.Errorf("%w: overlay %s of disk %s is now a symbolic link", ErrOverlayChanged, d.Overlay, d.Target)
+	}
+	return d.checkIdentity(fi)
 }
 
 // isNodeMissing reports QEMU's answer to blockdev-del of an unknown node.

@@ -66,11 +66,20 @@ type Disk struct {
 	// WasEmpty is set when the overlay path held an empty file, which
 	// the daemon fills and on failure empties again rather than deletes.
 	WasEmpty bool `json:"was_empty,omitempty"`
+	// FileID is the file validation saw at Overlay, for Reuse and
+	// WasEmpty: the daemon uses that file only if it is still there.
+	FileID *FileID `json:"file_id,omitempty"`
 
 	FileCreated bool      `json:"file_created,omitempty"`
 	NodeAdded   bool      `json:"node_added,omitempty"`
 	State       DiskState `json:"state"`
 	Error       string    `json:"error,omitempty"`
+}
+
+// FileID identifies a file by device and inode.
+type FileID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
 }
 
 // Plan is one snapshot operation: the disks to switch and how.

@@ -151,7 +151,7 @@ var commands = []*command{
 		name: "domfsfreeze", summary: "Freeze a domain's mounted filesystems",
 		opts: []option{optDomain,
 			{name: "mountpoint", kind: kindList, argv: true, metavar: "path", help: "mountpoint path to be frozen (all if none)"},
-			{name: "timeout", kind: kindString, metavar: "duration", help: "thaw automatically after this long, e.g. 30s"}},
+			{name: "timeout", kind: kindString, metavar: "duration", help: "thaw automatically after this long (at most the daemon's --max-freeze), e.g. 5s"}},
 		run: runDomfsfreeze,
 	},
 	{

@@ -67,21 +67,24 @@ type Config struct {
 	fileData []byte
 }
 
-// Default is the configuration with nothing set.
+// Default is the configuration with nothing set. The driver's part
+// comes from driver.DefaultConfig, so that each default is written once.
 func Default() Config {
+	dc := driver.DefaultConfig()
 	return Config{
-		Socket:        api.DefaultSocket,
-		SocketRO:      api.DefaultSocketRO,
-		StateDir:      "/var/lib/qsnapd",
-		Transaction:   "auto",
-		AgentTimeout:  Duration(5 * time.Second),
-		MaxFreeze:     Duration(10 * time.Second),
-		ThawTimeout:   Duration(60 * time.Second),
-		Quiesce:       string(driver.QuiesceSkip),
-		MetricsListen: "127.0.0.1:9477",
-		DBus:          "none",
-		LogFormat:     "console",
-		LogLevel:      "info",
+		Socket:          api.DefaultSocket,
+		SocketRO:        api.DefaultSocketRO,
+		StateDir:        "/var/lib/qsnapd",
+		Transaction:     dc.Transaction,
+		AgentTimeout:    Duration(dc.AgentTimeout),
+		MaxFreeze:       Duration(dc.MaxFreeze),
+		ThawTimeout:     Duration(dc.ThawTimeout),
+		RollbackTimeout: Duration(dc.RollbackTimeout),
+		Quiesce:         string(dc.Quiesce),
+		MetricsListen:   "127.0.0.1:9477",
+		DBus:            "none",
+		LogFormat:       "console",
+		LogLevel:        "info",
 	}
 }
 

@@ -4,9 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qsnapd/qsnapd/driver"
 )
 
 func TestExampleConfigLoads(t *testing.T) {
@@ -98,5 +101,22 @@ func TestFlagOverridesFileAndLosesItsLine(t *testing.T) {
 	c.MaxFreeze = Duration(time.Second)
 	if err := c.Check(nil); err != nil || c.Transaction != "never" {
 		t.Errorf("got %v, transaction %q", err, c.Transaction)
+	}
+}
+
+// TestDefaultsAreTheDrivers: the daemon's defaults for the driver's
+// settings are the driver's, not a second copy.
+func TestDefaultsAreTheDrivers(t *testing.T) {
+	c := Default()
+	got := c.DriverConfig()
+	want := driver.DefaultConfig()
+	want.StateDir = got.StateDir
+	for _, dc := range []*driver.Config{&got, &want} {
+		if err := dc.Validate(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("daemon defaults: %+v\ndriver defaults: %+v", got, want)
 	}
 }

@@ -41,3 +41,50 @@ func TestReleaseKeepsEffects(t *testing.T) {
 		t.Errorf("Revert after Release: err %v, ran %v; want nil, false", err, ran)
 	}
 }
+
+func TestFailRevertsOnceUnlessSuccess(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		success bool
+		fails   int
+		want    []int
+	}{
+		{"fail reverts in reverse", false, 1, []int{2, 1}},
+		{"a second fail does nothing", false, 2, []int{2, 1}},
+		{"success disarms fail", true, 1, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New()
+			var order []int
+			for i := 1; i <= 2; i++ {
+				s.Add(func(context.Context) error { order = append(order, i); return nil })
+			}
+			if tc.success {
+				s.Success()
+			}
+			for range tc.fails {
+				if err := s.Fail(context.Background()); err != nil {
+					t.Errorf("Fail: %v", err)
+				}
+			}
+			if !reflect.DeepEqual(order, tc.want) {
+				t.Errorf("ran %v, want %v", order, tc.want)
+			}
+			if s.Len() != 0 {
+				t.Errorf("Len = %d, want 0", s.Len())
+			}
+		})
+	}
+}
+
+func TestFailReturnsUndoErrors(t *testing.T) {
+	s := New()
+	errUndo := errors.New("undo failed")
+	s.Add(func(context.Context) error { return errUndo })
+	if err := s.Fail(context.Background()); !errors.Is(err, errUndo) {
+		t.Errorf("Fail = %v, want it to wrap %v", err, errUndo)
+	}
+	if err := s.Fail(context.Background()); err != nil {
+		t.Errorf("second Fail = %v, want nil", err)
+	}
+}

@@ -248,7 +248,7 @@ func TestCLIEndToEnd(t *testing.T) {
 	}
 
 	// Freeze and thaw through the fake agent.
-	if out := d.mustCtl("domfsfreeze", "vm1", "--mountpoint", "/mnt/data1", "--timeout", "30s"); !strings.Contains(out, "Froze 1 filesystem") {
+	if out := d.mustCtl("domfsfreeze", "vm1", "--mountpoint", "/mnt/data1", "--timeout", "10s"); !strings.Contains(out, "Froze 1 filesystem") {
 		t.Errorf("domfsfreeze: %q", out)
 	}
 	if out := d.mustCtl("domfsstatus", "vm1"); !strings.Contains(out, "frozen") || !agent.Frozen() {
@@ -311,7 +311,7 @@ func TestSIGTERMThawsWhatTheDaemonFroze(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer agent.Close()
-	d := startDaemon(t)
+	d := startDaemon(t, "--max-freeze", "1h") // the freeze must outlast the test
 	d.mustCtl("attach", "vm1", "--qmp", vm.QMP, "--agent", agent.Path)
 	d.mustCtl("domfsfreeze", "vm1", "--timeout", "1h")
 	if !agent.Frozen() {
