@@ -17,7 +17,10 @@ import (
 
 func TestSuiteFake(t *testing.T) { runSuite(t, qemutest.Fake) }
 
-func TestSuiteQEMU(t *testing.T) { runSuite(t, qemutest.Real) }
+func TestSuiteQEMU(t *testing.T) {
+	qemutest.Require(t)
+	runSuite(t, qemutest.Real)
+}
 
 func dial(t *testing.T, path string) *qmp.Client {
 	t.Helper()
