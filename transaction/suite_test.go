@@ -10,49 +10,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qsnapd/qsnapd/internal/qcow2"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/qmp"
-	"github.com/qsnapd/qsnapd/qmp/qmpfake"
 	"github.com/qsnapd/qsnapd/transaction"
 )
 
-// backend gives the suite a QEMU to work on: real, or the fake block
-// layer. Both return the client under test, a second client to observe
-// with, and the directory of the disk images.
-type backend func(t *testing.T, disks int) (c, observer *qmp.Client, dir string)
-
-func TestSuiteFake(t *testing.T) {
-	runSuite(t, func(t *testing.T, n int) (*qmp.Client, *qmp.Client, string) {
-		dir := qemutest.TempDir(t)
-		var disks []qmpfake.FakeDisk
-		for i := 0; i < n; i++ {
-			target := qemutest.TargetName(i)
-			file := filepath.Join(dir, target+".qcow2")
-			if err := qcow2.Create(file, qcow2.Options{VirtualSize: 64 << 20}); err != nil {
-				t.Fatal(err)
-			}
-			disks = append(disks, qmpfake.FakeDisk{Target: target, NodeName: "fmt-" + target, File: file, VirtualSize: 64 << 20})
-		}
-		srv, err := qmpfake.Start(filepath.Join(dir, "qmp.sock"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if err := srv.Close(); err != nil {
-				t.Errorf("fake QEMU: %v", err)
-			}
-		})
-		qmpfake.NewBlockLayer(disks).Install(srv)
-		return dial(t, srv.Path), dial(t, srv.Path), dir
-	})
-}
+func TestSuiteFake(t *testing.T) { runSuite(t, qemutest.Fake) }
 
 func TestSuiteQEMU(t *testing.T) {
-	runSuite(t, func(t *testing.T, n int) (*qmp.Client, *qmp.Client, string) {
-		vm := qemutest.Start(t, qemutest.Options{Disks: n, Style: qemutest.Blockdev, SecondMonitor: true})
-		return dial(t, vm.QMP), dial(t, vm.QMP2), vm.Dir
-	})
+	qemutest.Require(t)
+	runSuite(t, qemutest.Real)
 }
 
 func dial(t *testing.T, path string) *qmp.Client {
@@ -80,9 +47,12 @@ type rig struct {
 	original []qmp.Disk
 }
 
-func newRig(t *testing.T, b backend, n int) *rig {
-	c, obs, dir := b(t, n)
-	r := &rig{t: t, c: c, obs: obs, dir: dir, exec: &transaction.Executor{QMP: c, RollbackTimeout: 20 * time.Second}}
+// newRig starts a VM with n disks on backend b; the executor drives its
+// first monitor, and the rig observes through the second.
+func newRig(t *testing.T, b qemutest.Backend, n int) *rig {
+	vm := qemutest.Start(t, qemutest.Options{Backend: b, Disks: n, Style: qemutest.Blockdev, SecondMonitor: true})
+	c := dial(t, vm.QMP)
+	r := &rig{t: t, c: c, obs: dial(t, vm.QMP2), dir: vm.Dir, exec: &transaction.Executor{QMP: c, RollbackTimeout: 20 * time.Second}}
 	r.original = r.disks()
 	return r
 }
@@ -143,7 +113,7 @@ func (r *rig) assertOnOverlays(p *transaction.Plan) {
 	}
 }
 
-func runSuite(t *testing.T, b backend) {
+func runSuite(t *testing.T, b qemutest.Backend) {
 	t.Run("atomic switch, then full rollback", func(t *testing.T) {
 		r := newRig(t, b, 3)
 		p := r.plan(transaction.ModeAtomic)

@@ -120,7 +120,7 @@ func (b *BlockLayer) blockCommit(x *call) (any, error) {
 	b.setStatus(j, "created")
 	b.setStatus(j, "running")
 	x.after = append(x.after, func() {
-		b.srv.Go(func() error {
+		x.srv.Go(func() error {
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			b.progress(j)

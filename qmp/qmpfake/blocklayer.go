@@ -28,8 +28,9 @@ import (
 // of the active layer (ready, then complete or cancel) and below it
 // (completes by itself), auto-finalize, auto-dismiss, job-finalize,
 // job-dismiss, op blockers, and the standby/ready job events a graph
-// change causes; run state with stop and cont; quit. Events go to every
-// connection, as QEMU sends them to every monitor.
+// change causes; run state with stop and cont; quit, and a kill. One
+// model may serve several monitors (Install on each server), and events
+// go to every connection of every monitor, as QEMU sends them.
 //
 // Not modelled: guest I/O and data (commits copy nothing, so their jobs
 // report len and offset 0 when active, and commits do not rewrite image
@@ -40,7 +41,8 @@ import (
 // answers "" to everything.
 type BlockLayer struct {
 	mu       sync.Mutex
-	srv      *Server
+	srvs     []*Server // the monitors, in Install order
+	gone     chan struct{}
 	table    map[string]func(*call) (any, error)
 	disabled map[string]bool
 	disks    []*disk
@@ -103,7 +105,7 @@ func gerr(format string, a ...any) error {
 
 // NewBlockLayer returns the block layer of a VM started with disks.
 func NewBlockLayer(disks []FakeDisk) *BlockLayer {
-	b := &BlockLayer{disabled: map[string]bool{}, runState: "prelaunch"}
+	b := &BlockLayer{disabled: map[string]bool{}, runState: "prelaunch", gone: make(chan struct{})}
 	b.table = map[string]func(*call) (any, error){
 		"qmp_capabilities": func(*call) (any, error) { return struct{}{}, nil },
 		"query-commands":   b.queryCommands,
@@ -153,11 +155,12 @@ func NewBlockLayer(disks []FakeDisk) *BlockLayer {
 	return b
 }
 
-// Install makes srv answer with the model. Commands the model does not
-// know fail with CommandNotFound; Handle can still override one after.
+// Install makes srv answer with the model, as one more monitor of the
+// same QEMU. Commands the model does not know fail with CommandNotFound;
+// Handle can still override one after.
 func (b *BlockLayer) Install(srv *Server) {
 	b.mu.Lock()
-	b.srv = srv
+	b.srvs = append(b.srvs, srv)
 	b.mu.Unlock()
 	srv.HandleDefault(func(c *Conn, cmd Command) error {
 		c.Fail(cmd, "CommandNotFound", fmt.Sprintf("The command %s has not been found", cmd.Execute))
@@ -216,8 +219,34 @@ func (b *BlockLayer) Nodes() []string {
 	return names
 }
 
+// Kill ends QEMU as SIGKILL does: no SHUTDOWN event, every monitor
+// drops its connections and stops accepting. The servers still need
+// Close, which reports their errors.
+func (b *BlockLayer) Kill() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.exit()
+}
+
+// Gone is closed once QEMU has exited, by quit or Kill.
+func (b *BlockLayer) Gone() <-chan struct{} { return b.gone }
+
+// exit hangs up every monitor; b.mu is held.
+func (b *BlockLayer) exit() {
+	select {
+	case <-b.gone:
+		return
+	default:
+	}
+	close(b.gone)
+	for _, srv := range b.srvs {
+		srv.hangUp()
+	}
+}
+
 // call is one command in progress; b.mu is held throughout.
 type call struct {
+	srv   *Server // the monitor the command came in on
 	args  json.RawMessage
 	after []func() // run after the reply
 }
@@ -255,7 +284,7 @@ func (b *BlockLayer) serve(c *Conn, cmd Command) error {
 		c.Fail(cmd, "CommandNotFound", fmt.Sprintf("The command %s has not been found", cmd.Execute))
 		return nil
 	}
-	x := &call{args: cmd.Arguments}
+	x := &call{srv: c.server, args: cmd.Arguments}
 	ret, err := f(x)
 	var qe *qmpError
 	switch {
@@ -274,15 +303,14 @@ func (b *BlockLayer) serve(c *Conn, cmd Command) error {
 
 // emit sends an event to every connection, as QEMU does to every monitor.
 func (b *BlockLayer) emit(name string, data any) {
-	if b.srv == nil {
-		return
+	var conns []*Conn
+	for _, srv := range b.srvs {
+		srv.mu.Lock()
+		for c := range srv.conns {
+			conns = append(conns, c)
+		}
+		srv.mu.Unlock()
 	}
-	b.srv.mu.Lock()
-	conns := make([]*Conn, 0, len(b.srv.conns))
-	for c := range b.srv.conns {
-		conns = append(conns, c)
-	}
-	b.srv.mu.Unlock()
 	for _, c := range conns {
 		if data != nil {
 			c.Event(name, data)
@@ -317,18 +345,11 @@ func (b *BlockLayer) cont(*call) (any, error) {
 	return struct{}{}, nil
 }
 
-// quit replies, then QEMU is gone: every connection closes and the
-// socket no longer accepts.
+// quit replies, then QEMU is gone: every connection closes and no
+// socket accepts any more.
 func (b *BlockLayer) quit(x *call) (any, error) {
 	b.emit("SHUTDOWN", map[string]any{"guest": false, "reason": "host-qmp-quit"})
-	x.after = append(x.after, func() {
-		b.srv.ln.Close()
-		b.srv.mu.Lock()
-		defer b.srv.mu.Unlock()
-		for c := range b.srv.conns {
-			c.Close()
-		}
-	})
+	x.after = append(x.after, b.exit)
 	return struct{}{}, nil
 }
 

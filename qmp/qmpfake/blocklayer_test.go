@@ -32,23 +32,12 @@ type fakeVM struct {
 // base images exist in a fresh short directory.
 func startFake(t *testing.T, disks int) *fakeVM { return startFakeStyle(t, disks, qemutest.Blockdev) }
 
-// startFakeStyle lays out disks as qemutest does for style.
+// startFakeStyle starts qemutest's fake VM, which lays out disks as real
+// QEMU gets them for style.
 func startFakeStyle(t *testing.T, disks int, style qemutest.Style) *fakeVM {
 	t.Helper()
-	dir := qemutest.TempDir(t)
-	var fds []qmpfake.FakeDisk
-	for i := 0; i < disks; i++ {
-		tg := qemutest.TargetName(i)
-		fd := qmpfake.FakeDisk{Target: tg, NodeName: "fmt-" + tg, File: filepath.Join(dir, tg+".qcow2")}
-		if style == qemutest.Legacy {
-			fd.Drive = "drive-" + tg
-		}
-		if err := qmpfake.CreateQcow2(fd.File, size64M, "", ""); err != nil {
-			t.Fatal(err)
-		}
-		fds = append(fds, fd)
-	}
-	return serveFake(t, dir, fds)
+	vm := qemutest.Start(t, qemutest.Options{Backend: qemutest.Fake, Disks: disks, Style: style})
+	return &fakeVM{dir: vm.Dir, bl: vm.Fake, c: dial(t, vm.QMP)}
 }
 
 // serveFake serves a block layer with disks on a socket in dir.
@@ -242,6 +231,75 @@ func queued(t *testing.T, ctx context.Context, sub *qmp.Subscription) string {
 		names = append(names, fmt.Sprintf("%s:%v", ev.Event, ev.Data["status"]))
 	}
 	return strings.Join(names, " ")
+}
+
+// TestMonitorsShareTheModel installs one block layer on two servers, as
+// QEMU with two -qmp sockets: one graph, events on both, and quit or
+// Kill ends both.
+func TestMonitorsShareTheModel(t *testing.T) {
+	for _, end := range []string{"quit", "kill"} {
+		t.Run(end, func(t *testing.T) {
+			vm := startFake(t, 1)
+			srv2, err := qmpfake.Start(filepath.Join(vm.dir, "qmp2.sock"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			vm.bl.Install(srv2)
+			t.Cleanup(func() {
+				if err := srv2.Close(); err != nil {
+					t.Errorf("second monitor: %v", err)
+				}
+			})
+			c2 := dial(t, srv2.Path)
+			ctx := testCtx(t)
+			sub1, sub2 := commitEvents(t, vm.c, "c1"), commitEvents(t, c2, "c1")
+			syncSnapshot(t, ctx, vm.c, "fmt-vda", filepath.Join(vm.dir, "vda.ov1"), "ov-vda")
+			if err := vm.c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "c1", Device: "ov-vda"}); err != nil {
+				t.Fatal(err)
+			}
+			for i, sub := range []*qmp.Subscription{sub1, sub2} {
+				if got := eventTrace(t, ctx, sub, "BLOCK_JOB_READY"); got != "JOB_STATUS_CHANGE:created JOB_STATUS_CHANGE:running JOB_STATUS_CHANGE:ready BLOCK_JOB_READY" {
+					t.Errorf("monitor %d: %s", i+1, got)
+				}
+			}
+			if jobs, err := c2.QueryBlockJobs(ctx); err != nil || len(jobs) != 1 {
+				t.Errorf("second monitor's jobs: %+v, %v", jobs, err)
+			}
+			shutdown, err := vm.c.Subscribe(qmp.Filter{Names: []string{"SHUTDOWN"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer shutdown.Close()
+			if end == "quit" {
+				if err := c2.Quit(ctx); err != nil && !errors.Is(err, qmp.ErrDisconnected) {
+					t.Fatal(err)
+				}
+			} else {
+				vm.bl.Kill()
+				vm.bl.Kill() // QEMU dies once
+			}
+			for i, c := range []*qmp.Client{vm.c, c2} {
+				select {
+				case <-c.Disconnected():
+				case <-ctx.Done():
+					t.Fatalf("monitor %d still connected after %s", i+1, end)
+				}
+			}
+			select {
+			case <-vm.bl.Gone():
+			default:
+				t.Errorf("Gone not closed after %s", end)
+			}
+			if want := map[string]int{"quit": 1, "kill": 0}[end]; shutdown.Len() != want {
+				t.Errorf("SHUTDOWN events after %s: %d, want %d", end, shutdown.Len(), want)
+			}
+			for _, path := range []string{vm.c.Path(), srv2.Path} {
+				if _, err := qmp.Dial(ctx, path); err == nil {
+					t.Errorf("%s accepts after %s", path, end)
+				}
+			}
+		})
+	}
 }
 
 func TestActiveCommit(t *testing.T) {

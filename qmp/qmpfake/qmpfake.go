@@ -48,6 +48,7 @@ type Server struct {
 	fallback Handler
 	received []Command
 	conns    map[*Conn]struct{}
+	hungUp   bool
 	onAccept func(*Conn) error
 }
 
@@ -116,13 +117,20 @@ func (s *Server) Received() []Command {
 // goroutines and returns the first error any of them reported.
 func (s *Server) Close() error {
 	s.cancel()
+	s.hangUp()
+	return s.group.Wait()
+}
+
+// hangUp stops accepting and closes every connection, without waiting
+// for the goroutines: a handler may call it, as QEMU exits on quit.
+func (s *Server) hangUp() {
 	s.ln.Close()
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hungUp = true
 	for c := range s.conns {
 		c.Close()
 	}
-	s.mu.Unlock()
-	return s.group.Wait()
 }
 
 func (s *Server) acceptLoop() error {
@@ -136,6 +144,11 @@ func (s *Server) acceptLoop() error {
 		}
 		c := &Conn{nc: nc, server: s}
 		s.mu.Lock()
+		if s.hungUp { // accepted just before the hang-up
+			s.mu.Unlock()
+			nc.Close()
+			return nil
+		}
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
 		s.group.Go(func() error { return s.serve(c) })

@@ -1,5 +1,6 @@
-// Package qemutest starts real QEMU processes with qcow2 disks for tests
-// and benchmarks, and kills them by PID when the test ends.
+// Package qemutest gives tests and benchmarks a VM with qcow2 disks: a
+// real QEMU process, killed by PID when the test ends, or a fake one
+// served in the test process by qmpfake's model of QEMU's block layer.
 package qemutest
 
 import (
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qsnapd/qsnapd/qmp/qmpfake"
 )
 
 // Style is how the disks are given to QEMU.
@@ -40,17 +43,41 @@ func (s Style) String() string {
 	return "style(" + strconv.Itoa(int(s)) + ")"
 }
 
+// Backend is what stands in for QEMU.
+type Backend int
+
+const (
+	// Real runs qemu-system-x86_64; tests on it skip under -short.
+	Real Backend = iota
+	// Fake serves qmpfake's block layer model of QEMU 7.2 on the VM's
+	// monitor sockets, from the test process; it runs under -short.
+	Fake
+)
+
+func (b Backend) String() string {
+	switch b {
+	case Real:
+		return "qemu"
+	case Fake:
+		return "fake"
+	}
+	return "backend(" + strconv.Itoa(int(b)) + ")"
+}
+
 // Options describe the VM to start.
 type Options struct {
-	Disks int
-	Style Style
+	// Backend is real QEMU unless set.
+	Backend Backend
+	Disks   int
+	Style   Style
 	// DiskSize is the virtual size of each disk, as qemu-img takes it.
 	// Default 64M.
 	DiskSize string
 	// SecondMonitor adds a second QMP socket, so a test can look at QEMU
 	// independently of the client under test.
 	SecondMonitor bool
-	// Extra arguments for qemu-system-x86_64.
+	// Extra arguments for qemu-system-x86_64. The fake has no model of
+	// them and fails the test.
 	Extra []string
 }
 
@@ -67,16 +94,19 @@ type Disk struct {
 	Path string
 }
 
-// VM is a running QEMU process.
+// VM is a running QEMU process, or the fake's model of one.
 type VM struct {
 	Dir   string
 	QMP   string // the monitor for the client under test
 	QMP2  string // the second monitor, if asked for
 	Disks []Disk
-	PID   int
+	PID   int // 0 on the fake
+	// Fake is the fake's block layer, for checks of its model; nil on
+	// real QEMU.
+	Fake *qmpfake.BlockLayer
 
 	cmd  *exec.Cmd
-	done chan struct{}
+	done <-chan struct{}
 	log  *LockedBuffer
 }
 
@@ -142,16 +172,20 @@ func TargetName(i int) string {
 	return "vd" + name
 }
 
-// Start starts QEMU paused (-S), with no guest OS, under TCG, and kills
-// it when tb ends.
+// Start starts a VM on o.Backend and ends it when tb ends. Real QEMU
+// starts paused (-S), with no guest OS, under TCG.
 func Start(tb testing.TB, o Options) *VM {
 	tb.Helper()
-	Require(tb)
 	if o.DiskSize == "" {
 		o.DiskSize = "64M"
 	}
+	if o.Backend == Fake {
+		return startFake(tb, o)
+	}
+	Require(tb)
 	dir := TempDir(tb)
-	vm := &VM{Dir: dir, QMP: filepath.Join(dir, "qmp.sock"), done: make(chan struct{}), log: &LockedBuffer{}}
+	done := make(chan struct{})
+	vm := &VM{Dir: dir, QMP: filepath.Join(dir, "qmp.sock"), done: done, log: &LockedBuffer{}}
 
 	args := []string{"-S", "-nodefaults", "-display", "none", "-accel", "tcg", "-no-user-config"}
 	if o.Style == MachineNone {
@@ -214,7 +248,7 @@ func Start(tb testing.TB, o Options) *VM {
 		tb.Fatalf("start qemu: %v", err)
 	}
 	vm.PID = vm.cmd.Process.Pid
-	go func() { vm.cmd.Wait(); close(vm.done) }()
+	go func() { vm.cmd.Wait(); close(done) }()
 	tb.Cleanup(func() {
 		vm.Kill()
 		if tb.Failed() {
@@ -250,16 +284,25 @@ func (vm *VM) waitSocket(path string, limit time.Duration) error {
 	return fmt.Errorf("no socket %s after %v", path, limit)
 }
 
-// Kill kills QEMU by PID and waits for it to exit.
+// Kill kills QEMU by PID and waits for it to exit. The fake drops its
+// connections and stops accepting, as a killed QEMU does.
 func (vm *VM) Kill() {
-	if vm.cmd.Process != nil {
+	switch {
+	case vm.Fake != nil:
+		vm.Fake.Kill()
+	case vm.cmd.Process != nil:
 		vm.cmd.Process.Kill()
 	}
 	<-vm.done
 }
 
-// Exited is closed once QEMU has exited.
+// Exited is closed once QEMU has exited: killed, or after quit.
 func (vm *VM) Exited() <-chan struct{} { return vm.done }
 
-// Output is what QEMU printed so far.
+// Real reports whether vm is a real QEMU process. The fake has no guest
+// data, no HMP (human-monitor-command answers "") and no output, so a
+// check that needs them runs on real QEMU only.
+func (vm *VM) Real() bool { return vm.Fake == nil }
+
+// Output is what QEMU printed so far; the fake prints nothing.
 func (vm *VM) Output() string { return vm.log.String() }
