@@ -57,7 +57,9 @@ func benchSnapshot(b *testing.B, disks int, mode string) {
 			b.StopTimer()
 			// One QEMU at a time: idle ones still cost CPU.
 			if vm != nil {
-				drv.DetachDomain(ctx, domain)
+				if err := drv.DetachDomain(ctx, domain); err != nil {
+					b.Fatal(err)
+				}
 				vm.Kill()
 			}
 			vm = qemutest.Start(b, qemutest.Options{Disks: disks, Style: qemutest.Blockdev})

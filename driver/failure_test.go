@@ -127,7 +127,7 @@ func checkSequentialFailureRollsBack(t *testing.T) {
 				switch {
 				case i == k-1:
 					want = transaction.DiskFailed
-				case i > k-1:
+				case i >= k:
 					want = transaction.DiskPlanned
 				}
 				if o.Result != want {

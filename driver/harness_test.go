@@ -247,7 +247,7 @@ func (e *env) qemuIO(target, cmd string) string {
 		return "qemu-io: the fake backend has no data; check e.vm.Real() first"
 	}
 	mark := len(e.vm.Output())
-	e.hmp(fmt.Sprintf(`qemu-io -d /machine/peripheral/%s/virtio-backend "%s"`, target, cmd))
+	e.hmp(fmt.Sprintf(`qemu-io -d /machine/peripheral/%s/virtio-backend %q`, target, cmd))
 	// It may run in a fault proxy's goroutine, so it reports by its
 	// return value, never t.Fatal.
 	deadline := time.Now().Add(10 * time.Second)

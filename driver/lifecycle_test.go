@@ -31,7 +31,7 @@ func checkDiskSelection(t *testing.T) {
 		t.Errorf("outcomes: %+v, want vda only", res.Disks)
 	}
 	// REUSE_EXT applies to every disk, so the others sit this one out.
-	res = e.mustCreate(snapXML("snap2", diskXML("vda", "no", ""), diskXML("vdb", "no", ""), diskXML("vdc", "external", reused)), FlagDiskOnly|FlagReuseExt)
+	e.mustCreate(snapXML("snap2", diskXML("vda", "no", ""), diskXML("vdb", "no", ""), diskXML("vdc", "external", reused)), FlagDiskOnly|FlagReuseExt)
 	disks := e.disks()
 	if want := filepath.Join(dir, "vda.snap1"); disks[0].File != want {
 		t.Errorf("vda: active %s, want the default name %s", disks[0].File, want)

@@ -121,7 +121,9 @@ func clearStaleJobs(ctx context.Context, client *qmp.Client, plan *transaction.P
 				return qmpErr("cancel stale job "+j.Device, err)
 			}
 			if j.Status == "concluded" {
-				client.JobDismiss(ctx, j.Device)
+				if err := client.JobDismiss(ctx, j.Device); err != nil && !qmp.IsClass(err, "DeviceNotActive") {
+					return qmpErr("dismiss stale job "+j.Device, err)
+				}
 			}
 		}
 		if stale == 0 {

@@ -319,11 +319,11 @@ func (d *Driver) checkAllowedDir(p string, ds *diskSpec) error {
 		allowed = []string{filepath.Dir(ds.File)}
 	}
 	for _, a := range allowed {
-		real, err := filepath.EvalSymlinks(a)
+		resolved, err := filepath.EvalSymlinks(a)
 		if err != nil {
 			continue
 		}
-		if dir == real || strings.HasPrefix(dir, real+string(filepath.Separator)) {
+		if dir == resolved || strings.HasPrefix(dir, resolved+string(filepath.Separator)) {
 			return nil
 		}
 	}

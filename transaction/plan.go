@@ -23,6 +23,7 @@ const (
 // each side effect.
 type Phase string
 
+// The phases, in order.
 const (
 	PhasePrepared    Phase = "prepared"     // overlays about to be created and added
 	PhaseSwitching   Phase = "switching"    // disks about to switch
@@ -40,6 +41,7 @@ func (p Phase) Active() bool {
 // DiskState is what happened to one disk.
 type DiskState string
 
+// The disk states.
 const (
 	DiskPlanned    DiskState = "untouched"   // not switched (yet)
 	DiskSwitched   DiskState = "switched"    // on its overlay

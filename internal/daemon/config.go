@@ -270,13 +270,14 @@ func lineOf(data []byte, key toml.Key) int {
 		table, n := key[0], 0
 		if m := indexRE.FindStringSubmatch(table); m != nil {
 			table = m[1]
-			fmt.Sscan(m[2], &n)
+			n, _ = strconv.Atoi(m[2]) // the pattern matched digits
 		}
 		header := regexp.MustCompile(`^\s*\[\[?\s*` + regexp.QuoteMeta(table) + `\s*\]\]?`)
 		seen := -1
 		for i, l := range lines {
 			if header.Match(l) {
-				if seen++; seen == n {
+				seen++
+				if seen == n {
 					start = i + 1
 					break
 				}

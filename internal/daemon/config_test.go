@@ -33,7 +33,7 @@ func TestExampleConfigLoads(t *testing.T) {
 		lines = append(lines, l)
 	}
 	path := filepath.Join(t.TempDir(), "qsnapd.toml")
-	os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644)
+	writeFile(t, path, []byte(strings.Join(lines, "\n")))
 	c = Default()
 	if err := c.LoadFile(path); err != nil {
 		t.Fatal(err)
@@ -70,7 +70,7 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "qsnapd.toml")
-			os.WriteFile(path, []byte(tc.file), 0o644)
+			writeFile(t, path, []byte(tc.file))
 			c := Default()
 			err := c.LoadFile(path)
 			if err == nil {
@@ -85,7 +85,7 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 
 func TestFlagOverridesFileAndLosesItsLine(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "qsnapd.toml")
-	os.WriteFile(path, []byte("transaction = \"never\"\nmax_freeze = \"3s\"\n"), 0o644)
+	writeFile(t, path, []byte("transaction = \"never\"\nmax_freeze = \"3s\"\n"))
 	c := Default()
 	if err := c.LoadFile(path); err != nil {
 		t.Fatal(err)
@@ -118,5 +118,13 @@ func TestDefaultsAreTheDrivers(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("daemon defaults: %+v\ndriver defaults: %+v", got, want)
+	}
+}
+
+// writeFile writes a test's input file.
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

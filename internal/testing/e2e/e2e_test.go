@@ -73,11 +73,14 @@ func startDaemonEnv(t *testing.T, env []string, extra ...string) *daemon {
 	}
 	go func() { d.exited <- d.cmd.Wait() }()
 	t.Cleanup(func() {
-		d.cmd.Process.Signal(syscall.SIGTERM)
+		_ = d.cmd.Process.Signal(syscall.SIGTERM) // fails only if it exited: then d.exited is ready
 		select {
-		case <-d.exited:
+		case err := <-d.exited:
+			if err != nil {
+				t.Logf("qsnapd exited: %v", err) // a test may have killed it on purpose
+			}
 		case <-time.After(30 * time.Second):
-			d.cmd.Process.Kill()
+			_ = d.cmd.Process.Kill()
 		}
 		if t.Failed() {
 			t.Logf("qsnapd log:\n%s", d.log.String())
@@ -199,7 +202,7 @@ func TestCLIEndToEnd(t *testing.T) {
 
 	// snapshot-create from an XML file.
 	xmlFile := filepath.Join(d.dir, "s3.xml")
-	os.WriteFile(xmlFile, []byte("<domainsnapshot><name>s3</name><disks><disk name='vdb' snapshot='no'/></disks></domainsnapshot>"), 0o644)
+	writeFile(t, xmlFile, []byte("<domainsnapshot><name>s3</name><disks><disk name='vdb' snapshot='no'/></disks></domainsnapshot>"))
 	if out := d.mustCtl("snapshot-create", "vm1", xmlFile, "--disk-only"); !strings.Contains(out, "s3") {
 		t.Errorf("snapshot-create: %q", out)
 	}
@@ -278,7 +281,9 @@ func TestCLIEndToEnd(t *testing.T) {
 	d.mustCtl("detach", "vm1")
 
 	// SIGTERM: the daemon exits 0 and removes its sockets.
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case err := <-d.exited:
 		if err != nil {
@@ -296,7 +301,7 @@ func TestCLIEndToEnd(t *testing.T) {
 func validate(t *testing.T, doc string) {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "s.xml")
-	os.WriteFile(f, []byte(doc), 0o644)
+	writeFile(t, f, []byte(doc))
 	if out, err := exec.Command("virt-xml-validate", f, "domainsnapshot").CombinedOutput(); err != nil {
 		t.Errorf("virt-xml-validate: %v: %s\n%s", err, out, doc)
 	}
@@ -317,7 +322,9 @@ func TestSIGTERMThawsWhatTheDaemonFroze(t *testing.T) {
 	if !agent.Frozen() {
 		t.Fatal("not frozen")
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	err = <-d.exited
 	d.exited <- err
 	if err != nil {
@@ -325,5 +332,13 @@ func TestSIGTERMThawsWhatTheDaemonFroze(t *testing.T) {
 	}
 	if agent.Frozen() {
 		t.Error("guest left frozen after SIGTERM")
+	}
+}
+
+// writeFile writes a test's input file.
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

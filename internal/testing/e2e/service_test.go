@@ -70,7 +70,9 @@ func TestNotify(t *testing.T) {
 	want("STATUS=serving")
 	want("WATCHDOG=1")
 	want("WATCHDOG=1")
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	want("STOPPING=1")
 }
 
@@ -111,8 +113,8 @@ func TestSocketActivation(t *testing.T) {
 		f.Close()
 	}
 	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait() // its exit was the test's business; this only reaps
 		if t.Failed() {
 			t.Logf("qsnapd log:\n%s", log.String())
 		}
@@ -139,16 +141,16 @@ func TestUnitFiles(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for _, name := range []string{"qsnapd.service", "qsnapd.socket"} {
-		data, err := os.ReadFile(filepath.Join("../../../configs", name))
+		data, err := os.ReadFile(filepath.Join("..", "..", "..", "configs", name))
 		if err != nil {
 			t.Fatal(err)
 		}
 		data = []byte(strings.ReplaceAll(string(data), "/usr/bin/qsnapd", filepath.Join(binDir, "qsnapd")))
-		os.WriteFile(filepath.Join(dir, name), data, 0o644)
+		writeFile(t, filepath.Join(dir, name), data)
 	}
 	out, err := exec.Command("systemd-analyze", "verify", "--man=no",
 		filepath.Join(dir, "qsnapd.service"), filepath.Join(dir, "qsnapd.socket")).CombinedOutput()
-	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+	if err != nil || strings.TrimSpace(string(out)) != "" {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
@@ -204,7 +206,7 @@ func TestPrometheusScrapesTheDaemon(t *testing.T) {
 	promPort := freePort(t)
 	promDir := t.TempDir()
 	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: qsnapd\n    static_configs:\n      - targets: ['%s']\n", metricsAddr)
-	os.WriteFile(filepath.Join(promDir, "prometheus.yml"), []byte(cfg), 0o644)
+	writeFile(t, filepath.Join(promDir, "prometheus.yml"), []byte(cfg))
 	prom := exec.Command("prometheus", "--config.file="+filepath.Join(promDir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(promDir, "data"), fmt.Sprintf("--web.listen-address=127.0.0.1:%d", promPort))
 	var promLog qemutest.LockedBuffer
@@ -214,8 +216,8 @@ func TestPrometheusScrapesTheDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		prom.Process.Kill()
-		prom.Wait()
+		_ = prom.Process.Kill()
+		_ = prom.Wait() // killed: the status says nothing
 		if t.Failed() {
 			t.Logf("prometheus log:\n%s", promLog.String())
 		}
@@ -282,7 +284,7 @@ func TestDBusAndInhibitor(t *testing.T) {
 	if err := mon.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { mon.Process.Kill(); mon.Wait() }()
+	defer func() { _ = mon.Process.Kill(); _ = mon.Wait() }() // killed: the status says nothing
 	signals := make(chan string, 100)
 	go func() {
 		sc := bufio.NewScanner(monOut)
@@ -326,7 +328,9 @@ func TestOneInfoLinePerSnapshot(t *testing.T) {
 	d := startDaemon(t, "--log-level", "info")
 	d.mustCtl("attach", "vm1", "--qmp", vm.QMP)
 	d.mustCtl("snapshot-create-as", "vm1", "l1", "--disk-only", "--atomic")
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	err := <-d.exited
 	d.exited <- err
 	var created int
@@ -376,7 +380,7 @@ func TestMakeInstall(t *testing.T) {
 		}
 	}
 	// The installed config is the one the unit points at, and it loads.
-	if out, err := exec.Command(filepath.Join(stage, "usr/bin/qsnapd"), "--config", filepath.Join(stage, "etc/qsnapd/qsnapd.toml"), "--version").CombinedOutput(); err != nil {
+	if out, err := exec.Command(filepath.Join(stage, "usr", "bin", "qsnapd"), "--config", filepath.Join(stage, "etc", "qsnapd", "qsnapd.toml"), "--version").CombinedOutput(); err != nil {
 		t.Errorf("qsnapd --config with the installed config: %v: %s", err, out)
 	}
 }
@@ -388,7 +392,7 @@ func TestConfigDomainsAttachedAtStartup(t *testing.T) {
 	vm := qemutest.Start(t, qemutest.Options{Disks: 1, SecondMonitor: true})
 	later := filepath.Join(qemutest.TempDir(t), "qmp.sock")
 	cfg := filepath.Join(t.TempDir(), "qsnapd.toml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("[[domain]]\nname = \"up\"\nqmp = %q\n\n[[domain]]\nname = \"later\"\nqmp = %q\n", vm.QMP, later)), 0o644)
+	writeFile(t, cfg, []byte(fmt.Sprintf("[[domain]]\nname = \"up\"\nqmp = %q\n\n[[domain]]\nname = \"later\"\nqmp = %q\n", vm.QMP, later)))
 	d := startDaemon(t, "--config", cfg)
 	// The socket accepts before the first connection attempts are over:
 	// a request waits for its domain's attempt rather than fail.
