@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"unicode"
 	"sync"
 	"time"
 
@@ -476,8 +477,11 @@ func validateDomainConfig(cfg DomainConfig) error {
 	switch {
 	case cfg.Name == "" || len(cfg.Name) > 255:
 		return fmt.Errorf("%w: a domain needs a name of 1 to 255 bytes", ErrInvalidArg)
-	case strings.ContainsAny(cfg.Name, "/\x00\n"):
-		return fmt.Errorf("%w: domain name '%s' contains '/', a newline or NUL", ErrInvalidArg, cfg.Name)
+	case strings.ContainsFunc(cfg.Name, unicode.IsControl):
+		// Quoted: the name itself would break the message and the logs.
+		return fmt.Errorf("%w: domain name %q contains a control character", ErrInvalidArg, cfg.Name)
+	case strings.Contains(cfg.Name, "/"):
+		return fmt.Errorf("%w: domain name '%s' contains '/'", ErrInvalidArg, cfg.Name)
 	case !filepath.IsAbs(cfg.QMP):
 		return fmt.Errorf("%w: the QMP socket path '%s' is not absolute", ErrInvalidArg, cfg.QMP)
 	case cfg.Agent != "" && !filepath.IsAbs(cfg.Agent):
