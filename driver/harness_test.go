@@ -59,7 +59,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 func newEnvWith(t *testing.T, vmOpts qemutest.Options, o envOpts) *env {
 	t.Helper()
 	if vmOpts.Backend == qemutest.Real {
-		vmOpts.Backend = backendOf(t)
+		vmOpts.Backend = qemutest.SuiteBackend(t)
 	}
 	vm := qemutest.Start(t, vmOpts)
 	e := &env{t: t, vm: vm, name: "vm1"}

