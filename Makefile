@@ -50,7 +50,7 @@ fmt:
 lint:
 	$(GO) tool golangci-lint run ./...
 
-test: deps fmt vet
+test: deps fmt vet lint
 	$(GO) test -race -count=1 -timeout 25m ./...
 
 test-short:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -42,7 +43,7 @@ func (e *Error) Error() string { return e.Info.Message }
 
 // Code is the error's code, or "" for other errors.
 func Code(err error) string {
-	if e, ok := err.(*Error); ok {
+	if e := (*Error)(nil); errors.As(err, &e) {
 		return e.Info.Code
 	}
 	return ""

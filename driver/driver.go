@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"unicode"
 	"sync"
 	"time"
+	"unicode"
 
 	bolt "go.etcd.io/bbolt"
 	"go.uber.org/zap"

@@ -27,4 +27,5 @@ var checks = []qemutest.Check{
 	{Name: "DetachRefusedWhileBusy", Run: checkDetachRefusedWhileBusy},
 	{Name: "ClientGoneMidSwitch", Run: checkClientGoneMidSwitch},
 	{Name: "Hammer", Run: checkHammer},
+	{Name: "QuiesceThroughTheAPI", Run: checkQuiesceThroughTheAPI},
 }

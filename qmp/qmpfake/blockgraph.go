@@ -167,7 +167,8 @@ func (b *BlockLayer) checkNodeName(name string) error {
 func wellFormed(id string) bool {
 	for i, c := range id {
 		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-		if !letter && (i == 0 || !(c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_')) {
+		other := c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_'
+		if !letter && (i == 0 || !other) {
 			return false
 		}
 	}

@@ -147,7 +147,7 @@ func NewBlockLayer(disks []FakeDisk) *BlockLayer {
 		if h, err := readQcow2(fd.File); err == nil && n.drv == "qcow2" {
 			n.size = cmp.Or(n.size, h.size)
 			n.hdrBacking, n.hdrBackingFmt, n.autoBacking = h.backing, h.backingFmt, h.backing
-			b.openBacking(n) // a broken chain is left out
+			_ = b.openBacking(n) // a broken chain is left out
 		}
 		b.register(n)
 		b.disks = append(b.disks, &disk{FakeDisk: fd, root: n})
@@ -163,8 +163,7 @@ func (b *BlockLayer) Install(srv *Server) {
 	b.srvs = append(b.srvs, srv)
 	b.mu.Unlock()
 	srv.HandleDefault(func(c *Conn, cmd Command) error {
-		c.Fail(cmd, "CommandNotFound", fmt.Sprintf("The command %s has not been found", cmd.Execute))
-		return nil
+		return b.notFound(c, cmd)
 	})
 	for name := range b.table {
 		srv.Handle(name, b.serve)
@@ -281,19 +280,18 @@ func (b *BlockLayer) serve(c *Conn, cmd Command) error {
 		f = nil
 	}
 	if f == nil {
-		c.Fail(cmd, "CommandNotFound", fmt.Sprintf("The command %s has not been found", cmd.Execute))
-		return nil
+		return b.notFound(c, cmd)
 	}
 	x := &call{srv: c.server, args: cmd.Arguments}
 	ret, err := f(x)
 	var qe *qmpError
 	switch {
 	case errors.As(err, &qe):
-		c.Fail(cmd, qe.class, qe.desc)
+		_ = c.Fail(cmd, qe.class, qe.desc) // a client that went away is its own business
 	case err != nil:
 		return fmt.Errorf("block layer %s: %w", cmd.Execute, err)
 	default:
-		c.Reply(cmd, ret) // a client that went away is its own business
+		_ = c.Reply(cmd, ret) // likewise
 	}
 	for _, f := range x.after {
 		f()
@@ -301,7 +299,14 @@ func (b *BlockLayer) serve(c *Conn, cmd Command) error {
 	return nil
 }
 
-// emit sends an event to every connection, as QEMU does to every monitor.
+// notFound answers a command the model does not know, as QEMU does.
+func (b *BlockLayer) notFound(c *Conn, cmd Command) error {
+	_ = c.Fail(cmd, "CommandNotFound", fmt.Sprintf("The command %s has not been found", cmd.Execute)) // a client that went away is its own business
+	return nil
+}
+
+// emit sends an event to every connection, as QEMU does to every
+// monitor; a connection that went away misses it, as with QEMU.
 func (b *BlockLayer) emit(name string, data any) {
 	var conns []*Conn
 	for _, srv := range b.srvs {
@@ -313,12 +318,12 @@ func (b *BlockLayer) emit(name string, data any) {
 	}
 	for _, c := range conns {
 		if data != nil {
-			c.Event(name, data)
+			_ = c.Event(name, data)
 			continue
 		}
 		// QEMU leaves "data" out of events without any, such as STOP.
 		now := time.Now()
-		c.WriteJSON(map[string]any{"event": name, "timestamp": map[string]int64{
+		_ = c.WriteJSON(map[string]any{"event": name, "timestamp": map[string]int64{
 			"seconds": now.Unix(), "microseconds": int64(now.Nanosecond() / 1000)}})
 	}
 }

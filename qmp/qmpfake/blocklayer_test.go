@@ -568,10 +568,10 @@ func TestCreatedImagesOpenInQEMU(t *testing.T) {
 func TestParityWithQEMU(t *testing.T) {
 	for _, style := range []qemutest.Style{qemutest.Blockdev, qemutest.Legacy} {
 		t.Run(style.String(), func(t *testing.T) {
-			real := qemutest.Start(t, qemutest.Options{Disks: 2, Style: style})
+			realVM := qemutest.Start(t, qemutest.Options{Disks: 2, Style: style})
 			fake := startFakeStyle(t, 2, style)
 			got := parityScript(t, fake.dir, fake.c)
-			want := parityScript(t, real.Dir, dial(t, real.QMP))
+			want := parityScript(t, realVM.Dir, dial(t, realVM.QMP))
 			for i := range max(len(got), len(want)) {
 				if i >= len(got) || i >= len(want) || got[i] != want[i] {
 					t.Errorf("step %d:\nfake: %s\nqemu: %s", i, at(got, i), at(want, i))
@@ -596,11 +596,11 @@ func TestParityStartOnChain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	real := qemutest.Start(t, qemutest.Options{Extra: []string{
+	realVM := qemutest.Start(t, qemutest.Options{Extra: []string{
 		"-drive", "if=none,id=drive-vdz,file=" + top + ",format=qcow2,node-name=fmt-vdz",
 		"-device", "virtio-blk-pci,drive=drive-vdz,id=vdz"}})
 	fake := serveFake(t, qemutest.TempDir(t), []qmpfake.FakeDisk{{Target: "vdz", Drive: "drive-vdz", NodeName: "fmt-vdz", File: top}})
-	ctx, rc := testCtx(t), dial(t, real.QMP)
+	ctx, rc := testCtx(t), dial(t, realVM.QMP)
 	for _, c := range []struct {
 		cmd  string
 		args any
