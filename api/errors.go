@@ -18,6 +18,7 @@ const (
 	CodeOperationInProgress  = "operation-in-progress"
 	CodeSnapshotExists       = "snapshot-exists"
 	CodeNoOperation          = "no-operation"
+	CodeOperationAborted     = "operation-aborted"
 	CodeForbidden            = "forbidden"
 	CodeInternalError        = "internal-error"
 )
@@ -36,6 +37,8 @@ const (
 	DBusOperationInvalid     = DBusErrorPrefix + "OperationInvalid"
 	DBusOperationFailed      = DBusErrorPrefix + "OperationFailed"
 	DBusInternalError        = DBusErrorPrefix + "InternalError"
+	DBusOperationAborted     = DBusErrorPrefix + "OperationAborted"
+	DBusNoOperation          = DBusErrorPrefix + "NoOperation"
 )
 
 // ErrorClass is how every front end renders one kind of error: a row of
@@ -65,10 +68,11 @@ var errorTable = []ErrorClass{
 	{errkind.Unavailable, CodeOperationInvalid, http.StatusServiceUnavailable, DBusOperationInvalid},
 	// The request was valid; QEMU, the guest or the host failed it.
 	{errkind.OperationFailed, CodeOperationFailed, http.StatusConflict, DBusOperationFailed},
-	// Front ends only. D-Bus leaves access to the bus policy and has no
-	// operation ids.
+	// The caller cancelled it before its point of no return.
+	{errkind.OperationAborted, CodeOperationAborted, http.StatusConflict, DBusOperationAborted},
+	{errkind.NoOperation, CodeNoOperation, http.StatusNotFound, DBusNoOperation},
+	// Front ends only. D-Bus leaves access to the bus policy.
 	{errkind.OperationDenied, CodeForbidden, http.StatusForbidden, ""},
-	{errkind.NoOperation, CodeNoOperation, http.StatusNotFound, ""},
 }
 
 // ClassOf returns the row of a kind; a kind without one (OK among them)

@@ -150,6 +150,10 @@ type Driver struct {
 	mu      sync.Mutex
 	domains map[string]*Domain
 
+	// running are the operations in flight that front ends may watch
+	// and cancel.
+	running opRegistry
+
 	thawsSettled chan struct{} // closed after the startup thaws' first attempts
 }
 

@@ -34,4 +34,9 @@ var (
 	// reachable or not answering. The agent's own error stays in the
 	// chain and gives the message.
 	ErrAgentUnresponsive = errors.New("guest agent unavailable")
+	// ErrNoOperation: no operation of that id is running.
+	ErrNoOperation = errors.New("no such operation")
+	// ErrCancelled: the caller cancelled the operation before its point
+	// of no return; nothing changed.
+	ErrCancelled = errors.New("operation cancelled")
 )

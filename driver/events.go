@@ -28,10 +28,31 @@ type SnapshotEvent struct {
 	Err      error
 }
 
+// DeleteEvent describes a finished snapshot delete that got past
+// validation: a merge of overlays, or metadata only.
+type DeleteEvent struct {
+	Domain string
+	// Names are the snapshots deleted, deepest first.
+	Names []string
+	OpID  string
+	// Merged says whether overlays were merged (not metadata only).
+	Merged   bool
+	Result   string // ResultSuccess, ResultFailure, ResultCancelled or ResultPartial
+	Duration time.Duration
+	// MergedBytes is what the commit jobs copied.
+	MergedBytes int64
+	Err         error
+}
+
+// ResultCancelled is a delete cancelled before its point of no return:
+// nothing changed.
+const ResultCancelled = "cancelled"
+
 // Events receives what the driver does, for metrics and D-Bus signals.
 // Calls are synchronous and must return quickly.
 type Events interface {
 	SnapshotFinished(SnapshotEvent)
+	SnapshotDeleted(DeleteEvent)
 	GuestFrozen(domain, owner string)
 	GuestThawed(domain string, frozenFor time.Duration)
 	FreezeDeadlineExceeded(domain string)
@@ -46,6 +67,9 @@ type NopEvents struct{}
 
 // SnapshotFinished does nothing.
 func (NopEvents) SnapshotFinished(SnapshotEvent) {}
+
+// SnapshotDeleted does nothing.
+func (NopEvents) SnapshotDeleted(DeleteEvent) {}
 
 // GuestFrozen does nothing.
 func (NopEvents) GuestFrozen(string, string) {}
@@ -77,6 +101,13 @@ type MultiEvents []Events
 func (m MultiEvents) SnapshotFinished(e SnapshotEvent) {
 	for _, x := range m {
 		x.SnapshotFinished(e)
+	}
+}
+
+// SnapshotDeleted implements Events.
+func (m MultiEvents) SnapshotDeleted(e DeleteEvent) {
+	for _, x := range m {
+		x.SnapshotDeleted(e)
 	}
 }
 
@@ -153,6 +184,9 @@ func (h *Hub) all() MultiEvents {
 
 // SnapshotFinished implements Events.
 func (h *Hub) SnapshotFinished(e SnapshotEvent) { h.all().SnapshotFinished(e) }
+
+// SnapshotDeleted implements Events.
+func (h *Hub) SnapshotDeleted(e DeleteEvent) { h.all().SnapshotDeleted(e) }
 
 // GuestFrozen implements Events.
 func (h *Hub) GuestFrozen(domain, owner string) { h.all().GuestFrozen(domain, owner) }

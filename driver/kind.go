@@ -23,6 +23,8 @@ var kinds = []struct {
 	{errkind.Unavailable, []error{ErrDisconnected, ErrClosed}},
 	{errkind.DomExist, []error{ErrDomainExists}},
 	{errkind.OperationInvalid, []error{ErrOperationInvalid}},
+	{errkind.OperationAborted, []error{ErrCancelled}},
+	{errkind.NoOperation, []error{ErrNoOperation}},
 	// Last: the request was valid; QEMU, the guest or the host failed it.
 	{errkind.OperationFailed, []error{ErrOperationFailed, ErrQuiesce}},
 }

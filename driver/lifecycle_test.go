@@ -168,10 +168,11 @@ func checkRedefineAndDeleteMetadata(t *testing.T) {
 	}
 
 	ctx := testCtx(t)
-	if err := e.drv.DeleteSnapshot(ctx, e.name, "b", false); !errors.Is(err, ErrUnsupported) {
+	metadataOnly := DeleteRequest{Flags: DeleteMetadataOnly}
+	if _, err := e.drv.DeleteSnapshot(ctx, e.name, "b", DeleteRequest{}); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("delete with data: got %v, want unsupported", err)
 	}
-	if err := e.drv.DeleteSnapshot(ctx, e.name, "b", true); err != nil {
+	if _, err := e.drv.DeleteSnapshot(ctx, e.name, "b", metadataOnly); err != nil {
 		t.Fatal(err)
 	}
 	for _, child := range []string{"c", "d"} {
@@ -180,13 +181,13 @@ func checkRedefineAndDeleteMetadata(t *testing.T) {
 			t.Errorf("%s after deleting its parent: parent %q, %v\n%s", child, rec.Parent, err, rec.XML)
 		}
 	}
-	if err := e.drv.DeleteSnapshot(ctx, e.name, "c", true); err != nil {
+	if _, err := e.drv.DeleteSnapshot(ctx, e.name, "c", metadataOnly); err != nil {
 		t.Fatal(err)
 	}
 	if cur, _ := e.drv.Store().Current(e.name); cur != "a" {
 		t.Errorf("current after deleting it: %q, want its parent a", cur)
 	}
-	if err := e.drv.DeleteSnapshot(ctx, e.name, "zz", true); !errors.Is(err, ErrNoSnapshot) {
+	if _, err := e.drv.DeleteSnapshot(ctx, e.name, "zz", metadataOnly); !errors.Is(err, ErrNoSnapshot) {
 		t.Errorf("delete unknown: %v", err)
 	}
 	if err := e.drv.SetCurrent(ctx, e.name, "d"); err != nil {

@@ -49,24 +49,6 @@ func (d *Driver) SetCurrent(ctx context.Context, domain, name string) error {
 	return d.store.SetCurrent(domain, name)
 }
 
-// DeleteSnapshot deletes a snapshot's metadata. Deleting an external
-// disk snapshot's data (a block commit or pull of its overlays) is not
-// supported yet, so metadataOnly must be set.
-func (d *Driver) DeleteSnapshot(ctx context.Context, domain, name string, metadataOnly bool) error {
-	if _, err := d.domain(domain); err != nil {
-		return err
-	}
-	if !metadataOnly {
-		return fmt.Errorf("%w: deleting the data of external disk snapshot '%s' is not supported; delete its metadata only", ErrUnsupported, name)
-	}
-	_, release, err := d.lockDomain(ctx, domain)
-	if err != nil {
-		return err
-	}
-	defer release()
-	return d.store.DeleteSnapshotMetadata(domain, name)
-}
-
 // Disks lists a connected domain's disks as QEMU sees them now.
 func (d *Driver) Disks(ctx context.Context, domain string) ([]qmp.Disk, error) {
 	dom, err := d.domain(domain)

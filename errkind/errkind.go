@@ -58,6 +58,13 @@ const (
 	// OperationFailed is a valid request that QEMU, the guest or the
 	// host failed: VIR_ERR_OPERATION_FAILED.
 	OperationFailed
+	// OperationAborted is an operation its caller cancelled before its
+	// point of no return: VIR_ERR_OPERATION_ABORTED.
+	OperationAborted
+	// NoOperation is an unknown operation id. libvirt keeps no registry
+	// of operations; an id that names nothing is a bad argument,
+	// VIR_ERR_INVALID_ARG.
+	NoOperation
 
 	// The kinds below only front ends report: they are about the
 	// request, not the engine's work.
@@ -66,10 +73,6 @@ const (
 	// socket: VIR_ERR_OPERATION_DENIED, as libvirt refuses writes on a
 	// read-only connection.
 	OperationDenied
-	// NoOperation is an unknown operation id. libvirt keeps no registry
-	// of operations; an id that names nothing is a bad argument,
-	// VIR_ERR_INVALID_ARG.
-	NoOperation
 
 	numKinds
 )
@@ -93,6 +96,7 @@ var kinds = [numKinds]struct {
 	OperationInvalid:     {"OperationInvalid", 55},     // VIR_ERR_OPERATION_INVALID
 	Unavailable:          {"Unavailable", 55},          // VIR_ERR_OPERATION_INVALID
 	OperationFailed:      {"OperationFailed", 9},       // VIR_ERR_OPERATION_FAILED
+	OperationAborted:     {"OperationAborted", 78},     // VIR_ERR_OPERATION_ABORTED
 	OperationDenied:      {"OperationDenied", 29},      // VIR_ERR_OPERATION_DENIED
 	NoOperation:          {"NoOperation", 8},           // VIR_ERR_INVALID_ARG
 }

@@ -283,3 +283,7 @@ func agentReason(err error) string {
 	}
 	return "other"
 }
+
+// SnapshotDeleted is not counted yet: the merge families come with
+// delete-by-merge.
+func (m *Metrics) SnapshotDeleted(driver.DeleteEvent) {}

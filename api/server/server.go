@@ -444,7 +444,11 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 		}
 		metadataOnly = v == "true" || v == "1"
 	}
-	if err := s.drv.DeleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snap"), metadataOnly); err != nil {
+	var req driver.DeleteRequest
+	if metadataOnly {
+		req.Flags |= driver.DeleteMetadataOnly
+	}
+	if _, err := s.drv.DeleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snap"), req); err != nil {
 		s.writeErr(w, err)
 		return
 	}
