@@ -496,7 +496,11 @@ func runSnapshotDelete(ctx context.Context, c *cli, a *args) error {
 		}
 		name = s.Name
 	}
-	if err := c.client.DeleteSnapshot(ctx, domain, name, a.flag("metadata")); err != nil {
+	var opts api.DeleteOptions
+	if a.flag("metadata") {
+		opts.Flags |= api.DeleteMetadataOnly
+	}
+	if _, err := c.client.DeleteSnapshot(ctx, domain, name, opts); err != nil {
 		return err
 	}
 	if c.json {
