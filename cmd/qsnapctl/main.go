@@ -99,7 +99,8 @@ func (c *cli) run(ctx context.Context, argv []string) error {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
-		stop := c.interruptible(&ctx)
+		var stop func()
+		ctx, stop = c.interruptible(ctx)
 		defer stop()
 	}
 	err = cmd.run(ctx, c, a)
@@ -109,11 +110,10 @@ func (c *cli) run(ctx context.Context, argv []string) error {
 	return err
 }
 
-// interruptible makes a signal end *ctx, as Ctrl-C ends a command; the
-// returned func stops listening.
-func (c *cli) interruptible(ctx *context.Context) (stop func()) {
-	sctx, cancel := context.WithCancel(*ctx)
-	*ctx = sctx
+// interruptible returns ctx ended by a signal as well, as Ctrl-C ends a
+// command, and the func that stops listening.
+func (c *cli) interruptible(ctx context.Context) (context.Context, func()) {
+	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		select {
@@ -122,7 +122,7 @@ func (c *cli) interruptible(ctx *context.Context) (stop func()) {
 		case <-done:
 		}
 	}()
-	return func() {
+	return sctx, func() {
 		close(done)
 		cancel()
 	}
