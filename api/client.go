@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"time"
 )
 
 // Client speaks the API over a unix socket.
@@ -141,14 +142,35 @@ func (c *Client) Disks(ctx context.Context, name string) ([]Disk, error) {
 	return out, err
 }
 
-// CreateSnapshot takes a snapshot; opID, if set, names the operation.
-func (c *Client) CreateSnapshot(ctx context.Context, domain string, req CreateSnapshotRequest, opID string) (CreateSnapshotResponse, error) {
-	var out CreateSnapshotResponse
+// opHeader names the operation, if opID is set, and asks for an
+// asynchronous answer with async.
+func opHeader(opID string, async bool) http.Header {
 	hdr := http.Header{}
 	if opID != "" {
 		hdr.Set(OperationHeader, opID)
 	}
-	err := c.do(ctx, http.MethodPost, domainPath(domain, "snapshots"), hdr, req, &out)
+	if async {
+		hdr.Set(PreferHeader, PreferAsync)
+	}
+	return hdr
+}
+
+// CreateSnapshot takes a snapshot and waits for it; opID, if set, names
+// the operation.
+func (c *Client) CreateSnapshot(ctx context.Context, domain string, req CreateSnapshotRequest, opID string) (CreateSnapshotResponse, error) {
+	var out CreateSnapshotResponse
+	req.Async = false
+	err := c.do(ctx, http.MethodPost, domainPath(domain, "snapshots"), opHeader(opID, false), req, &out)
+	return out, err
+}
+
+// CreateSnapshotAsync starts a snapshot and returns its operation,
+// running; Operation and WaitOperation read how it ends, with a
+// CreateSnapshotResponse as its result.
+func (c *Client) CreateSnapshotAsync(ctx context.Context, domain string, req CreateSnapshotRequest, opID string) (Operation, error) {
+	var out Operation
+	req.Async = false // the header asks
+	err := c.do(ctx, http.MethodPost, domainPath(domain, "snapshots"), opHeader(opID, true), req, &out)
 	return out, err
 }
 
@@ -185,13 +207,28 @@ func (c *Client) SetCurrent(ctx context.Context, domain, name string) (Snapshot,
 	return out, err
 }
 
-// DeleteSnapshot deletes a snapshot (its metadata, with metadataOnly).
-func (c *Client) DeleteSnapshot(ctx context.Context, domain, name string, metadataOnly bool) error {
+// DeleteSnapshot deletes a snapshot, merging its overlays unless
+// opts.Flags has DeleteMetadataOnly, and waits for the end.
+func (c *Client) DeleteSnapshot(ctx context.Context, domain, name string, opts DeleteOptions) (DeleteSnapshotResponse, error) {
+	var out DeleteSnapshotResponse
+	err := c.do(ctx, http.MethodDelete, deletePath(domain, name, opts), opHeader(opts.OpID, false), nil, &out)
+	return out, err
+}
+
+// DeleteSnapshotAsync starts a snapshot delete and returns its
+// operation, running; its result is a DeleteSnapshotResponse.
+func (c *Client) DeleteSnapshotAsync(ctx context.Context, domain, name string, opts DeleteOptions) (Operation, error) {
+	var out Operation
+	err := c.do(ctx, http.MethodDelete, deletePath(domain, name, opts), opHeader(opts.OpID, true), nil, &out)
+	return out, err
+}
+
+func deletePath(domain, name string, opts DeleteOptions) string {
 	p := domainPath(domain, "snapshots", name)
-	if metadataOnly {
-		p += "?metadata-only=true"
+	if q := opts.query(); q != "" {
+		p += "?" + q
 	}
-	return c.do(ctx, http.MethodDelete, p, nil, nil, nil)
+	return p
 }
 
 // FSFreeze freezes the guest's filesystems.
@@ -215,9 +252,49 @@ func (c *Client) FSStatus(ctx context.Context, domain string) (FreezeInfo, error
 	return out, err
 }
 
-// Operation returns an operation's outcome.
+func opPath(id string) string { return "/v1/operations/" + url.PathEscape(id) }
+
+// Operation returns an operation: its progress while it runs, its
+// result or error once it ended.
 func (c *Client) Operation(ctx context.Context, id string) (Operation, error) {
 	var out Operation
-	err := c.do(ctx, http.MethodGet, "/v1/operations/"+url.PathEscape(id), nil, nil, &out)
+	err := c.do(ctx, http.MethodGet, opPath(id), nil, nil, &out)
 	return out, err
+}
+
+// CancelOperation asks a running operation to stop before its point of
+// no return, and returns it as it is then: still running, since it ends
+// once its jobs are cancelled; it then fails with operation-aborted.
+// Past that point the error's code is operation-invalid (409), and for
+// an unknown id no-operation (404).
+func (c *Client) CancelOperation(ctx context.Context, id string) (Operation, error) {
+	var out Operation
+	err := c.do(ctx, http.MethodDelete, opPath(id), nil, nil, &out)
+	return out, err
+}
+
+// WaitOperation reads an operation every interval until it is no longer
+// running, and returns it as it ended. Each reading, the last one
+// included, goes to seen if it is set. It returns early only when ctx
+// ends or a reading fails.
+func (c *Client) WaitOperation(ctx context.Context, id string, interval time.Duration, seen func(Operation)) (Operation, error) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		op, err := c.Operation(ctx, id)
+		if err != nil {
+			return op, err
+		}
+		if seen != nil {
+			seen(op)
+		}
+		if op.State != OpRunning {
+			return op, nil
+		}
+		select {
+		case <-ctx.Done():
+			return op, ctx.Err()
+		case <-t.C:
+		}
+	}
 }

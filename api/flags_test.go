@@ -58,3 +58,25 @@ func TestFlagNames(t *testing.T) {
 		t.Errorf("no flags have names %v", Flags(0).Names())
 	}
 }
+
+func TestDeleteFlags(t *testing.T) {
+	if got := (DeleteChildren | DeleteChildrenOnly).String(); got != "children|children-only" {
+		t.Errorf("String() = %q", got)
+	}
+	if got := DeleteFlags(0).String(); got != "none" {
+		t.Errorf("no flags: %q", got)
+	}
+	for _, tc := range []struct {
+		opts DeleteOptions
+		want string
+	}{
+		{DeleteOptions{}, ""},
+		{DeleteOptions{Flags: DeleteMetadataOnly}, "metadata-only=true"},
+		{DeleteOptions{Flags: DeleteChildren, Bandwidth: 1 << 20, OpID: "x"}, "children=true&bandwidth=1048576"},
+		{DeleteOptions{Flags: DeleteChildrenOnly | 1<<4}, "children-only=true&flags=16"},
+	} {
+		if got := tc.opts.query(); got != tc.want {
+			t.Errorf("%+v: query %q, want %q", tc.opts, got, tc.want)
+		}
+	}
+}

@@ -27,6 +27,18 @@ const MaxBodyBytes = 1 << 20
 // server echoes it on every response of an operation.
 const OperationHeader = "X-Operation-ID"
 
+// Asynchronous requests. Every mutating request that is an operation
+// may ask not to wait: with "async": true in its JSON body, the header
+// "Prefer: respond-async" (RFC 7240) or ?async=true (the way for a
+// request without a body). The answer is then 202 Accepted with the
+// Operation, still running, and Location: /v1/operations/{id}; the
+// server says "Preference-Applied: respond-async".
+const (
+	PreferHeader            = "Prefer"
+	PreferenceAppliedHeader = "Preference-Applied"
+	PreferAsync             = "respond-async"
+)
+
 // VersionInfo answers GET /v1/version.
 type VersionInfo struct {
 	Version    string `json:"version"`
@@ -52,6 +64,8 @@ type ErrorDetails struct {
 	Operation string        `json:"operation,omitempty"`
 	Step      string        `json:"step,omitempty"`
 	Disks     []DiskOutcome `json:"disks,omitempty"`
+	// Merges are a failed delete's outcomes, disk by disk.
+	Merges []MergeOutcome `json:"merges,omitempty"`
 }
 
 // DiskOutcome is what an operation did to one disk.
@@ -106,6 +120,7 @@ type AttachRequest struct {
 	Name  string `json:"name"`
 	QMP   string `json:"qmp"`
 	Agent string `json:"agent,omitempty"`
+	Async bool   `json:"async,omitempty"`
 }
 
 // Disk is a disk as QEMU sees it now.
@@ -123,6 +138,7 @@ type CreateSnapshotRequest struct {
 	XML     string `json:"xml"`
 	Flags   Flags  `json:"flags"`
 	Quiesce string `json:"quiesce,omitempty"` // QuiesceRequire, QuiescePrefer or QuiesceSkip
+	Async   bool   `json:"async,omitempty"`
 }
 
 // Timings of an operation, in milliseconds.
@@ -171,7 +187,8 @@ type SnapshotNode struct {
 
 // SetCurrentRequest makes a snapshot current.
 type SetCurrentRequest struct {
-	Name string `json:"name"`
+	Name  string `json:"name"`
+	Async bool   `json:"async,omitempty"`
 }
 
 // FreezeRequest freezes a guest's filesystems.
@@ -179,6 +196,7 @@ type FreezeRequest struct {
 	Mountpoints []string `json:"mountpoints,omitempty"`
 	// Timeout is the auto-thaw deadline, as a Go duration ("30s").
 	Timeout string `json:"timeout,omitempty"`
+	Async   bool   `json:"async,omitempty"`
 }
 
 // FreezeResponse counts the filesystems frozen or thawed.
@@ -193,15 +211,41 @@ const (
 	OpFailed    = "failed"
 )
 
+// Operation kinds: what a mutating request was.
+const (
+	OpDomainAttach    = "domain-attach"
+	OpDomainDetach    = "domain-detach"
+	OpSnapshotCreate  = "snapshot-create"
+	OpSnapshotDelete  = "snapshot-delete"
+	OpSnapshotCurrent = "snapshot-current"
+	OpFSFreeze        = "fsfreeze"
+	OpFSThaw          = "fsthaw"
+)
+
 // Operation is the outcome of a mutating request, readable for at least
-// an hour, also by a client that lost its connection.
+// an hour, also by a client that lost its connection. A cancelled
+// operation failed with the code operation-aborted.
 type Operation struct {
-	ID      string          `json:"id"`
-	Kind    string          `json:"kind"`
-	Domain  string          `json:"domain,omitempty"`
-	State   string          `json:"state"`
-	Started time.Time       `json:"started"`
-	Ended   time.Time       `json:"ended,omitzero"`
-	Error   *ErrorInfo      `json:"error,omitempty"`
-	Result  json.RawMessage `json:"result,omitempty"`
+	ID      string    `json:"id"`
+	Kind    string    `json:"kind"`
+	Domain  string    `json:"domain,omitempty"`
+	State   string    `json:"state"`
+	Started time.Time `json:"started"`
+	Ended   time.Time `json:"ended,omitzero"`
+	// Progress is how far a running operation that copies data (a
+	// merge) has come; absent for the others.
+	Progress *Progress       `json:"progress,omitempty"`
+	Error    *ErrorInfo      `json:"error,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+}
+
+// Progress is how far a running operation has come.
+type Progress struct {
+	// DoneBytes and TotalBytes add up the operation's block jobs; both
+	// 0 before they start. TotalBytes may grow while the guest writes.
+	DoneBytes  int64 `json:"done_bytes"`
+	TotalBytes int64 `json:"total_bytes"`
+	// Cancellable is false once the operation passed its point of no
+	// return: DELETE /v1/operations/{id} then answers 409.
+	Cancellable bool `json:"cancellable"`
 }

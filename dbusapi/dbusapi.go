@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/internal/opid"
 )
 
 // Where the API lives on the bus.
@@ -26,6 +27,8 @@ const (
 const (
 	createTimeout = 10 * time.Minute
 	freezeTimeout = 2 * time.Minute
+	// A merge copies data: gigabytes under a bandwidth cap take long.
+	deleteTimeout = time.Hour
 )
 
 // Driver is what the D-Bus API needs of the snapshot engine.
@@ -33,6 +36,7 @@ type Driver interface {
 	Domains() []driver.DomainInfo
 	Snapshots(domain string) ([]driver.SnapshotRecord, error)
 	CreateSnapshot(ctx context.Context, domain string, req driver.CreateRequest) (*driver.CreateResult, error)
+	DeleteSnapshot(ctx context.Context, domain, name string, req driver.DeleteRequest) (*driver.DeleteResult, error)
 	FSFreeze(ctx context.Context, domain string, mountpoints []string, hold time.Duration) (int, error)
 	FSThaw(ctx context.Context, domain string) (int, error)
 }
@@ -74,6 +78,7 @@ func Export(conn *dbus.Conn, drv Driver, log *zap.Logger) (*Service, error) {
 		"ListDomains":    s.listDomains,
 		"ListSnapshots":  s.listSnapshots,
 		"CreateSnapshot": s.createSnapshot,
+		"DeleteSnapshot": s.deleteSnapshot,
 		"FSFreeze":       s.fsFreeze,
 		"FSThaw":         s.fsThaw,
 	}
@@ -150,6 +155,28 @@ func (s *Service) createSnapshot(sender dbus.Sender, domain, xml string, flags u
 	return res.Name, res.XML, nil
 }
 
+// deleteSnapshot deletes a snapshot as virDomainSnapshotDelete does,
+// flags and all, under an operation id of its own, which it returns
+// with the snapshots deleted, deepest first; the SnapshotDeleted signal
+// carries the same id.
+func (s *Service) deleteSnapshot(sender dbus.Sender, domain, name string, flags uint32) (string, []string, *dbus.Error) {
+	ctx, cancel := context.WithTimeout(s.ctx, deleteTimeout)
+	defer cancel()
+	id := opid.New()
+	res, err := s.drv.DeleteSnapshot(ctx, domain, name, driver.DeleteRequest{Flags: driver.DeleteFlags(flags), OpID: id})
+	if err != nil {
+		return "", nil, s.fail("DeleteSnapshot", sender, err)
+	}
+	if res.OpID != "" {
+		id = res.OpID
+	}
+	deleted := res.Deleted
+	if deleted == nil {
+		deleted = []string{}
+	}
+	return id, deleted, nil
+}
+
 func (s *Service) fsFreeze(sender dbus.Sender, domain string, mountpoints []string) (int32, *dbus.Error) {
 	ctx, cancel := context.WithTimeout(s.ctx, freezeTimeout)
 	defer cancel()
@@ -198,6 +225,17 @@ func (s signals) SnapshotFinished(e driver.SnapshotEvent) {
 		msg = e.Err.Error()
 	}
 	s.emit("SnapshotFailed", e.Domain, e.Name, msg)
+}
+
+// SnapshotDeleted signals every delete that got past validation, merge
+// or metadata only, with its result: success, failure, cancelled or
+// partial.
+func (s signals) SnapshotDeleted(e driver.DeleteEvent) {
+	names := e.Names
+	if names == nil {
+		names = []string{}
+	}
+	s.emit("SnapshotDeleted", e.Domain, names, e.OpID, e.Result)
 }
 
 func (s signals) GuestFrozen(domain, owner string) { s.emit("GuestFrozen", domain, owner) }

@@ -26,6 +26,7 @@ import (
 	"github.com/qsnapd/qsnapd/dbusapi"
 	"github.com/qsnapd/qsnapd/dbusapi/dbustest"
 	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 )
 
 var _ dbusapi.Driver = (*driver.Driver)(nil)
@@ -119,6 +120,35 @@ func (f *fakeDriver) CreateSnapshot(ctx context.Context, domain string, req driv
 	return &driver.CreateResult{Name: def.Name, XML: "<domainsnapshot><name>" + def.Name + "</name></domainsnapshot>"}, nil
 }
 
+// DeleteSnapshot deletes s1 (with CHILDREN, s2 then s1) as operation
+// op-1, and sends the event; s9 is cancelled, any other snapshot
+// unknown.
+func (f *fakeDriver) DeleteSnapshot(ctx context.Context, domain, name string, req driver.DeleteRequest) (*driver.DeleteResult, error) {
+	f.called(ctx, "DeleteSnapshot")
+	if err := known(domain); err != nil {
+		return nil, err
+	}
+	switch {
+	case req.Flags&driver.DeleteChildren != 0 && req.Flags&driver.DeleteChildrenOnly != 0:
+		return nil, fmt.Errorf("%w: CHILDREN and CHILDREN_ONLY are mutually exclusive", driver.ErrInvalidArg)
+	case req.OpID == "":
+		return nil, fmt.Errorf("%w: no operation id", driver.ErrInvalidArg)
+	case name == "s9":
+		f.ev().SnapshotDeleted(driver.DeleteEvent{Domain: domain, Names: []string{name}, OpID: req.OpID, Merged: true,
+			Result: driver.ResultCancelled, Err: driver.ErrCancelled})
+		return nil, fmt.Errorf("merge: %w", driver.ErrCancelled)
+	case name != "s1":
+		return nil, fmt.Errorf("%w: no snapshot named '%s'", driver.ErrNoSnapshot, name)
+	}
+	deleted := []string{"s1"}
+	if req.Flags&driver.DeleteChildren != 0 {
+		deleted = []string{"s2", "s1"}
+	}
+	f.ev().SnapshotDeleted(driver.DeleteEvent{Domain: domain, Names: deleted, OpID: "op-1",
+		Merged: req.Flags&driver.DeleteMetadataOnly == 0, Result: driver.ResultSuccess})
+	return &driver.DeleteResult{OpID: "op-1", Deleted: deleted}, nil
+}
+
 func (f *fakeDriver) FSFreeze(ctx context.Context, domain string, mountpoints []string, hold time.Duration) (int, error) {
 	f.called(ctx, "FSFreeze")
 	if err := known(domain); err != nil {
@@ -204,6 +234,7 @@ func TestCallsWithBusctl(t *testing.T) {
 		{"ListSnapshots", []string{"s", "vm1"}, `[[["s1","","disk-snapshot"],["s2","s1","disk-snapshot"]]]`},
 		{"CreateSnapshot", []string{"ssu", "vm1", "<domainsnapshot><name>s3</name></domainsnapshot>", "16"},
 			`["s3","<domainsnapshot><name>s3</name></domainsnapshot>"]`},
+		{"DeleteSnapshot", []string{"ssu", "vm1", "s1", "1"}, `["op-1",["s2","s1"]]`},
 		{"FSFreeze", []string{"sas", "vm1", "2", "/", "/var"}, `[2]`},
 		{"FSThaw", []string{"s", "vm1"}, `[2]`},
 	} {
@@ -229,7 +260,8 @@ func TestCallsWithBusctl(t *testing.T) {
 			}
 		})
 	}
-	for method, want := range map[string]time.Duration{"CreateSnapshot": 10 * time.Minute, "FSFreeze": 2 * time.Minute, "FSThaw": 2 * time.Minute} {
+	for method, want := range map[string]time.Duration{"CreateSnapshot": 10 * time.Minute, "DeleteSnapshot": time.Hour,
+		"FSFreeze": 2 * time.Minute, "FSThaw": 2 * time.Minute} {
 		e.drv.mu.Lock()
 		got := e.drv.deadlines[method]
 		e.drv.mu.Unlock()
@@ -255,6 +287,10 @@ func TestErrorNames(t *testing.T) {
 		{"quiesce", []string{"CreateSnapshot", "string:vm2", snap("s3"), "uint32:80"}, dbusapi.ErrorAgentUnresponsive},
 		{"internal", []string{"CreateSnapshot", "string:vm1", snap("bug"), "uint32:16"}, dbusapi.ErrorInternalError},
 		{"list", []string{"ListSnapshots", "string:vm9"}, dbusapi.ErrorNoDomain},
+		{"delete, no domain", []string{"DeleteSnapshot", "string:vm9", "string:s1", "uint32:0"}, dbusapi.ErrorNoDomain},
+		{"delete, no snapshot", []string{"DeleteSnapshot", "string:vm1", "string:s7", "uint32:0"}, dbusapi.ErrorNoDomainSnapshot},
+		{"delete, bad flags", []string{"DeleteSnapshot", "string:vm1", "string:s1", "uint32:5"}, dbusapi.ErrorInvalidArg},
+		{"delete, cancelled", []string{"DeleteSnapshot", "string:vm1", "string:s9", "uint32:0"}, dbusapi.ErrorOperationAborted},
 		{"freeze", []string{"FSFreeze", "string:vm2", "array:string:"}, dbusapi.ErrorAgentUnresponsive},
 		{"thaw", []string{"FSThaw", "string:"}, dbusapi.ErrorNoDomain},
 		{"no args", []string{"FSThaw"}, "org.freedesktop.DBus.Error.InvalidArgs"},
@@ -293,6 +329,7 @@ func TestSignals(t *testing.T) {
 		e.call("FSFreeze", "vm1", []string{}),
 		e.call("CreateSnapshot", "vm1", "<domainsnapshot><name>s3</name></domainsnapshot>", uint32(driver.FlagDiskOnly)),
 		e.call("FSThaw", "vm1"),
+		e.call("DeleteSnapshot", "vm1", "s1", uint32(driver.DeleteMetadataOnly)),
 	} {
 		if c.Err != nil {
 			t.Fatal(c.Err)
@@ -308,6 +345,7 @@ func TestSignals(t *testing.T) {
 		{"GuestFrozen", []any{"vm1", "fsfreeze"}},
 		{"SnapshotCreated", []any{"vm1", "s3"}},
 		{"GuestThawed", []any{"vm1", 1.5}},
+		{"SnapshotDeleted", []any{"vm1", []string{"s1"}, "op-1", "success"}},
 		{"SnapshotFailed", []any{"vm2", "s4", "operation failed: switch failed"}},
 	} {
 		select {
@@ -321,13 +359,56 @@ func TestSignals(t *testing.T) {
 	}
 }
 
+// TestSnapshotDeletedWithDbusMonitor: a bus client that knows nothing of
+// qsnapd sees SnapshotDeleted with its arguments as introspection
+// declares them.
+func TestSnapshotDeletedWithDbusMonitor(t *testing.T) {
+	e := setup(t)
+	if _, err := exec.LookPath("dbus-monitor"); err != nil {
+		t.Fatal("dbus-monitor is needed (Debian's dbus-bin): run make deps")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out qemutest.LockedBuffer
+	mon := exec.CommandContext(ctx, "dbus-monitor", "--address", e.bus.Address,
+		"type='signal',interface='"+dbusapi.Interface+"',member='SnapshotDeleted'")
+	mon.Stdout, mon.Stderr = &out, &out
+	if err := mon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		_ = mon.Wait() // killed: its status says nothing
+	}()
+	const want = "member=SnapshotDeleted\n" +
+		"   string \"vm2\"\n" +
+		"   array [\n" +
+		"      string \"s3\"\n" +
+		"      string \"s2\"\n" +
+		"   ]\n" +
+		"   string \"op-9\"\n" +
+		"   string \"partial\"\n"
+	// The monitor listens some time after it starts: signal until it
+	// has heard one.
+	for !strings.Contains(out.String(), want) {
+		e.svc.Events().SnapshotDeleted(driver.DeleteEvent{Domain: "vm2", Names: []string{"s3", "s2"}, OpID: "op-9",
+			Merged: true, Result: driver.ResultPartial, Err: driver.ErrOperationFailed})
+		select {
+		case <-ctx.Done():
+			t.Fatalf("dbus-monitor heard no SnapshotDeleted; it printed:\n%s", out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 func TestIntrospectionWithBusctl(t *testing.T) {
 	e := setup(t)
 	out, err := cli(t, "busctl", "--address="+e.bus.Address, "introspect", dbusapi.BusName, string(dbusapi.ObjectPath), dbusapi.Interface)
 	if err != nil {
 		t.Fatalf("busctl: %v: %s", err, out)
 	}
-	for _, want := range []string{".CreateSnapshot", "ssu", ".GuestThawed", "sd", ".ListDomains", "a(ssbb)"} {
+	for _, want := range []string{".CreateSnapshot", "ssu", ".GuestThawed", "sd", ".ListDomains", "a(ssbb)",
+		".DeleteSnapshot", "sas", ".SnapshotDeleted", "sass"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("introspection lacks %q:\n%s", want, out)
 		}

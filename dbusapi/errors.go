@@ -21,6 +21,8 @@ const (
 	ErrorOperationInvalid     = api.DBusOperationInvalid
 	ErrorOperationFailed      = api.DBusOperationFailed
 	ErrorInternalError        = api.DBusInternalError
+	ErrorOperationAborted     = api.DBusOperationAborted
+	ErrorNoOperation          = api.DBusNoOperation
 )
 
 // ErrorName is the D-Bus error name of a driver error, as the HTTP API

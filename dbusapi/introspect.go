@@ -26,6 +26,19 @@ const introspection = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object I
       <arg name="name" type="s" direction="out"/>
       <arg name="xml" type="s" direction="out"/>
     </method>
+    <!-- As virDomainSnapshotDelete: flags are virDomainSnapshotDeleteFlags
+         (1 CHILDREN, 2 METADATA_ONLY, 4 CHILDREN_ONLY). Without METADATA_ONLY
+         each overlay is merged into its base, all disks or none. Returns the
+         operation id, as SnapshotDeleted and the HTTP API's
+         /v1/operations/{id} name it, and the snapshots deleted, deepest
+         first. -->
+    <method name="DeleteSnapshot">
+      <arg name="domain" type="s" direction="in"/>
+      <arg name="name" type="s" direction="in"/>
+      <arg name="flags" type="u" direction="in"/>
+      <arg name="operation" type="s" direction="out"/>
+      <arg name="deleted" type="as" direction="out"/>
+    </method>
     <!-- Freezes the guest's filesystems (all if mountpoints is empty) until
          FSThaw or the daemon's max-freeze deadline. -->
     <method name="FSFreeze">
@@ -45,6 +58,14 @@ const introspection = `<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object I
       <arg name="domain" type="s"/>
       <arg name="name" type="s"/>
       <arg name="error" type="s"/>
+    </signal>
+    <!-- A delete that got past validation ended: names deepest first; result
+         is success, failure, cancelled (nothing changed) or partial. -->
+    <signal name="SnapshotDeleted">
+      <arg name="domain" type="s"/>
+      <arg name="names" type="as"/>
+      <arg name="operation" type="s"/>
+      <arg name="result" type="s"/>
     </signal>
     <!-- owner is "snapshot" (a quiesced snapshot) or "fsfreeze" (FSFreeze). -->
     <signal name="GuestFrozen">

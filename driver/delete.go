@@ -67,6 +67,20 @@ type DeleteResult struct {
 	Total       time.Duration  `json:"total_ns"`
 }
 
+// DeleteError is a delete that failed once it got past validation: the
+// error, with what each disk of each snapshot ended as, so that a front
+// end can say exactly what was merged and what was not.
+type DeleteError struct {
+	OpID  string
+	Step  string
+	Disks []MergeOutcome
+	Err   error
+}
+
+func (e *DeleteError) Error() string { return e.Err.Error() }
+
+func (e *DeleteError) Unwrap() error { return e.Err }
+
 // check applies the rules on flag combinations.
 func (f DeleteFlags) check() error {
 	switch {

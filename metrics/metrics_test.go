@@ -44,6 +44,9 @@ var families = []string{
 	"qsnapd_freeze_deadline_exceeded_total",
 	"qsnapd_guest_freeze_duration_seconds",
 	"qsnapd_guests_frozen",
+	"qsnapd_merge_duration_seconds",
+	"qsnapd_merged_bytes_total",
+	"qsnapd_merges_total",
 	"qsnapd_operations_in_flight",
 	"qsnapd_qmp_command_duration_seconds",
 	"qsnapd_qmp_errors_total",
@@ -67,6 +70,14 @@ func script(m *Metrics) {
 	m.SnapshotFinished(driver.SnapshotEvent{Domain: "vm1", Mode: "atomic", Result: driver.ResultRolledBack, Duration: 3 * time.Second})
 	m.SnapshotFinished(driver.SnapshotEvent{Domain: "vm3", Mode: "sequential", Result: driver.ResultPartial, Duration: 70 * time.Second})
 	m.SnapshotFinished(driver.SnapshotEvent{Domain: "vm3", Mode: "", Result: driver.ResultFailure}) // dropped
+	m.SnapshotDeleted(driver.DeleteEvent{Domain: "vm1", Names: []string{"s1"}, Merged: true, Result: driver.ResultSuccess,
+		Duration: 90 * time.Second, MergedBytes: 3 << 30})
+	m.SnapshotDeleted(driver.DeleteEvent{Domain: "vm1", Names: []string{"s2"}, Merged: true, Result: driver.ResultCancelled,
+		Duration: 2 * time.Second, MergedBytes: 1 << 20})
+	m.SnapshotDeleted(driver.DeleteEvent{Domain: "vm2", Names: []string{"s3", "s2"}, Merged: true, Result: driver.ResultPartial,
+		Duration: 40 * time.Millisecond, Err: driver.ErrOperationFailed})
+	m.SnapshotDeleted(driver.DeleteEvent{Domain: "vm2", Names: []string{"s4"}, Result: driver.ResultSuccess, Duration: time.Millisecond}) // metadata only: no merge
+	m.SnapshotDeleted(driver.DeleteEvent{Domain: "vm2", Merged: true, Result: "exploded", MergedBytes: 1})                                // dropped
 	m.RollbackFinished(true)
 	m.RollbackFinished(false)
 	m.OperationRecovered("thawed")
@@ -208,6 +219,16 @@ func TestPromtoolCheckRules(t *testing.T) {
 	out, err := exec.Command(promtool, "check", "rules", filepath.Join("..", "configs", "qsnapd-alerts.yml")).CombinedOutput()
 	if err != nil {
 		t.Errorf("promtool check rules: %v\n%s", err, out)
+	}
+}
+
+// TestPromtoolTestRules runs the alert rules' unit tests: the merge
+// alerts fire on a failed or partial merge, not on a cancelled one.
+func TestPromtoolTestRules(t *testing.T) {
+	promtool := needTool(t, "promtool")
+	out, err := exec.Command(promtool, "test", "rules", filepath.Join("testdata", "alerts_test.yml")).CombinedOutput()
+	if err != nil {
+		t.Errorf("promtool test rules: %v\n%s", err, out)
 	}
 }
 

@@ -47,3 +47,27 @@ func indications(in []driver.Indication) []api.Indication {
 	}
 	return out
 }
+
+func deleteResponse(res *driver.DeleteResult, id string) api.DeleteSnapshotResponse {
+	out := api.DeleteSnapshotResponse{Operation: id, Deleted: res.Deleted, Disks: mergeOutcomes(res.Disks),
+		MergedBytes: res.MergedBytes, TotalMS: ms(res.Total)}
+	if out.Deleted == nil {
+		out.Deleted = []string{}
+	}
+	if out.Disks == nil {
+		out.Disks = []api.MergeOutcome{}
+	}
+	return out
+}
+
+func mergeOutcomes(in []driver.MergeOutcome) []api.MergeOutcome {
+	if in == nil {
+		return nil
+	}
+	out := make([]api.MergeOutcome, len(in))
+	for i, o := range in {
+		out[i] = api.MergeOutcome{Snapshot: o.Snapshot, Target: o.Target, Overlay: o.Overlay, Base: o.Base,
+			Result: api.MergeResult(o.Result), FileDeleted: o.FileDeleted, Kept: o.Kept, Error: o.Error}
+	}
+	return out
+}

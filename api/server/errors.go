@@ -40,13 +40,17 @@ func kindOf(err error) errkind.Kind {
 }
 
 // errorInfo renders an error for the wire, with per-disk outcomes when
-// the driver reports them.
+// the driver reports them: a snapshot's switches or a delete's merges.
 func errorInfo(err error) (int, api.ErrorInfo) {
 	c := api.ClassOf(kindOf(err))
 	info := api.ErrorInfo{Code: c.Code, Message: err.Error()}
 	var oe *driver.OpError
-	if errors.As(err, &oe) {
+	var de *driver.DeleteError
+	switch {
+	case errors.As(err, &oe):
 		info.Details = &api.ErrorDetails{Operation: oe.OpID, Step: oe.Step, Disks: outcomes(oe.Disks)}
+	case errors.As(err, &de):
+		info.Details = &api.ErrorDetails{Operation: de.OpID, Step: de.Step, Merges: mergeOutcomes(de.Disks)}
 	}
 	return c.Status, info
 }

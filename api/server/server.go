@@ -13,7 +13,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +43,8 @@ type Server struct {
 	cfg Config
 	log *zap.Logger
 	ops *opRegistry
+	// running counts the asynchronous operations in flight.
+	running sync.WaitGroup
 }
 
 // New returns a server over drv.
@@ -56,8 +59,8 @@ func New(drv *driver.Driver, cfg Config, log *zap.Logger) *Server {
 }
 
 // Serve serves until ctx ends, then stops accepting, lets running
-// requests finish (operations complete or roll back), and returns.
-// Either listener may be nil.
+// requests and asynchronous operations finish (they complete or roll
+// back), within Config.Drain, and returns. Either listener may be nil.
 func (s *Server) Serve(ctx context.Context, rw, ro net.Listener) error {
 	var servers []*http.Server
 	errc := make(chan error, 2)
@@ -107,6 +110,16 @@ func (s *Server) Serve(ctx context.Context, rw, ro net.Listener) error {
 		}()
 	}
 	wg.Wait()
+	asyncDone := make(chan struct{})
+	go func() {
+		s.running.Wait()
+		close(asyncDone)
+	}()
+	select {
+	case <-asyncDone:
+	case <-dctx.Done():
+		errs = append(errs, fmt.Errorf("asynchronous operations still running after %v", s.cfg.Drain))
+	}
 	return errors.Join(errs...)
 }
 
@@ -178,6 +191,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/domains/{name}/fsthaw", s.fsThaw)
 	mux.HandleFunc("GET /v1/domains/{name}/fsfreeze", s.fsStatus)
 	mux.HandleFunc("GET /v1/operations/{id}", s.getOperation)
+	mux.HandleFunc("DELETE /v1/operations/{id}", s.cancelOperation)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -252,23 +266,35 @@ func (s *Server) attachDomain(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	info, err := s.drv.AttachDomain(r.Context(), driver.DomainConfig{Name: req.Name, QMP: req.QMP, Agent: req.Agent})
+	async, err := asyncOf(r, req.Async)
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, toDomain(info))
+	s.run(w, r, opRequest{kind: api.OpDomainAttach, domain: req.Name, async: async, status: http.StatusCreated},
+		func(ctx context.Context, _ string) (any, error) {
+			info, err := s.drv.AttachDomain(ctx, driver.DomainConfig{Name: req.Name, QMP: req.QMP, Agent: req.Agent})
+			if err != nil {
+				return nil, err
+			}
+			return toDomain(info), nil
+		})
 }
 
 func (s *Server) detachDomain(w http.ResponseWriter, r *http.Request) {
-	// Refused, not queued, while an operation runs.
-	ctx, cancel := context.WithCancel(r.Context())
-	cancel()
-	if err := s.drv.DetachDomain(ctx, r.PathValue("name")); err != nil {
+	domain := r.PathValue("name")
+	async, err := asyncOf(r, false)
+	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
+	s.run(w, r, opRequest{kind: api.OpDomainDetach, domain: domain, async: async, status: http.StatusNoContent},
+		func(ctx context.Context, _ string) (any, error) {
+			// Refused, not queued, while an operation runs.
+			ctx, cancel := context.WithCancel(ctx)
+			cancel()
+			return nil, s.drv.DetachDomain(ctx, domain)
+		})
 }
 
 func (s *Server) listDisks(w http.ResponseWriter, r *http.Request) {
@@ -295,30 +321,29 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	id, err := s.ops.start(r.Header.Get(api.OperationHeader), "snapshot-create", domain)
+	async, err := asyncOf(r, req.Async)
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	w.Header().Set(api.OperationHeader, id)
-	res, err := s.drv.CreateSnapshot(r.Context(), domain, driver.CreateRequest{
-		XML: req.XML, Flags: driver.CreateFlags(req.Flags), Quiesce: driver.QuiesceMode(req.Quiesce), OpID: id,
-	})
-	if err != nil {
-		s.ops.finish(id, nil, err)
-		s.writeErr(w, err)
-		return
-	}
-	resp := api.CreateSnapshotResponse{
-		Name: res.Name, XML: res.XML, Operation: id, Mode: string(res.Mode), Quiesced: res.Quiesced,
-		Disks: outcomes(res.Disks), Indications: indications(res.Indications),
-		Timings: api.Timings{TotalMS: ms(res.Total), SwitchMS: ms(res.Switch), FreezeMS: ms(res.Freeze)},
-	}
-	if resp.Disks == nil {
-		resp.Disks = []api.DiskOutcome{}
-	}
-	s.ops.finish(id, resp, nil)
-	writeJSON(w, http.StatusCreated, resp)
+	s.run(w, r, opRequest{kind: api.OpSnapshotCreate, domain: domain, async: async, status: http.StatusCreated},
+		func(ctx context.Context, id string) (any, error) {
+			res, err := s.drv.CreateSnapshot(ctx, domain, driver.CreateRequest{
+				XML: req.XML, Flags: driver.CreateFlags(req.Flags), Quiesce: driver.QuiesceMode(req.Quiesce), OpID: id,
+			})
+			if err != nil {
+				return nil, err
+			}
+			resp := api.CreateSnapshotResponse{
+				Name: res.Name, XML: res.XML, Operation: id, Mode: string(res.Mode), Quiesced: res.Quiesced,
+				Disks: outcomes(res.Disks), Indications: indications(res.Indications),
+				Timings: api.Timings{TotalMS: ms(res.Total), SwitchMS: ms(res.Switch), FreezeMS: ms(res.Freeze)},
+			}
+			if resp.Disks == nil {
+				resp.Disks = []api.DiskOutcome{}
+			}
+			return resp, nil
+		})
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -392,19 +417,27 @@ func (s *Server) snapshotResponse(w http.ResponseWriter, domain string, rec driv
 		s.writeErr(w, err)
 		return
 	}
-	recs, err := s.drv.Snapshots(domain)
+	sn, err := s.snapshotOf(domain, rec.Name)
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
+	writeJSON(w, http.StatusOK, sn)
+}
+
+// snapshotOf is one snapshot with its children, parent and XML.
+func (s *Server) snapshotOf(domain, name string) (api.Snapshot, error) {
+	recs, err := s.drv.Snapshots(domain)
+	if err != nil {
+		return api.Snapshot{}, err
+	}
 	cur, _ := s.drv.Store().Current(domain)
 	for _, sn := range snapshotsOf(recs, cur, true) {
-		if sn.Name == rec.Name {
-			writeJSON(w, http.StatusOK, sn)
-			return
+		if sn.Name == name {
+			return sn, nil
 		}
 	}
-	s.writeErr(w, fmt.Errorf("%w: snapshot '%s' vanished", driver.ErrNoSnapshot, rec.Name))
+	return api.Snapshot{}, fmt.Errorf("%w: snapshot '%s' vanished", driver.ErrNoSnapshot, name)
 }
 
 func (s *Server) getSnapshot(w http.ResponseWriter, r *http.Request) {
@@ -426,33 +459,105 @@ func (s *Server) setCurrent(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	if err := s.drv.SetCurrent(r.Context(), domain, req.Name); err != nil {
+	async, err := asyncOf(r, req.Async)
+	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	rec, err := s.drv.Current(domain)
-	s.snapshotResponse(w, domain, rec, err)
+	s.run(w, r, opRequest{kind: api.OpSnapshotCurrent, domain: domain, async: async, status: http.StatusOK},
+		func(ctx context.Context, _ string) (any, error) {
+			if err := s.drv.SetCurrent(ctx, domain, req.Name); err != nil {
+				return nil, err
+			}
+			rec, err := s.drv.Current(domain)
+			if err != nil {
+				return nil, err
+			}
+			return s.snapshotOf(domain, rec.Name)
+		})
 }
 
+// deleteSnapshot deletes a snapshot as virDomainSnapshotDelete does:
+// the flags by name (?children, ?metadata-only, ?children-only) or as
+// an integer (?flags=N), ?bandwidth=BYTES_PER_SECOND, ?async. Any other
+// parameter is refused, so that a misspelt ?metadata-only does not
+// merge. The answer is 200 with the DeleteSnapshotResponse.
 func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	metadataOnly := false
-	if v := q.Get("metadata-only"); v != "" {
-		if !slices.Contains([]string{"true", "1", "false", "0"}, v) {
-			s.writeErr(w, fmt.Errorf("%w: metadata-only must be true or false", errBadRequest))
-			return
-		}
-		metadataOnly = v == "true" || v == "1"
-	}
-	var req driver.DeleteRequest
-	if metadataOnly {
-		req.Flags |= driver.DeleteMetadataOnly
-	}
-	if _, err := s.drv.DeleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snap"), req); err != nil {
+	domain, name := r.PathValue("name"), r.PathValue("snap")
+	req, err := deleteRequest(r.URL.Query())
+	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
+	async, err := asyncOf(r, false)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	s.run(w, r, opRequest{kind: api.OpSnapshotDelete, domain: domain, async: async, status: http.StatusOK},
+		func(ctx context.Context, id string) (any, error) {
+			req.OpID = id
+			res, err := s.drv.DeleteSnapshot(ctx, domain, name, req)
+			if err != nil {
+				return nil, err
+			}
+			return deleteResponse(res, id), nil
+		})
+}
+
+// deleteRequest reads a delete's query parameters.
+func deleteRequest(q url.Values) (driver.DeleteRequest, error) {
+	var req driver.DeleteRequest
+	var flags api.DeleteFlags
+	for key, vs := range q {
+		if f, ok := deleteFlagNamed(key); ok {
+			set, err := parseBool(key, vs)
+			if err != nil {
+				return req, err
+			}
+			if set {
+				flags |= f
+			}
+			continue
+		}
+		switch key {
+		case api.QueryAsync: // asyncOf reads it
+		case api.QueryFlags, api.QueryBandwidth:
+			if len(vs) != 1 {
+				return req, fmt.Errorf("%w: %s given %d times", errBadRequest, key, len(vs))
+			}
+			if key == api.QueryFlags {
+				n, err := strconv.ParseUint(vs[0], 10, 32)
+				if err != nil {
+					return req, fmt.Errorf("%w: flags must be an unsigned integer, not %q", errBadRequest, vs[0])
+				}
+				flags |= api.DeleteFlags(n)
+				continue
+			}
+			n, err := strconv.ParseInt(vs[0], 10, 64)
+			if err != nil || n < 0 {
+				return req, fmt.Errorf("%w: bandwidth must be a number of bytes per second, not %q", errBadRequest, vs[0])
+			}
+			req.Bandwidth = n
+		default:
+			return req, fmt.Errorf("%w: unknown parameter %q of a snapshot delete", errBadRequest, key)
+		}
+	}
+	if unknown := flags &^ api.KnownDeleteFlags; unknown != 0 {
+		return req, fmt.Errorf("%w: unknown delete flag bits %#x", errBadRequest, uint32(unknown))
+	}
+	req.Flags = driver.DeleteFlags(flags)
+	return req, nil
+}
+
+// deleteFlagNamed is the flag whose query parameter is name.
+func deleteFlagNamed(name string) (api.DeleteFlags, bool) {
+	for f := api.DeleteFlags(1); f <= api.KnownDeleteFlags; f <<= 1 {
+		if f.String() == name {
+			return f, true
+		}
+	}
+	return 0, false
 }
 
 func (s *Server) fsFreeze(w http.ResponseWriter, r *http.Request) {
@@ -473,35 +578,30 @@ func (s *Server) fsFreeze(w http.ResponseWriter, r *http.Request) {
 		}
 		hold = d
 	}
-	s.operation(w, r, "fsfreeze", domain, func(ctx context.Context) (any, error) {
-		n, err := s.drv.FSFreeze(ctx, domain, req.Mountpoints, hold)
-		return api.FreezeResponse{Count: n}, err
-	})
+	async, err := asyncOf(r, req.Async)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	s.run(w, r, opRequest{kind: api.OpFSFreeze, domain: domain, async: async, status: http.StatusOK},
+		func(ctx context.Context, _ string) (any, error) {
+			n, err := s.drv.FSFreeze(ctx, domain, req.Mountpoints, hold)
+			return api.FreezeResponse{Count: n}, err
+		})
 }
 
 func (s *Server) fsThaw(w http.ResponseWriter, r *http.Request) {
 	domain := r.PathValue("name")
-	s.operation(w, r, "fsthaw", domain, func(ctx context.Context) (any, error) {
-		n, err := s.drv.FSThaw(ctx, domain)
-		return api.FreezeResponse{Count: n}, err
-	})
-}
-
-// operation runs a mutating call as a readable operation.
-func (s *Server) operation(w http.ResponseWriter, r *http.Request, kind, domain string, f func(context.Context) (any, error)) {
-	id, err := s.ops.start(r.Header.Get(api.OperationHeader), kind, domain)
+	async, err := asyncOf(r, false)
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	w.Header().Set(api.OperationHeader, id)
-	res, err := f(r.Context())
-	s.ops.finish(id, res, err)
-	if err != nil {
-		s.writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	s.run(w, r, opRequest{kind: api.OpFSThaw, domain: domain, async: async, status: http.StatusOK},
+		func(ctx context.Context, _ string) (any, error) {
+			n, err := s.drv.FSThaw(ctx, domain)
+			return api.FreezeResponse{Count: n}, err
+		})
 }
 
 func (s *Server) fsStatus(w http.ResponseWriter, r *http.Request) {
@@ -516,6 +616,7 @@ func (s *Server) fsStatus(w http.ResponseWriter, r *http.Request) {
 func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if op, ok := s.ops.get(id); ok {
+		s.withProgress(&op)
 		writeJSON(w, http.StatusOK, op)
 		return
 	}
@@ -529,6 +630,7 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
 	switch phase := rec.Phase(); {
 	case phase.Active():
 		op.State, op.Ended = api.OpRunning, time.Time{}
+		s.withProgress(&op)
 	case phase == transaction.PhaseDone:
 		op.State = api.OpSucceeded
 	default:

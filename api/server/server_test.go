@@ -68,7 +68,19 @@ func checkBadInputChangesNothing(t *testing.T) {
 		{"symlink target", d.rw, "POST", "/v1/domains/vm1/snapshots", snap(disk(link), []string{"disk-only"}), 400, api.CodeInvalidArg},
 		{"outside the allowed dirs", d.rw, "POST", "/v1/domains/vm1/snapshots", snap(disk(filepath.Join(outside, "x.img")), []string{"disk-only"}), 400, api.CodeInvalidArg},
 		{"memory snapshot", d.rw, "POST", "/v1/domains/vm1/snapshots", snap("", 0), 501, api.CodeOperationUnsupported},
-		{"delete with data", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0", nil, 501, api.CodeOperationUnsupported},
+		{"delete with children and children-only", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0?children&children-only=true", nil, 400, api.CodeInvalidArg},
+		{"delete with flags 5", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0?flags=5", nil, 400, api.CodeInvalidArg},
+		{"delete with unknown flag bits", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0?metadata-only&flags=8", nil, 400, api.CodeInvalidArg},
+		{"delete with a misspelt parameter", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0?metadata_only=true", nil, 400, api.CodeInvalidArg},
+		{"delete with a bad boolean", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0?metadata-only=yes", nil, 400, api.CodeInvalidArg},
+		{"delete with a negative bandwidth", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0?bandwidth=-1", nil, 400, api.CodeInvalidArg},
+		{"delete with a bandwidth suffix", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0?bandwidth=10M", nil, 400, api.CodeInvalidArg},
+		{"delete with async twice", d.rw, "DELETE", "/v1/domains/vm1/snapshots/s0?metadata-only&async=1&async=0", nil, 400, api.CodeInvalidArg},
+		{"delete an unknown snapshot's metadata", d.rw, "DELETE", "/v1/domains/vm1/snapshots/nope?metadata-only", nil, 404, api.CodeNoDomainSnapshot},
+		{"cancel an unknown operation", d.rw, "DELETE", "/v1/operations/nope", nil, 404, api.CodeNoOperation},
+		{"cancel on the read-only socket", d.ro, "DELETE", "/v1/operations/nope", nil, 403, api.CodeForbidden},
+		{"async snapshot with a bad async", d.rw, "POST", "/v1/domains/vm1/snapshots?async=maybe", snap("", []string{"disk-only"}), 400, api.CodeInvalidArg},
+		{"async snapshot with a bad body", d.rw, "POST", "/v1/domains/vm1/snapshots", []byte(`{"flags": ["disk-only"], "async": "yes"}`), 400, api.CodeInvalidArg},
 		{"bad quiesce mode", d.rw, "POST", "/v1/domains/vm1/snapshots", []byte(`{"flags": ["disk-only"], "quiesce": "maybe"}`), 400, api.CodeInvalidArg},
 		{"quiesce without an agent", d.rw, "POST", "/v1/domains/vm1/snapshots", snap("", []string{"disk-only", "quiesce"}), 503, api.CodeAgentUnresponsive},
 		{"attach with a relative path", d.rw, "POST", "/v1/domains", []byte(`{"name": "x", "qmp": "qmp.sock"}`), 400, api.CodeInvalidArg},
@@ -179,8 +191,10 @@ func checkSnapshotListingAndTree(t *testing.T) {
 	if _, err := d.client.SetCurrent(ctx(t), "vm1", "a"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.client.DeleteSnapshot(ctx(t), "vm1", "b", true); err != nil {
+	if res, err := d.client.DeleteSnapshot(ctx(t), "vm1", "b", api.DeleteOptions{Flags: api.DeleteMetadataOnly}); err != nil {
 		t.Fatal(err)
+	} else if len(res.Deleted) != 1 || res.Deleted[0] != "b" || len(res.Disks) != 0 || res.Operation == "" {
+		t.Errorf("metadata-only delete: %+v", res)
 	}
 	c, err := d.client.Snapshot(ctx(t), "vm1", "c")
 	if err != nil || c.Parent != "a" {

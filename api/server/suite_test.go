@@ -28,4 +28,9 @@ var checks = []qemutest.Check{
 	{Name: "ClientGoneMidSwitch", Run: checkClientGoneMidSwitch},
 	{Name: "Hammer", Run: checkHammer},
 	{Name: "QuiesceThroughTheAPI", Run: checkQuiesceThroughTheAPI},
+	{Name: "AsyncOperations", Run: checkAsyncOperations},
+	{Name: "ShutdownWaitsForAsync", Run: checkShutdownWaitsForAsync},
+	// These two skip until the engine deletes by merging.
+	{Name: "DeleteMerge", Run: checkDeleteMerge},
+	{Name: "MergeProgressAndCancel", Run: checkMergeProgressAndCancel},
 }

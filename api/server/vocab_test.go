@@ -105,6 +105,48 @@ func TestDiskResultsAgree(t *testing.T) {
 	}
 }
 
+func TestDeleteFlagsAgree(t *testing.T) {
+	for _, tc := range []struct {
+		engine driver.DeleteFlags
+		wire   api.DeleteFlags
+		name   string // the query parameter
+	}{
+		{driver.DeleteChildren, api.DeleteChildren, "children"},
+		{driver.DeleteMetadataOnly, api.DeleteMetadataOnly, "metadata-only"},
+		{driver.DeleteChildrenOnly, api.DeleteChildrenOnly, "children-only"},
+	} {
+		if uint32(tc.engine) != uint32(tc.wire) {
+			t.Errorf("api %v is %#x, the driver's is %#x", tc.wire, uint32(tc.wire), uint32(tc.engine))
+		}
+		if f, ok := deleteFlagNamed(tc.name); !ok || f != tc.wire || tc.wire.String() != tc.name {
+			t.Errorf("%s: named %q, parsed as %v", tc.name, tc.wire.String(), f)
+		}
+	}
+	if api.KnownDeleteFlags != 7 {
+		t.Errorf("KnownDeleteFlags %#x", uint32(api.KnownDeleteFlags))
+	}
+	if names := (api.KnownDeleteFlags + 1).Names(); names != nil {
+		t.Errorf("a bit past the known flags has names %v", names)
+	}
+}
+
+func TestMergeResultsAgree(t *testing.T) {
+	for _, tc := range []struct {
+		engine string
+		wire   api.MergeResult
+	}{
+		{driver.MergeMerged, api.MergeMerged},
+		{driver.MergeUnchanged, api.MergeUnchanged},
+		{driver.MergeFailed, api.MergeFailed},
+		{driver.MergeUnknown, api.MergeUnknown},
+		{driver.MergeUnlinked, api.MergeUnlinked},
+	} {
+		if tc.engine != string(tc.wire) {
+			t.Errorf("api says %q, the driver %q", tc.wire, tc.engine)
+		}
+	}
+}
+
 // TestWireJSONUnchanged: the wire types write what the engine's types,
 // which the API used to send as they were, wrote.
 func TestWireJSONUnchanged(t *testing.T) {
@@ -134,6 +176,35 @@ func TestWireJSONUnchanged(t *testing.T) {
 	sameJSON(t, indications(inds), inds)
 	sameJSON(t, indications(nil), []driver.Indication(nil))
 	sameJSON(t, indications([]driver.Indication{}), []driver.Indication{})
+	merges := []driver.MergeOutcome{
+		{Snapshot: "s1", Target: "vda", Overlay: "/a.s1", Base: "/a", Result: driver.MergeMerged, FileDeleted: true},
+		{Snapshot: "s1", Target: "vdb", Overlay: "/b.s1", Base: "/b", Result: driver.MergeMerged, Kept: "/b.s1"},
+		{Snapshot: "s1", Target: "vdc", Overlay: "/c.s1", Result: driver.MergeFailed, Error: "no space"},
+	}
+	sameJSON(t, mergeOutcomes(merges), merges)
+	sameJSON(t, mergeOutcomes(nil), []driver.MergeOutcome(nil))
+	p := driver.Progress{DoneBytes: 1 << 20, TotalBytes: 3 << 20, Cancellable: true}
+	sameJSON(t, api.Progress{DoneBytes: p.DoneBytes, TotalBytes: p.TotalBytes, Cancellable: p.Cancellable}, p)
+}
+
+// TestDeleteResponse: the engine's result as the wire's, with its
+// lists never null and its total in milliseconds.
+func TestDeleteResponse(t *testing.T) {
+	got := deleteResponse(&driver.DeleteResult{Deleted: []string{"s2", "s1"}, MergedBytes: 42, Total: 1500 * time.Microsecond,
+		Disks: []driver.MergeOutcome{{Snapshot: "s2", Target: "vda", Overlay: "/a.s2", Base: "/a.s1", Result: driver.MergeMerged}}}, "op9")
+	b, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `{"operation":"op9","deleted":["s2","s1"],"disks":[{"snapshot":"s2","target":"vda","overlay":"/a.s2","base":"/a.s1",` +
+		`"result":"merged","file_deleted":false}],"merged_bytes":42,"total_ms":1.5}`
+	if string(b) != want {
+		t.Errorf("got  %s\nwant %s", b, want)
+	}
+	b, _ = json.Marshal(deleteResponse(&driver.DeleteResult{}, "op1"))
+	if want := `{"operation":"op1","deleted":[],"disks":[],"merged_bytes":0,"total_ms":0}`; string(b) != want {
+		t.Errorf("empty: got %s, want %s", b, want)
+	}
 }
 
 func sameJSON(t *testing.T, got, want any) {
@@ -173,6 +244,9 @@ func TestErrorInfo(t *testing.T) {
 	opErr := &driver.OpError{OpID: "op1", Step: driver.StepSwitch,
 		Disks: []transaction.Outcome{{Target: "vda", Source: "/a", Overlay: "/a.s1", Result: transaction.DiskStuck, Error: "commit failed"}},
 		Err:   fmt.Errorf("%w: switch failed", driver.ErrOperationFailed)}
+	delErr := &driver.DeleteError{OpID: "op2", Step: "finalize",
+		Disks: []driver.MergeOutcome{{Snapshot: "s1", Target: "vda", Overlay: "/a.s1", Base: "/a", Result: driver.MergeUnknown, Error: "job vanished"}},
+		Err:   fmt.Errorf("%w: finalize failed", driver.ErrOperationFailed)}
 	for _, tc := range []struct {
 		name   string
 		err    error
@@ -195,6 +269,9 @@ func TestErrorInfo(t *testing.T) {
 		{"operation invalid", fmt.Errorf("%w: x", driver.ErrOperationInvalid), 409, api.CodeOperationInvalid},
 		{"domain exists", fmt.Errorf("%w: x", driver.ErrDomainExists), 409, api.CodeOperationInvalid},
 		{"operation failed", opErr, 409, api.CodeOperationFailed},
+		{"delete failed", delErr, 409, api.CodeOperationFailed},
+		{"cancelled", fmt.Errorf("merge: %w", driver.ErrCancelled), 409, api.CodeOperationAborted},
+		{"not running", fmt.Errorf("%w: x", driver.ErrNoOperation), 404, api.CodeNoOperation},
 		{"quiesce", fmt.Errorf("%w: deadline-exceeded", driver.ErrQuiesce), 409, api.CodeOperationFailed},
 		{"unknown", errors.New("something unforeseen"), 500, api.CodeInternalError},
 	} {
@@ -209,5 +286,10 @@ func TestErrorInfo(t *testing.T) {
 	if d := info.Details; d == nil || d.Operation != "op1" || d.Step != driver.StepSwitch || len(d.Disks) != 1 ||
 		d.Disks[0] != (api.DiskOutcome{Target: "vda", Source: "/a", Overlay: "/a.s1", Result: api.DiskStuck, Error: "commit failed"}) {
 		t.Errorf("details %+v", info.Details)
+	}
+	_, info = errorInfo(fmt.Errorf("delete s1: %w", delErr))
+	if d := info.Details; d == nil || d.Operation != "op2" || d.Step != "finalize" || len(d.Disks) != 0 || len(d.Merges) != 1 ||
+		d.Merges[0] != (api.MergeOutcome{Snapshot: "s1", Target: "vda", Overlay: "/a.s1", Base: "/a", Result: api.MergeUnknown, Error: "job vanished"}) {
+		t.Errorf("delete details %+v", info.Details)
 	}
 }

@@ -21,11 +21,17 @@ type fakeReply struct {
 	status int    // 200 if zero
 	body   string // JSON
 	hang   bool   // wait until the client gives up
+	// then are the answers to the route's next requests, in turn; the
+	// last one answers all the others.
+	then []fakeReply
+	// fn, if set, answers from the requests received so far, this one
+	// included.
+	fn func(reqs []fakeRequest) fakeReply
 }
 
 // fakeRequest is what the fake daemon received.
 type fakeRequest struct {
-	method, path, query, opID, body string
+	method, path, query, opID, prefer, body string
 }
 
 // fakeDaemon serves canned JSON on a unix socket, keyed by
@@ -36,8 +42,9 @@ type fakeDaemon struct {
 	socket string
 	routes map[string]fakeReply
 
-	mu   sync.Mutex
-	reqs []fakeRequest
+	mu     sync.Mutex
+	reqs   []fakeRequest
+	counts map[string]int // requests by route
 }
 
 func newFakeDaemon(t *testing.T, routes map[string]fakeReply) *fakeDaemon {
@@ -48,7 +55,7 @@ func newFakeDaemon(t *testing.T, routes map[string]fakeReply) *fakeDaemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &fakeDaemon{socket: filepath.Join(dir, "s"), routes: routes}
+	f := &fakeDaemon{socket: filepath.Join(dir, "s"), routes: routes, counts: map[string]int{}}
 	l, err := net.Listen("unix", f.socket)
 	if err != nil {
 		t.Fatal(err)
@@ -63,14 +70,23 @@ func newFakeDaemon(t *testing.T, routes map[string]fakeReply) *fakeDaemon {
 
 func (f *fakeDaemon) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
+	route := r.Method + " " + r.URL.Path
 	f.mu.Lock()
 	f.reqs = append(f.reqs, fakeRequest{method: r.Method, path: r.URL.Path, query: r.URL.RawQuery,
-		opID: r.Header.Get(api.OperationHeader), body: string(body)})
+		opID: r.Header.Get(api.OperationHeader), prefer: r.Header.Get(api.PreferHeader), body: string(body)})
+	n := f.counts[route]
+	f.counts[route]++
+	reqs := append([]fakeRequest(nil), f.reqs...)
 	f.mu.Unlock()
-	reply, ok := f.routes[r.Method+" "+r.URL.Path]
-	if !ok {
+	reply, ok := f.routes[route]
+	switch {
+	case !ok:
 		reply = fakeReply{status: http.StatusNotFound,
-			body: `{"error":{"code":"internal-error","message":"fake: no route for ` + r.Method + " " + r.URL.Path + `"}}`}
+			body: `{"error":{"code":"internal-error","message":"fake: no route for ` + route + `"}}`}
+	case reply.fn != nil:
+		reply = reply.fn(reqs)
+	case n > 0 && len(reply.then) > 0:
+		reply = reply.then[min(n, len(reply.then))-1]
 	}
 	if reply.hang {
 		<-r.Context().Done()
@@ -101,8 +117,18 @@ func runCLI(t *testing.T, argv ...string) (code int, stdout, stderr string) {
 
 func runCLITimeout(t *testing.T, timeout time.Duration, argv ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return runCLIWith(t, func(c *cli) { c.timeout = timeout }, argv...)
+}
+
+// runCLIWith runs a command line with a cli that set changed first; it
+// may run on another goroutine than the test's.
+func runCLIWith(t *testing.T, set func(*cli), argv ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	c := &cli{stdout: &out, stderr: &errOut, getenv: os.Getenv, loc: testZone, timeout: timeout}
+	c := &cli{stdout: &out, stderr: &errOut, getenv: os.Getenv, loc: testZone, timeout: 30 * time.Second, poll: time.Millisecond}
+	if set != nil {
+		set(c)
+	}
 	code = c.main(context.Background(), argv)
 	return code, out.String(), errOut.String()
 }

@@ -36,6 +36,9 @@ func (cmd *command) synopsis() string {
 // writeCommandHelp prints a command's help, after virsh's "help COMMAND".
 func writeCommandHelp(w io.Writer, cmd *command) {
 	fmt.Fprintf(w, "  NAME\n    %s - %s\n\n  SYNOPSIS\n    %s\n", cmd.name, cmd.summary, cmd.synopsis())
+	if cmd.details != "" {
+		fmt.Fprintf(w, "\n  DESCRIPTION\n%s", wrap(cmd.details, "    ", 76))
+	}
 	if len(cmd.opts) == 0 {
 		return
 	}
@@ -57,6 +60,27 @@ func writeCommandHelp(w io.Writer, cmd *command) {
 		fmt.Fprintf(w, "    %-*s  %s\n", width, lefts[i], o.help)
 	}
 	fmt.Fprintf(w, "\n    --json, --help are accepted by every command.\n")
+}
+
+// wrap breaks text into lines of at most width characters, each
+// indented; a longer word has a line of its own.
+func wrap(text, indent string, width int) string {
+	var b strings.Builder
+	line := indent
+	for _, word := range strings.Fields(text) {
+		if line != indent && len(line)+1+len(word) > width {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if line != indent {
+			line += " "
+		}
+		line += word
+	}
+	if line != indent {
+		b.WriteString(line + "\n")
+	}
+	return b.String()
 }
 
 // writeHelp prints the global help: the options, then every command

@@ -23,10 +23,12 @@ const socketEnv = "QSNAPD_SOCKET"
 const requestTimeout = 10 * time.Minute
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	c := &cli{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, loc: time.Local, timeout: requestTimeout}
-	code := c.main(ctx, os.Args[1:])
-	stop()
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	c := &cli{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, loc: time.Local, timeout: requestTimeout,
+		signals: signals, tty: stdoutIsTerminal(), poll: pollInterval}
+	code := c.main(context.Background(), os.Args[1:])
+	signal.Stop(signals)
 	os.Exit(code)
 }
 
@@ -36,7 +38,12 @@ type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	loc            *time.Location // of printed times
-	timeout        time.Duration
+	timeout        time.Duration  // of a command; of each reading while one follows an operation
+	// signals are SIGINT and SIGTERM: they end a command, unless it
+	// follows an operation, which handles them itself.
+	signals <-chan os.Signal
+	tty     bool          // stdout is a terminal: progress is a bar
+	poll    time.Duration // how often a followed operation is read
 
 	json   bool
 	client *api.Client
@@ -85,13 +92,40 @@ func (c *cli) run(ctx context.Context, argv []string) error {
 	c.json = g.json || a.json
 	c.client = api.NewClient(g.socket)
 	defer c.client.Close()
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
+	if c.poll <= 0 {
+		c.poll = pollInterval
+	}
+	if !cmd.follows(a) {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+		var stop func()
+		ctx, stop = c.interruptible(ctx)
+		defer stop()
+	}
 	err = cmd.run(ctx, c, a)
 	if err != nil && ctx.Err() != nil && !errors.As(err, new(*api.Error)) {
 		return fmt.Errorf("%s: %w", cause(ctx), err)
 	}
 	return err
+}
+
+// interruptible returns ctx ended by a signal as well, as Ctrl-C ends a
+// command, and the func that stops listening.
+func (c *cli) interruptible(ctx context.Context) (context.Context, func()) {
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-c.signals:
+			cancel()
+		case <-done:
+		}
+	}()
+	return sctx, func() {
+		close(done)
+		cancel()
+	}
 }
 
 // cause says why ctx ended.

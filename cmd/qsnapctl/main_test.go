@@ -23,6 +23,10 @@ func TestCommandLine(t *testing.T) {
 		{name: "help VERB", argv: []string{"help", "snapshot-list"}, wantOut: "    --tree "},
 		{name: "VERB --help", argv: []string{"domfsfreeze", "--help"}, wantOut: "domfsfreeze <domain> [--mountpoint <path>]... [--timeout <duration>]"},
 		{name: "VERB --help ignores missing arguments", argv: []string{"snapshot-dumpxml", "--help"}, wantOut: "SYNOPSIS"},
+		{name: "help of a verb with a description", argv: []string{"help", "snapshot-delete"},
+			wantOut: "\n  DESCRIPTION\n    Each disk's overlay is merged into the image below it, all disks or\n"},
+		{name: "help lists delete's options", argv: []string{"help"},
+			wantOut: "snapshot-delete <domain> [<snapshot>] [--current] [--children] [--children-only] [--metadata] [--bandwidth <bytes/s>] [--no-wait]"},
 
 		{name: "unknown verb", argv: []string{"snapshot-revert", "vm1"}, wantCode: 1, wantErr: "error: unknown command: 'snapshot-revert'\n"},
 		{name: "help of an unknown verb", argv: []string{"help", "bogus"}, wantCode: 1, wantErr: "error: command 'bogus' doesn't exist\n"},

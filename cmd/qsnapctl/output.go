@@ -163,6 +163,36 @@ func writeDisks(w io.Writer, disks []api.DiskOutcome) error {
 	return t.write(w)
 }
 
+// writeMerges prints a delete's per-disk outcomes. File says whether the
+// overlay's file was deleted, or kept (a file the caller supplied).
+func writeMerges(w io.Writer, merges []api.MergeOutcome) error {
+	t := newTable("Snapshot", "Target", "Overlay", "Base", "Result", "File", "Error")
+	for _, m := range merges {
+		file := "-"
+		switch {
+		case m.FileDeleted:
+			file = "deleted"
+		case m.Kept == m.Overlay && m.Kept != "":
+			file = "kept"
+		case m.Kept != "":
+			file = "kept at " + m.Kept
+		}
+		t.add(m.Snapshot, m.Target, orDash(m.Overlay), orDash(m.Base), string(m.Result), file, orDash(m.Error))
+	}
+	return t.write(w)
+}
+
+// writeMergeSummary prints what a delete merged, if it merged anything:
+// the bytes and time, then the disks.
+func writeMergeSummary(w io.Writer, res api.DeleteSnapshotResponse) error {
+	if len(res.Disks) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "Merged %s in %s\n", humanBytes(res.MergedBytes),
+		time.Duration(res.TotalMS*float64(time.Millisecond)).Round(time.Millisecond))
+	return writeMerges(w, res.Disks)
+}
+
 // report prints a failure on stderr: "error: MESSAGE", then, for a
 // daemon error with details, the operation, the step and the disks;
 // with --json, the daemon's error body goes to stdout as well.
@@ -192,6 +222,9 @@ func (c *cli) report(err error) {
 	}
 	if len(d.Disks) > 0 {
 		_ = writeDisks(c.stderr, d.Disks) // stderr: nowhere left to report to
+	}
+	if len(d.Merges) > 0 {
+		_ = writeMerges(c.stderr, d.Merges) // stderr: nowhere left to report to
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qsnapd/qsnapd/api"
 )
 
 const disksJSON = `[
@@ -60,7 +63,13 @@ func newTestDaemon(t *testing.T) *fakeDaemon {
 		"GET /v1/domains/vm1/snapshots/s1a":     {body: snapshotJSON},
 		"GET /v1/domains/vm1/snapshots/current": {body: snapshotJSON},
 		"PUT /v1/domains/vm1/snapshots/current": {body: snapshotJSON},
-		"DELETE /v1/domains/vm1/snapshots/s1a":  {status: http.StatusNoContent},
+		"DELETE /v1/domains/vm1/snapshots/s1a":  {status: http.StatusAccepted, body: runningOp("op-meta")},
+		"GET /v1/operations/op-meta":            {body: metaDeletedOp},
+		"DELETE /v1/domains/bad/snapshots/s1":   {status: http.StatusAccepted, body: runningOp("op-badmerge")},
+		"GET /v1/operations/op-badmerge":        {body: failedMergeOp},
+		"GET /v1/operations/op-merged":          {body: mergedOp},
+		"GET /v1/operations/op-running":         {body: runningMergeOp(48<<20, 96<<20, true)},
+		"DELETE /v1/operations/op-running":      {status: http.StatusAccepted, body: runningMergeOp(48<<20, 96<<20, true)},
 		"POST /v1/domains/vm1/fsfreeze":         {body: `{"count": 2}`},
 		"POST /v1/domains/vm1/fsthaw":           {body: `{"count": 2}`},
 		"GET /v1/domains/vm1/fsfreeze":          {body: `{"frozen": true, "owner": "fsfreeze", "operation": "op-9", "since": "2024-03-01T10:00:00Z", "deadline": "2024-03-01T10:00:30Z", "agent": "frozen"}`},
@@ -81,6 +90,43 @@ const failedErrorJSON = `{"code": "operation-failed", "message": "snapshot of do
     {"target": "vdc", "source": "/img/vdc.qcow2", "overlay": "", "result": "untouched"}]}}`
 
 var failedSnapshotJSON = `{"error": ` + failedErrorJSON + `}`
+
+// runningOp is the 202 answer of an operation started.
+func runningOp(id string) string {
+	return `{"id": "` + id + `", "kind": "snapshot-delete", "domain": "vm1", "state": "running", "started": "2024-03-01T10:00:00Z"}`
+}
+
+// runningMergeOp is a merge's operation as it runs.
+func runningMergeOp(done, total int64, cancellable bool) string {
+	return fmt.Sprintf(`{"id": "op-running", "kind": "snapshot-delete", "domain": "vm1", "state": "running", "started": "2024-03-01T10:00:00Z",
+	  "progress": {"done_bytes": %d, "total_bytes": %d, "cancellable": %v}}`, done, total, cancellable)
+}
+
+const metaDeletedOp = `{"id": "op-meta", "kind": "snapshot-delete", "domain": "vm1", "state": "succeeded",
+  "started": "2024-03-01T10:00:00Z", "ended": "2024-03-01T10:00:00Z",
+  "result": {"operation": "op-meta", "deleted": ["s1a"], "disks": [], "merged_bytes": 0, "total_ms": 0.4}}`
+
+const mergeResultJSON = `{"operation": "op-merged", "deleted": ["s1"], "merged_bytes": 100663296, "total_ms": 12345.6, "disks": [
+    {"snapshot": "s1", "target": "vda", "overlay": "/img/vda.s1", "base": "/img/vda.qcow2", "result": "merged", "file_deleted": true},
+    {"snapshot": "s1", "target": "vdb", "overlay": "/img/vdb.s1", "base": "/img/vdb.qcow2", "result": "merged", "file_deleted": false, "kept": "/img/vdb.s1"}]}`
+
+const mergedOp = `{"id": "op-merged", "kind": "snapshot-delete", "domain": "vm1", "state": "succeeded",
+  "started": "2024-03-01T10:00:00Z", "ended": "2024-03-01T10:00:12Z", "result": ` + mergeResultJSON + `}`
+
+const failedMergeErrorJSON = `{"code": "operation-failed", "message": "merge of snapshot 's1' failed at vdb: No space left on device; no disk changed",
+  "details": {"operation": "op-badmerge", "step": "commit", "merges": [
+    {"snapshot": "s1", "target": "vda", "overlay": "/img/vda.s1", "base": "/img/vda.qcow2", "result": "unchanged", "file_deleted": false},
+    {"snapshot": "s1", "target": "vdb", "overlay": "/img/vdb.s1", "base": "/img/vdb.qcow2", "result": "failed", "file_deleted": false, "error": "No space left on device"}]}}`
+
+const failedMergeOp = `{"id": "op-badmerge", "kind": "snapshot-delete", "domain": "bad", "state": "failed",
+  "started": "2024-03-01T10:00:00Z", "ended": "2024-03-01T10:00:03Z", "error": ` + failedMergeErrorJSON + `}`
+
+// mergeTable is mergeResultJSON's disks as qsnapctl prints them.
+const mergeTable = "" +
+	" Snapshot   Target   Overlay       Base             Result   File      Error\n" +
+	"------------------------------------------------------------------------------\n" +
+	" s1         vda      /img/vda.s1   /img/vda.qcow2   merged   deleted   -\n" +
+	" s1         vdb      /img/vdb.s1   /img/vdb.qcow2   merged   kept      -\n"
 
 func TestOutput(t *testing.T) {
 	f := newTestDaemon(t)
@@ -148,6 +194,54 @@ func TestOutput(t *testing.T) {
 		{name: "snapshot-delete --current", argv: []string{"snapshot-delete", "vm1", "--current"}, wantStdout: "Domain snapshot s1a deleted\n"},
 		{name: "snapshot-delete without a snapshot", argv: []string{"snapshot-delete", "vm1"}, wantCode: 1,
 			wantStderr: "error: --snapshotname or --current is required\n"},
+		{name: "snapshot-delete --no-wait", argv: []string{"snapshot-delete", "vm1", "s1a", "--no-wait"}, wantStdout: "op-meta\n"},
+		{name: "snapshot-delete --metadata --json", argv: []string{"snapshot-delete", "vm1", "s1a", "--metadata", "--json"},
+			wantStdout: "{\n  \"operation\": \"op-meta\",\n  \"deleted\": [\n    \"s1a\"\n  ],\n  \"disks\": [],\n  \"merged_bytes\": 0,\n  \"total_ms\": 0.4\n}\n"},
+		{name: "snapshot-delete --children --children-only", argv: []string{"snapshot-delete", "vm1", "s1a", "--children", "--children-only"}, wantCode: 1,
+			wantStderr: "error: options --children and --children-only are mutually exclusive\n"},
+		{name: "snapshot-delete with a bad bandwidth", argv: []string{"snapshot-delete", "vm1", "s1a", "--bandwidth", "fast"}, wantCode: 1,
+			wantStderr: "error: --bandwidth must be bytes per second, such as 1048576 or 50M, not 'fast'\n"},
+		{name: "failed merge", argv: []string{"snapshot-delete", "bad", "s1"}, wantCode: 1, wantStderr: "" +
+			"error: merge of snapshot 's1' failed at vdb: No space left on device; no disk changed\n" +
+			"operation: op-badmerge\n" +
+			"step: commit\n" +
+			" Snapshot   Target   Overlay       Base             Result      File   Error\n" +
+			dashes(96) +
+			" s1         vda      /img/vda.s1   /img/vda.qcow2   unchanged   -      -\n" +
+			" s1         vdb      /img/vdb.s1   /img/vdb.qcow2   failed      -      No space left on device\n"},
+		{name: "operation of a merge", argv: []string{"operation", "op-merged"}, wantStdout: "" +
+			"ID:             op-merged\n" +
+			"Kind:           snapshot-delete\n" +
+			"Domain:         vm1\n" +
+			"State:          succeeded\n" +
+			"Started:        2024-03-01 12:00:00 +0200\n" +
+			"Ended:          2024-03-01 12:00:12 +0200\n" +
+			"Deleted:        s1\n" +
+			"Merged 96.0 MiB in 12.346s\n" + mergeTable},
+		{name: "operation of a running merge", argv: []string{"operation", "op-running"}, wantStdout: "" +
+			"ID:             op-running\n" +
+			"Kind:           snapshot-delete\n" +
+			"Domain:         vm1\n" +
+			"State:          running\n" +
+			"Started:        2024-03-01 12:00:00 +0200\n" +
+			"Ended:          -\n" +
+			"Progress:       50% (48.0 MiB of 96.0 MiB), cancellable\n"},
+		{name: "operation --wait of a failed merge", argv: []string{"operation", "op-badmerge", "--wait"}, wantCode: 1,
+			wantStdout: "" +
+				"ID:             op-badmerge\n" +
+				"Kind:           snapshot-delete\n" +
+				"Domain:         bad\n" +
+				"State:          failed\n" +
+				"Started:        2024-03-01 12:00:00 +0200\n" +
+				"Ended:          2024-03-01 12:00:03 +0200\n" +
+				"Error:          merge of snapshot 's1' failed at vdb: No space left on device; no disk changed\n" +
+				"Code:           operation-failed\n" +
+				"Step:           commit\n" +
+				" Snapshot   Target   Overlay       Base             Result      File   Error\n" +
+				dashes(96) +
+				" s1         vda      /img/vda.s1   /img/vda.qcow2   unchanged   -      -\n" +
+				" s1         vdb      /img/vdb.s1   /img/vdb.qcow2   failed      -      No space left on device\n",
+			wantStderr: "error: operation op-badmerge failed\n"},
 		{name: "list", argv: []string{"list"}, wantStdout: "" +
 			" Name   State          Agent   Frozen\n" +
 			dashes(39) +
@@ -262,9 +356,19 @@ func TestRequests(t *testing.T) {
 		{name: "snapshot-current SNAP", method: "PUT", path: "/v1/domains/vm1/snapshots/current",
 			argv: []string{"snapshot-current", "vm1", "s1a"}, body: map[string]any{"name": "s1a"}},
 		{name: "snapshot-delete --metadata", method: "DELETE", path: "/v1/domains/vm1/snapshots/s1a", query: "metadata-only=true",
-			argv: []string{"snapshot-delete", "--metadata", "vm1", "s1a"}},
-		{name: "snapshot-delete", method: "DELETE", path: "/v1/domains/vm1/snapshots/s1a",
-			argv: []string{"snapshot-delete", "vm1", "--snapshotname", "s1a"}},
+			opID: "hex", argv: []string{"snapshot-delete", "--metadata", "vm1", "s1a"}, lastIndex: 1},
+		{name: "snapshot-delete", method: "DELETE", path: "/v1/domains/vm1/snapshots/s1a", opID: "hex",
+			argv: []string{"snapshot-delete", "vm1", "--snapshotname", "s1a"}, lastIndex: 1},
+		{name: "snapshot-delete --children --bandwidth", method: "DELETE", path: "/v1/domains/vm1/snapshots/s1a",
+			query: "children=true&bandwidth=52428800", opID: "op-del",
+			argv: []string{"snapshot-delete", "vm1", "s1a", "--children", "--bandwidth", "50M", "--operation", "op-del"}, lastIndex: 1},
+		{name: "snapshot-delete --children-only --metadata --no-wait", method: "DELETE", path: "/v1/domains/vm1/snapshots/s1a",
+			query: "metadata-only=true&children-only=true", opID: "hex",
+			argv: []string{"snapshot-delete", "vm1", "s1a", "--children-only", "--metadata", "--no-wait"}},
+		{name: "snapshot-delete follows the operation", method: "GET", path: "/v1/operations/op-meta",
+			argv: []string{"snapshot-delete", "vm1", "s1a"}},
+		{name: "operation --cancel", method: "DELETE", path: "/v1/operations/op-running",
+			argv: []string{"operation", "op-running", "--cancel"}, lastIndex: 1},
 		{name: "domfsfreeze", method: "POST", path: "/v1/domains/vm1/fsfreeze",
 			argv: []string{"domfsfreeze", "--mountpoint", "/", "vm1", "/home", "--mountpoint=/var", "--timeout", "30s"},
 			body: map[string]any{"mountpoints": []any{"/", "/home", "/var"}, "timeout": "30s"}},
@@ -288,6 +392,9 @@ func TestRequests(t *testing.T) {
 			r := reqs[len(reqs)-1-tc.lastIndex]
 			if r.method != tc.method || r.path != tc.path || r.query != tc.query {
 				t.Errorf("request %s %s?%s, want %s %s?%s", r.method, r.path, r.query, tc.method, tc.path, tc.query)
+			}
+			if wantAsync := tc.method == "DELETE" && strings.Contains(tc.path, "/snapshots/"); (r.prefer == api.PreferAsync) != wantAsync {
+				t.Errorf("Prefer: %q, want respond-async %v", r.prefer, wantAsync)
 			}
 			switch {
 			case tc.opID == "hex" && !hexID.MatchString(r.opID):

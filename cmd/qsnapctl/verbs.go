@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,9 +24,17 @@ import (
 type command struct {
 	name    string
 	summary string
+	// details, if set, is the help's DESCRIPTION, one paragraph.
+	details string
 	opts    []option
 	run     func(ctx context.Context, c *cli, a *args) error
+	// following, if set, says whether the command follows an operation
+	// to its end: then it has no overall timeout, and handles
+	// interrupts itself.
+	following func(a *args) bool
 }
+
+func (cmd *command) follows(a *args) bool { return cmd.following != nil && cmd.following(a) }
 
 func (cmd *command) option(name string) *option {
 	for i := range cmd.opts {
@@ -140,12 +149,23 @@ var commands = []*command{
 		run: runSnapshotCurrent,
 	},
 	{
-		name: "snapshot-delete", summary: "Delete a domain snapshot",
+		name: "snapshot-delete", summary: "Delete a domain snapshot, merging its overlays back",
+		details: "Each disk's overlay is merged into the image below it, all disks or none, and its file deleted " +
+			"(unless it was given with --reuse-external); --metadata only forgets the snapshot. While a merge " +
+			"runs its progress shows, as a bar on a terminal; Ctrl-C cancels it before its point of no return, " +
+			"leaving every disk as it was, and a second Ctrl-C stops waiting and leaves it running.",
 		opts: []option{optDomain,
 			{name: "snapshotname", kind: kindString, positional: true, metavar: "snapshot", help: "snapshot name"},
 			{name: "current", help: "delete current snapshot"},
-			{name: "metadata", help: "delete only the metadata, leaving snapshot contents behind"}},
-		run: runSnapshotDelete,
+			{name: "children", help: "delete snapshot and all children"},
+			{name: "children-only", help: "delete children but not snapshot"},
+			{name: "metadata", help: "delete only the metadata, leaving snapshot contents behind"},
+			{name: "bandwidth", kind: kindString, metavar: "bytes/s",
+				help: "cap each disk's merge, e.g. 50M (K, M, G, T: powers of 1024; KB, MB, GB, TB: of 1000)"},
+			{name: "no-wait", help: "print the operation id and return; follow it with 'operation <id> --wait'"},
+			{name: "operation", kind: kindString, metavar: "id", help: "operation id (X-Operation-ID), to read the outcome later with 'operation'"}},
+		run:       runSnapshotDelete,
+		following: func(a *args) bool { return !a.flag("no-wait") },
 	},
 	{
 		name: "domfsfreeze", summary: "Freeze a domain's mounted filesystems",
@@ -165,9 +185,14 @@ var commands = []*command{
 		run:  runDomfsstatus,
 	},
 	{
-		name: "operation", summary: "Show the outcome of an operation",
-		opts: []option{{name: "id", kind: kindString, positional: true, required: true, metavar: "id", help: "operation id"}},
-		run:  runOperation,
+		name: "operation", summary: "Show, follow or cancel an operation",
+		details: "Operations are the mutating requests, readable by their id for at least an hour. --cancel stops a " +
+			"merge before its point of no return; --wait follows an operation to its end, and fails if it failed.",
+		opts: []option{{name: "id", kind: kindString, positional: true, required: true, metavar: "id", help: "operation id"},
+			{name: "wait", help: "follow the operation, with its progress, until it ends; interrupt to stop following"},
+			{name: "cancel", help: "cancel the operation (a merge, before its point of no return)"}},
+		run:       runOperation,
+		following: func(a *args) bool { return a.flag("wait") },
 	},
 	{
 		name: "version", summary: "Show the client and daemon versions",
@@ -362,12 +387,7 @@ func (c *cli) createSnapshot(ctx context.Context, a *args, req api.CreateSnapsho
 	}
 	res, err := c.client.CreateSnapshot(ctx, a.str("domain"), req, opID)
 	if err != nil {
-		var ae *api.Error
-		var ne *net.OpError
-		if errors.As(err, &ae) || errors.As(err, &ne) && ne.Op == "dial" {
-			return err
-		}
-		return &lostOpError{opID: opID, err: err}
+		return lostOrNot(err, opID)
 	}
 	if c.json {
 		return writeJSON(c.stdout, res)
@@ -481,29 +501,100 @@ func runSnapshotCurrent(ctx context.Context, c *cli, a *args) error {
 	return c.printXML(s.XML)
 }
 
+// deleteOptions reads snapshot-delete's flags and bandwidth.
+func deleteOptions(a *args) (api.DeleteOptions, error) {
+	if err := a.exclusive("children", "children-only"); err != nil {
+		return api.DeleteOptions{}, err
+	}
+	opts := api.DeleteOptions{OpID: a.str("operation")}
+	for _, f := range []struct {
+		opt  string
+		flag api.DeleteFlags
+	}{{"children", api.DeleteChildren}, {"children-only", api.DeleteChildrenOnly}, {"metadata", api.DeleteMetadataOnly}} {
+		if a.flag(f.opt) {
+			opts.Flags |= f.flag
+		}
+	}
+	if bw := a.str("bandwidth"); bw != "" {
+		n, err := parseBandwidth(bw)
+		if err != nil {
+			return api.DeleteOptions{}, err
+		}
+		opts.Bandwidth = n
+	}
+	if opts.OpID == "" {
+		opts.OpID = opid.New()
+	}
+	return opts, nil
+}
+
+// runSnapshotDelete starts the delete as an operation and, unless
+// --no-wait, follows it to its end: a merge shows its progress, and
+// Ctrl-C cancels it while it can be.
 func runSnapshotDelete(ctx context.Context, c *cli, a *args) error {
 	if err := a.exclusive("snapshotname", "current"); err != nil {
 		return err
 	}
+	opts, err := deleteOptions(a)
+	if err != nil {
+		return err
+	}
 	domain, name := a.str("domain"), a.str("snapshotname")
+	rctx, done := context.WithTimeout(ctx, c.timeout)
+	defer done()
 	if name == "" {
 		if !a.flag("current") {
 			return usagef("--snapshotname or --current is required")
 		}
-		s, err := c.client.Current(ctx, domain)
+		s, err := c.client.Current(rctx, domain)
 		if err != nil {
 			return err
 		}
 		name = s.Name
 	}
-	if err := c.client.DeleteSnapshot(ctx, domain, name, a.flag("metadata")); err != nil {
+	op, err := c.client.DeleteSnapshotAsync(rctx, domain, name, opts)
+	if err != nil {
+		return lostOrNot(err, opts.OpID)
+	}
+	if a.flag("no-wait") {
+		if c.json {
+			return writeJSON(c.stdout, op)
+		}
+		_, err := fmt.Fprintln(c.stdout, op.ID)
 		return err
 	}
-	if c.json {
-		return writeJSON(c.stdout, struct{}{})
+	op, err = c.follow(ctx, op.ID, true)
+	if err != nil {
+		return err
 	}
-	_, err := fmt.Fprintf(c.stdout, "Domain snapshot %s deleted\n", name)
-	return err
+	if op.Error != nil {
+		return &api.Error{Info: *op.Error}
+	}
+	var res api.DeleteSnapshotResponse
+	if err := json.Unmarshal(op.Result, &res); err != nil {
+		return fmt.Errorf("operation %s: read its result: %w", op.ID, err)
+	}
+	if c.json {
+		return writeJSON(c.stdout, res)
+	}
+	if opts.Flags&api.DeleteChildrenOnly != 0 {
+		fmt.Fprintf(c.stdout, "Domain snapshot %s children deleted\n", name)
+	} else {
+		fmt.Fprintf(c.stdout, "Domain snapshot %s deleted\n", name)
+	}
+	return writeMergeSummary(c.stdout, res)
+}
+
+// lostOrNot is a failed request that started an operation: the
+// daemon's answer, or a connection that never came, as it is; anything
+// else lost the answer, and the operation may go on.
+func lostOrNot(err error, opID string) error {
+	var ae *api.Error
+	var ne *net.OpError
+	if errors.As(err, &ae) || errors.As(err, &ne) && ne.Op == "dial" {
+		return err
+	}
+	return &lostOpError{opID: opID, err: err}
 }
 
 func runDomfsfreeze(ctx context.Context, c *cli, a *args) error {
@@ -565,14 +656,42 @@ func runDomfsstatus(ctx context.Context, c *cli, a *args) error {
 	return nil
 }
 
+// runOperation shows an operation; --cancel cancels it first, --wait
+// follows it to its end and fails if it failed.
 func runOperation(ctx context.Context, c *cli, a *args) error {
-	op, err := c.client.Operation(ctx, a.str("id"))
+	id := a.str("id")
+	if a.flag("cancel") {
+		rctx, done := context.WithTimeout(ctx, c.timeout)
+		defer done()
+		if _, err := c.client.CancelOperation(rctx, id); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stderr, "cancelling operation %s\n", id)
+	}
+	var op api.Operation
+	var err error
+	if a.flag("wait") {
+		op, err = c.follow(ctx, id, false)
+	} else {
+		op, err = c.client.Operation(ctx, id)
+	}
 	if err != nil {
 		return err
 	}
 	if c.json {
-		return writeJSON(c.stdout, op)
+		err = writeJSON(c.stdout, op)
+	} else {
+		err = c.writeOperation(op)
 	}
+	if err == nil && a.flag("wait") && op.State == api.OpFailed {
+		return fmt.Errorf("operation %s failed", op.ID)
+	}
+	return err
+}
+
+// writeOperation prints an operation's fields, then its progress, its
+// error's details or a delete's merges.
+func (c *cli) writeOperation(op api.Operation) error {
 	w := c.stdout
 	field(w, "ID", op.ID)
 	field(w, "Kind", op.Kind)
@@ -580,6 +699,21 @@ func runOperation(ctx context.Context, c *cli, a *args) error {
 	field(w, "State", op.State)
 	field(w, "Started", c.fmtTime(op.Started))
 	field(w, "Ended", c.fmtTime(op.Ended))
+	if p := op.Progress; p != nil {
+		cancel := "cancellable"
+		if !p.Cancellable {
+			cancel = "past its point of no return"
+		}
+		field(w, "Progress", fmt.Sprintf("%d%% (%s of %s), %s", percent(p.DoneBytes, p.TotalBytes),
+			humanBytes(p.DoneBytes), humanBytes(p.TotalBytes), cancel))
+	}
+	if op.State == api.OpSucceeded && op.Kind == api.OpSnapshotDelete {
+		var res api.DeleteSnapshotResponse
+		if json.Unmarshal(op.Result, &res) == nil {
+			field(w, "Deleted", strings.Join(res.Deleted, ", "))
+			return writeMergeSummary(w, res)
+		}
+	}
 	if op.Error == nil {
 		return nil
 	}
@@ -591,6 +725,9 @@ func runOperation(ctx context.Context, c *cli, a *args) error {
 		}
 		if len(d.Disks) > 0 {
 			return writeDisks(w, d.Disks)
+		}
+		if len(d.Merges) > 0 {
+			return writeMerges(w, d.Merges)
 		}
 	}
 	return nil
