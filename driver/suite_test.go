@@ -64,6 +64,8 @@ var checks = []qemutest.Check{
 	{Name: "EmptyOverlaySwappedAfterValidation", Run: checkEmptyOverlaySwappedAfterValidation},
 	{Name: "SnapshotWaitsForFirstConnectAttempt", Run: checkSnapshotWaitsForFirstConnectAttempt},
 
+	{Name: "DeleteMergesMiddleCurrentAndRoot", Run: checkDeleteMergesMiddleCurrentAndRoot},
+
 	{Name: "GuestQuiesceMakesTheSnapshotConsistent", Run: checkGuestQuiesceMakesTheSnapshotConsistent, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFailingFreezeHook", Run: checkGuestFailingFreezeHook, RealOnly: "boots a Linux guest with qemu-ga"},
