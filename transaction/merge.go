@@ -66,8 +66,8 @@ type MergeDisk struct {
 	// Active is set when Top was the disk's active image.
 	Active bool `json:"active,omitempty"`
 	// Top is the overlay merged away, Base the image it is merged into.
-	Top      string `json:"top"`
-	TopNode  string `json:"top_node,omitempty"`
+	Top        string `json:"top"`
+	TopNode    string `json:"top_node,omitempty"`
 	Base       string `json:"base,omitempty"`
 	BaseFormat string `json:"base_format,omitempty"`
 	BaseNode   string `json:"base_node,omitempty"`
