@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
+	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
 )
 
@@ -208,5 +210,197 @@ func checkRecordsMatchChains(t *testing.T, e *env) {
 				}
 			}
 		}
+	}
+}
+
+// patterns is what the guest wrote where: the last pattern written at
+// each offset of each disk, which every merge must keep.
+type patterns map[string]map[int64]byte
+
+// write writes pattern p at off (64 KiB) into disk target through QEMU
+// and flushes it to the images, on real QEMU; on the fake it only
+// keeps the model.
+func (e *env) write(ps patterns, target string, off int64, p byte) {
+	e.t.Helper()
+	if ps[target] == nil {
+		ps[target] = map[int64]byte{}
+	}
+	ps[target][off] = p
+	if !e.vm.Real() {
+		return
+	}
+	if out := e.qemuIO(target, fmt.Sprintf("write -P %#x %d 64k", p, off)); !strings.Contains(out, "wrote 65536/65536") {
+		e.t.Fatalf("write %#x at %d into %s: %s", p, off, target, out)
+	}
+	e.hmp(fmt.Sprintf("qemu-io -d /machine/peripheral/%s/virtio-backend flush", target))
+}
+
+// checkData reads each disk's chain from its active image, on the host
+// as the files are now: every offset holds the last pattern written, an
+// offset never written reads zeros, and every image of the chain is
+// consistent. Real QEMU only.
+func (e *env) checkData(ps patterns) {
+	e.t.Helper()
+	if !e.vm.Real() {
+		return
+	}
+	for _, d := range e.disks() {
+		args := []string{"-U", "-r", "-f", "qcow2", d.File}
+		for off, p := range ps[d.Target] {
+			args = append(args, "-c", fmt.Sprintf("read -P %#x %d 64k", p, off))
+		}
+		args = append(args, "-c", "read -P 0 60M 64k")
+		out, err := exec.Command("qemu-io", args...).CombinedOutput()
+		if err != nil || strings.Contains(string(out), "verification failed") || strings.Count(string(out), "read 65536/65536") != len(ps[d.Target])+1 {
+			e.t.Errorf("disk %s (%s) does not read back what was written: %v\n%s", d.Target, filepath.Base(d.File), err, out)
+		}
+		for _, img := range append([]string{d.File}, files(d.Backing)...) {
+			if out, err := exec.Command("qemu-img", "check", "-U", img).CombinedOutput(); err != nil {
+				e.t.Errorf("qemu-img check %s: %v\n%s", filepath.Base(img), err, out)
+			}
+		}
+	}
+}
+
+func files(imgs []qmp.Image) []string {
+	out := make([]string, len(imgs))
+	for i, img := range imgs {
+		out[i] = img.File
+	}
+	return out
+}
+
+// treeModel is the metadata a test expects: parents and current.
+type treeModel struct {
+	order   []string
+	parent  map[string]string
+	current string
+}
+
+func newTreeModel() *treeModel { return &treeModel{parent: map[string]string{}} }
+
+func (m *treeModel) create(name string) {
+	m.order = append(m.order, name)
+	m.parent[name] = m.current
+	m.current = name
+}
+
+func (m *treeModel) delete(name string) {
+	for _, n := range m.order {
+		if m.parent[n] == name {
+			m.parent[n] = m.parent[name]
+		}
+	}
+	if m.current == name {
+		m.current = m.parent[name]
+	}
+	m.order = slices.DeleteFunc(m.order, func(n string) bool { return n == name })
+	delete(m.parent, name)
+}
+
+func (m *treeModel) String() string {
+	var parts []string
+	for _, n := range m.order {
+		parts = append(parts, m.parent[n]+"<-"+n)
+	}
+	return strings.Join(append(parts, "current="+m.current), " ")
+}
+
+// checkDeleteKeepsEveryWrite writes distinct patterns into three disks
+// before and after each of three snapshots, and after each delete, then
+// deletes the snapshots in several orders: the guest's view never
+// changes, each chain is exactly what is left, the merged overlays'
+// files are gone and the metadata is as libvirt's rules say.
+func checkDeleteKeepsEveryWrite(t *testing.T) {
+	for _, order := range [][]string{{"s2", "s3", "s1"}, {"s3", "s2", "s1"}, {"s1", "s3", "s2"}} {
+		t.Run(strings.Join(order, "-"), func(t *testing.T) {
+			e := newEnv(t, envOpts{disks: 3, style: qemutest.Legacy})
+			targets := []string{"vda", "vdb", "vdc"}
+			ps := patterns{}
+			epoch := 0
+			writeAll := func() {
+				for i, tg := range targets {
+					// A region of its own per epoch, and one that every
+					// epoch overwrites.
+					e.write(ps, tg, int64(epoch)<<20, byte(0x10*(epoch+1)+i))
+					e.write(ps, tg, 32<<20, byte(0x80+epoch))
+				}
+				epoch++
+			}
+			model := newTreeModel()
+			chains := map[string][]string{}
+			for _, tg := range targets {
+				chains[tg] = []string{tg + ".qcow2"}
+			}
+			writeAll()
+			for _, s := range []string{"s1", "s2", "s3"} {
+				e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+				model.create(s)
+				for _, tg := range targets {
+					chains[tg] = append([]string{tg + "." + s}, chains[tg]...)
+				}
+				writeAll()
+			}
+			e.checkData(ps)
+			for _, name := range order {
+				res := e.mustDelete(name, 0)
+				model.delete(name)
+				for _, tg := range targets {
+					chains[tg] = slices.DeleteFunc(chains[tg], func(f string) bool { return f == tg+"."+name })
+				}
+				if res.MergedBytes < 0 || len(res.Disks) != 3 {
+					t.Errorf("delete %s: %+v", name, res)
+				}
+				e.wantChains(chains)
+				e.wantTree(model.String())
+				e.wantGone("vda."+name, "vdb."+name, "vdc."+name)
+				e.wantNoStrayNodes()
+				checkRecordsMatchChains(t, e)
+				e.checkData(ps)
+				// The disks stay writable, and later merges keep that too.
+				writeAll()
+				e.checkData(ps)
+			}
+		})
+	}
+}
+
+// checkDeleteChildren merges descendants deepest first with
+// CHILDREN_ONLY, then the rest with CHILDREN, keeping the data.
+func checkDeleteChildren(t *testing.T) {
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
+	ps := patterns{}
+	for i, s := range []string{"s1", "s2", "s3", "s4"} {
+		e.write(ps, "vda", int64(i)<<20, byte(0x21+i))
+		e.write(ps, "vdb", int64(i)<<20, byte(0x41+i))
+		e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+	}
+	e.write(ps, "vda", 8<<20, 0x5a)
+	res := e.mustDelete("s2", DeleteChildrenOnly)
+	if !slices.Equal(res.Deleted, []string{"s4", "s3"}) {
+		t.Errorf("CHILDREN_ONLY deleted %v, want s4 then s3", res.Deleted)
+	}
+	if got := outcomeSummary(res.Disks); got != "s4/vda:merged+deleted s4/vdb:merged+deleted s3/vda:merged+deleted s3/vdb:merged+deleted" {
+		t.Errorf("CHILDREN_ONLY outcomes: %s", got)
+	}
+	e.wantTree("<-s1 s1<-s2 current=s2")
+	e.wantChains(map[string][]string{"vda": {"vda.s2", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s2", "vdb.s1", "vdb.qcow2"}})
+	e.wantGone("vda.s3", "vdb.s3", "vda.s4", "vdb.s4")
+	e.checkData(ps)
+	// A leaf has no children to delete.
+	if res := e.mustDelete("s2", DeleteChildrenOnly); len(res.Deleted) != 0 {
+		t.Errorf("CHILDREN_ONLY of a leaf deleted %v", res.Deleted)
+	}
+	res = e.mustDelete("s1", DeleteChildren)
+	if !slices.Equal(res.Deleted, []string{"s2", "s1"}) {
+		t.Errorf("CHILDREN deleted %v, want s2 then s1", res.Deleted)
+	}
+	e.wantTree("current=")
+	e.wantChains(map[string][]string{"vda": {"vda.qcow2"}, "vdb": {"vdb.qcow2"}})
+	e.wantGone("vda.s1", "vdb.s1", "vda.s2", "vdb.s2")
+	e.wantNoStrayNodes()
+	e.checkData(ps)
+	if w := e.world(); w.Active != 0 || w.Jobs != 0 {
+		t.Errorf("%d open operations, %d jobs", w.Active, w.Jobs)
 	}
 }

@@ -65,6 +65,8 @@ var checks = []qemutest.Check{
 	{Name: "SnapshotWaitsForFirstConnectAttempt", Run: checkSnapshotWaitsForFirstConnectAttempt},
 
 	{Name: "DeleteMergesMiddleCurrentAndRoot", Run: checkDeleteMergesMiddleCurrentAndRoot},
+	{Name: "DeleteKeepsEveryWrite", Run: checkDeleteKeepsEveryWrite},
+	{Name: "DeleteChildren", Run: checkDeleteChildren},
 
 	{Name: "GuestQuiesceMakesTheSnapshotConsistent", Run: checkGuestQuiesceMakesTheSnapshotConsistent, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
