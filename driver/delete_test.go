@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,7 +11,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/qsnapd/qsnapd/errkind"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
@@ -403,4 +406,194 @@ func checkDeleteChildren(t *testing.T) {
 	if w := e.world(); w.Active != 0 || w.Jobs != 0 {
 		t.Errorf("%d open operations, %d jobs", w.Active, w.Jobs)
 	}
+}
+
+// nodeOf names the format node QEMU opens file with.
+func (e *env) nodeOf(file string) string {
+	e.t.Helper()
+	nodes, err := e.obs.QueryNamedBlockNodes(testCtx(e.t), true)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	names := transaction.MergeFormatNodes(nodes)[filepath.Join(e.vm.Dir, file)]
+	if len(names) != 1 {
+		e.t.Fatalf("nodes of %s: %v", file, names)
+	}
+	return names[0]
+}
+
+// commitBehindTheDaemon commits top into base on target through the
+// second monitor, as an operator would, and waits for the job's end.
+func (e *env) commitBehindTheDaemon(target, top, base string) {
+	e.t.Helper()
+	ctx := testCtx(e.t)
+	var device string
+	for _, d := range e.disks() {
+		if d.Target == target {
+			device = d.NodeName
+		}
+	}
+	if err := e.obs.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "operator", Device: device, TopNode: e.nodeOf(top), BaseNode: e.nodeOf(base)}); err != nil {
+		e.t.Fatal(err)
+	}
+	waitFor(e.t, func() bool {
+		jobs, err := e.obs.QueryJobs(ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, j := range jobs {
+			if j.Status == "ready" {
+				if err := e.obs.JobComplete(ctx, j.ID); err != nil {
+					e.t.Fatal(err)
+				}
+			}
+		}
+		return len(jobs) == 0
+	}, "the operator's commit")
+}
+
+func checkDeleteRefusals(t *testing.T) {
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy})
+	for _, s := range []string{"s1", "s2"} {
+		e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+	}
+	// s1 gets a second child.
+	if err := e.drv.SetCurrent(testCtx(t), e.name, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	e.mustCreate(snapXML("s3"), FlagDiskOnly|FlagAtomic)
+	redefined := "<domainsnapshot><name>mem</name><state>running</state><creationTime>1</creationTime></domainsnapshot>"
+	if _, err := e.drv.CreateSnapshot(testCtx(t), e.name, CreateRequest{XML: redefined, Flags: FlagRedefine}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		snap  string
+		flags DeleteFlags
+		want  error
+		msg   string
+	}{
+		{"unknown snapshot", "nope", 0, ErrNoSnapshot, "no snapshot named 'nope'"},
+		{"two children", "s1", 0, ErrUnsupported, "snapshot 's1' has 2 children (s2, s3)"},
+		{"CHILDREN and CHILDREN_ONLY", "s1", DeleteChildren | DeleteChildrenOnly, ErrInvalidArg, "mutually exclusive"},
+		{"METADATA_ONLY and CHILDREN", "s1", DeleteMetadataOnly | DeleteChildren, ErrUnsupported, "METADATA_ONLY deletes one snapshot's metadata"},
+		{"METADATA_ONLY and CHILDREN_ONLY", "s1", DeleteMetadataOnly | DeleteChildrenOnly, ErrUnsupported, "METADATA_ONLY"},
+		{"unknown flag", "s1", 8, ErrInvalidArg, "unknown delete flag bits 0x8"},
+		{"memory state", "mem", 0, ErrUnsupported, "snapshot 'mem' is in state 'running'"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.world()
+			_, err := e.delete(tc.snap, tc.flags)
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("got %v, want %v with %q", err, tc.want, tc.msg)
+			}
+			e.assertUnchanged(before)
+		})
+	}
+	t.Run("block job", func(t *testing.T) {
+		ctx := testCtx(t)
+		vdb := e.disks()[1]
+		if err := e.obs.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "other", Device: vdb.NodeName}); err != nil {
+			t.Fatal(err)
+		}
+		before := e.world()
+		_, err := e.delete("s3", 0)
+		if !errors.Is(err, ErrOperationInvalid) || !strings.Contains(err.Error(), "disk 'vdb' has an active block job") {
+			t.Errorf("got %v, want vdb busy", err)
+		}
+		e.assertUnchanged(before)
+		if err := e.obs.JobCancel(ctx, "other"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return e.world().Jobs == 0 }, "the other job's end")
+	})
+}
+
+// checkDeleteOffTheChain: an operator committed overlays behind the
+// daemon's back. A snapshot with children whose overlay left the chain
+// cannot be merged; a leaf's overlay in no chain is deleted, once no
+// node of QEMU uses it.
+func checkDeleteOffTheChain(t *testing.T) {
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
+	for _, s := range []string{"s1", "s2", "s3"} {
+		e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+	}
+	// s1's overlay of vda leaves the chain: s2's now sits on vda.qcow2.
+	e.commitBehindTheDaemon("vda", "vda.s1", "vda.qcow2")
+	before := e.world()
+	_, err := e.delete("s1", 0)
+	if !errors.Is(err, ErrOperationInvalid) || !strings.Contains(err.Error(), "disk 'vda': overlay "+filepath.Join(e.vm.Dir, "vda.s1")+" of snapshot 's1' is not in the disk's current chain") {
+		t.Errorf("delete s1: got %v, want vda's overlay named", err)
+	}
+	e.assertUnchanged(before)
+	_, err = e.delete("s2", 0)
+	if !errors.Is(err, ErrOperationInvalid) || !strings.Contains(err.Error(), "sits on "+filepath.Join(e.vm.Dir, "vda.qcow2")+", but the snapshot was taken on "+filepath.Join(e.vm.Dir, "vda.s1")) {
+		t.Errorf("delete s2: got %v, want the changed backing named", err)
+	}
+	e.assertUnchanged(before)
+
+	// s3's overlay of vdb leaves the chain too; its node stays in QEMU
+	// until someone deletes it.
+	e.commitBehindTheDaemon("vdb", "vdb.s3", "vdb.s2")
+	node := e.nodeOf("vdb.s3")
+	res := e.mustDelete("s3", 0)
+	if got := outcomeSummary(res.Disks); got != "s3/vda:merged+deleted s3/vdb:unchanged+kept" {
+		t.Errorf("outcomes: %s", got)
+	}
+	if o := res.Disks[1]; !strings.Contains(o.Reason, "node "+node+" in QEMU uses it") {
+		t.Errorf("vdb kept for %q, want the node that uses it", o.Reason)
+	}
+	e.wantTree("<-s1 s1<-s2 current=s2")
+	if _, err := os.Stat(filepath.Join(e.vm.Dir, "vdb.s3")); err != nil {
+		t.Errorf("a file QEMU uses was deleted: %v", err)
+	}
+	// Once nothing uses it, a leaf's overlay outside the chain goes.
+	if err := e.obs.BlockdevDel(testCtx(t), node); err != nil {
+		t.Fatal(err)
+	}
+	e.mustCreate(snapXML("s4", diskXML("vda", "no", "")), FlagDiskOnly)
+	e.commitBehindTheDaemon("vdb", "vdb.s4", "vdb.s2")
+	if err := e.obs.BlockdevDel(testCtx(t), e.nodeOf("vdb.s4")); err != nil {
+		t.Fatal(err)
+	}
+	res = e.mustDelete("s4", 0)
+	if got := outcomeSummary(res.Disks); got != "s4/vdb:unlinked+deleted" {
+		t.Errorf("outcomes: %s", got)
+	}
+	e.wantGone("vdb.s4")
+	e.wantTree("<-s1 s1<-s2 current=s2")
+}
+
+// checkDeleteDuringCreate: a create holds the domain; a delete waits
+// for it until its caller's deadline, then fails, changing nothing.
+func checkDeleteDuringCreate(t *testing.T) {
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
+	e.mustCreate(snapXML("s1"), FlagDiskOnly|FlagAtomic)
+	held, release := make(chan struct{}), make(chan struct{})
+	e.drv.Hooks.AtStep = func(step string) error {
+		if step == HookSwitching {
+			close(held)
+			<-release
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { _, err := e.create(snapXML("s2"), FlagDiskOnly|FlagAtomic); done <- err }()
+	<-held
+	before := e.world()
+	ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
+	defer cancel()
+	_, err := e.drv.DeleteSnapshot(ctx, e.name, "s1", DeleteRequest{})
+	if !errors.Is(err, ErrBusy) || Kind(err) != errkind.OperationTimeout {
+		t.Errorf("got %v, want operation in progress", err)
+	}
+	e.assertUnchanged(before)
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Once the create is done, the delete runs.
+	e.drv.Hooks.AtStep = nil
+	e.mustDelete("s1", 0)
+	e.wantTree("<-s2 current=s2")
 }

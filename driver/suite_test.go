@@ -67,6 +67,9 @@ var checks = []qemutest.Check{
 	{Name: "DeleteMergesMiddleCurrentAndRoot", Run: checkDeleteMergesMiddleCurrentAndRoot},
 	{Name: "DeleteKeepsEveryWrite", Run: checkDeleteKeepsEveryWrite},
 	{Name: "DeleteChildren", Run: checkDeleteChildren},
+	{Name: "DeleteRefusals", Run: checkDeleteRefusals},
+	{Name: "DeleteOffTheChain", Run: checkDeleteOffTheChain},
+	{Name: "DeleteDuringCreate", Run: checkDeleteDuringCreate},
 
 	{Name: "GuestQuiesceMakesTheSnapshotConsistent", Run: checkGuestQuiesceMakesTheSnapshotConsistent, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
