@@ -15,6 +15,7 @@ import (
 
 	"github.com/qsnapd/qsnapd/errkind"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
+	"github.com/qsnapd/qsnapd/internal/testing/qmpproxy"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
 )
@@ -596,4 +597,104 @@ func checkDeleteDuringCreate(t *testing.T) {
 	e.drv.Hooks.AtStep = nil
 	e.mustDelete("s1", 0)
 	e.wantTree("<-s2 current=s2")
+}
+
+// checkDeleteFaultsBeforeTheFinalize: QEMU refuses a commit or a
+// complete, or the connection drops, before the point of no return:
+// every job is cancelled and nothing changes.
+func checkDeleteFaultsBeforeTheFinalize(t *testing.T) {
+	fail := qmpproxy.Fail{Class: "GenericError", Desc: "injected"}
+	for _, tc := range []struct {
+		name, snap, command string
+		action              qmpproxy.Action
+		msg                 string
+	}{
+		{"block-commit of the middle", "s2", "block-commit", fail, "start commit of disk vdb: qmp block-commit: GenericError: injected"},
+		{"block-commit of the current", "s3", "block-commit", fail, "start commit of disk vdb: qmp block-commit: GenericError: injected"},
+		{"job-complete", "s3", "job-complete", fail, "complete commit of disk vdb: qmp job-complete: GenericError: injected"},
+		{"connection lost at job-complete", "s3", "job-complete", qmpproxy.CloseConn{}, "recovery will reconcile the disks"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy, proxy: true})
+			for _, s := range []string{"s1", "s2", "s3"} {
+				e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+			}
+			before := e.world()
+			e.proxy.Add(qmpproxy.Rule{Command: tc.command, Nth: 2, Times: 1, Action: tc.action})
+			_, err := e.delete(tc.snap, 0)
+			var de *DeleteError
+			if !errors.As(err, &de) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("got %v, want %q", err, tc.msg)
+			}
+			if de.Step != StepMerge || len(de.Deleted) != 0 {
+				t.Errorf("step %s, deleted %v", de.Step, de.Deleted)
+			}
+			for _, o := range de.Disks {
+				if o.Result == MergeMerged || o.FileDeleted {
+					t.Errorf("disk %s: %+v", o.Target, o)
+				}
+			}
+			if _, ok := tc.action.(qmpproxy.CloseConn); ok {
+				waitFor(t, func() bool { return e.connected() && e.world().Active == 0 }, "recovery after reconnect")
+			} else if o := de.Disks[1]; o.Result != MergeFailed || !strings.Contains(o.Error, "injected") {
+				t.Errorf("vdb: %+v, want failed with QEMU's message", o)
+			}
+			e.assertUnchanged(before)
+			ops, _ := e.drv.Store().Ops(false)
+			if op := ops[len(ops)-1]; op.Kind != KindSnapshotDelete || op.Phase() != transaction.PhaseFailed {
+				t.Errorf("journal: %s %s", op.Kind, op.Phase())
+			}
+			// The domain still works.
+			e.mustDelete(tc.snap, 0)
+		})
+	}
+}
+
+// connected reports whether the driver has the domain connected.
+func (e *env) connected() bool {
+	info, err := e.drv.DomainInfo(e.name)
+	return err == nil && info.Connected
+}
+
+// checkDeleteFinalizeFailureIsReportedPerDisk: past the point of no
+// return a disk whose finalize QEMU refuses stays as it was, the other
+// is merged, and the metadata says exactly that; deleting again merges
+// the rest.
+func checkDeleteFinalizeFailureIsReportedPerDisk(t *testing.T) {
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev, proxy: true})
+	for _, s := range []string{"s1", "s2", "s3"} {
+		e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+	}
+	e.proxy.Add(qmpproxy.Rule{Command: "job-finalize", Nth: 2, Times: 1, Action: qmpproxy.Fail{Class: "GenericError", Desc: "injected"}})
+	_, err := e.delete("s2", 0)
+	var de *DeleteError
+	if !errors.As(err, &de) || de.Step != StepFinalize || !strings.Contains(err.Error(), "finalize commit of disk vdb: qmp job-finalize: GenericError: injected") {
+		t.Fatalf("got %v, want vdb's finalize refused", err)
+	}
+	if got := outcomeSummary(de.Disks); got != "s2/vda:merged+deleted s2/vdb:failed" {
+		t.Errorf("outcomes: %s", got)
+	}
+	e.wantChains(map[string][]string{"vda": {"vda.s3", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s3", "vdb.s2", "vdb.s1", "vdb.qcow2"}})
+	e.wantTree("<-s1 s1<-s2 s2<-s3 current=s3")
+	e.wantGone("vda.s2")
+	e.wantNoStrayNodes()
+	if w := e.world(); w.Active != 0 || w.Jobs != 0 {
+		t.Errorf("%d open operations, %d jobs", w.Active, w.Jobs)
+	}
+	rec, err := e.drv.Snapshot(e.name, "s2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Disks[0].Snapshot != "no" || rec.Disks[1].Snapshot != "external" ||
+		!strings.Contains(rec.XML, `<disk name="vda" snapshot="no"></disk>`) || !strings.Contains(rec.XML, "vdb.s2") {
+		t.Errorf("s2 after vda merged: %+v\n%s", rec.Disks, rec.XML)
+	}
+	checkRecordsMatchChains(t, e)
+	res := e.mustDelete("s2", 0)
+	if got := outcomeSummary(res.Disks); got != "s2/vdb:merged+deleted" {
+		t.Errorf("second delete: %s", got)
+	}
+	e.wantChains(map[string][]string{"vda": {"vda.s3", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s3", "vdb.s1", "vdb.qcow2"}})
+	e.wantTree("<-s1 s1<-s3 current=s3")
+	checkRecordsMatchChains(t, e)
 }

@@ -70,6 +70,8 @@ var checks = []qemutest.Check{
 	{Name: "DeleteRefusals", Run: checkDeleteRefusals},
 	{Name: "DeleteOffTheChain", Run: checkDeleteOffTheChain},
 	{Name: "DeleteDuringCreate", Run: checkDeleteDuringCreate},
+	{Name: "DeleteFaultsBeforeTheFinalize", Run: checkDeleteFaultsBeforeTheFinalize},
+	{Name: "DeleteFinalizeFailureIsReportedPerDisk", Run: checkDeleteFinalizeFailureIsReportedPerDisk},
 
 	{Name: "GuestQuiesceMakesTheSnapshotConsistent", Run: checkGuestQuiesceMakesTheSnapshotConsistent, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},

@@ -285,10 +285,9 @@ func (e *Executor) CompleteActive(ctx context.Context, r *MergeRound) error {
 			continue
 		}
 		if err := e.QMP.JobComplete(ctx, md.Job); err != nil {
-			if st := stateAfter(err); st == MergeUnknown {
-				md.State = st
-			}
-			md.Error = err.Error()
+			// Refused, the job is still READY (the cancel ends it) and
+			// the disk as it was; unanswered, who knows.
+			md.State, md.Error = stateAfter(err), err.Error()
 			return fmt.Errorf("complete commit of disk %s: %w", md.Target, err)
 		}
 	}
