@@ -173,8 +173,10 @@ func (d *Driver) recoverDelete(ctx context.Context, dom *Domain, op *OpRecord) e
 		i := slices.IndexFunc(jobs, func(j qmp.JobInfo) bool { return j.ID == md.Job })
 		switch {
 		case i < 0:
-			if md.State != transaction.MergePlanned && md.State != transaction.MergeCancelled {
-				md.State = transaction.MergeUnknown // QEMU restarted, or the job was dismissed: the chain tells
+			// Never started, dismissed already, or lost with a QEMU
+			// that restarted: the chain tells what merged.
+			if md.State != transaction.MergePlanned && md.State != transaction.MergeCancelled && md.State != transaction.MergeFailed {
+				md.State = transaction.MergeStarted
 			}
 		case jobs[i].Status == "ready":
 			md.State = transaction.MergeReady

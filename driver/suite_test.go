@@ -72,6 +72,7 @@ var checks = []qemutest.Check{
 	{Name: "DeleteDuringCreate", Run: checkDeleteDuringCreate},
 	{Name: "DeleteFaultsBeforeTheFinalize", Run: checkDeleteFaultsBeforeTheFinalize},
 	{Name: "DeleteFinalizeFailureIsReportedPerDisk", Run: checkDeleteFinalizeFailureIsReportedPerDisk},
+	{Name: "DeleteRecoveryAfterKill", Run: checkDeleteRecoveryAfterKill},
 
 	{Name: "GuestQuiesceMakesTheSnapshotConsistent", Run: checkGuestQuiesceMakesTheSnapshotConsistent, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
