@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -697,4 +698,190 @@ func checkDeleteFinalizeFailureIsReportedPerDisk(t *testing.T) {
 	e.wantChains(map[string][]string{"vda": {"vda.s3", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s3", "vdb.s1", "vdb.qcow2"}})
 	e.wantTree("<-s1 s1<-s3 current=s3")
 	checkRecordsMatchChains(t, e)
+}
+
+// deleteEvents records SnapshotDeleted events.
+type deleteEvents struct {
+	NopEvents
+	mu  sync.Mutex
+	evs []DeleteEvent
+}
+
+func (r *deleteEvents) SnapshotDeleted(ev DeleteEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, ev)
+}
+
+func (r *deleteEvents) last(t *testing.T) DeleteEvent {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.evs) == 0 {
+		t.Fatal("no SnapshotDeleted event")
+	}
+	return r.evs[len(r.evs)-1]
+}
+
+// checkDeleteCancelAndProgress: before the point of no return,
+// CancelOperation cancels every job and nothing changes; after it, the
+// merge finishes; the caller going away changes nothing either way.
+// Progress adds up the jobs' progress.
+func checkDeleteCancelAndProgress(t *testing.T) {
+	evs := &deleteEvents{}
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev, cfg: func(c *Config) { c.Events = evs }})
+	for _, s := range []string{"s1", "s2", "s3"} {
+		e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+	}
+	ctx := testCtx(t)
+	if err := e.drv.CancelOperation("nope"); !errors.Is(err, ErrNoOperation) {
+		t.Errorf("cancel of no operation: %v", err)
+	}
+
+	t.Run("before the point of no return", func(t *testing.T) {
+		before := e.world()
+		var progress Progress
+		e.drv.Hooks.AtStep = func(step string) error {
+			if step == HookDeleteCopied {
+				progress, _ = e.drv.OperationProgress("del-1")
+				if err := e.drv.CancelOperation("del-1"); err != nil {
+					t.Errorf("cancel: %v", err)
+				}
+			}
+			return nil
+		}
+		_, err := e.drv.DeleteSnapshot(ctx, e.name, "s2", DeleteRequest{OpID: "del-1"})
+		if !errors.Is(err, ErrCancelled) || Kind(err) != errkind.OperationAborted {
+			t.Fatalf("got %v, want cancelled", err)
+		}
+		// A commit below the active layer counts the top's whole length.
+		if !progress.Cancellable || progress.TotalBytes != 2*64<<20 || progress.DoneBytes != progress.TotalBytes {
+			t.Errorf("progress when copied: %+v", progress)
+		}
+		e.assertUnchanged(before)
+		if ev := evs.last(t); ev.Result != ResultCancelled || ev.OpID != "del-1" || !ev.Merged || ev.MergedBytes != 0 {
+			t.Errorf("event: %+v", ev)
+		}
+		if _, ok := e.drv.OperationProgress("del-1"); ok {
+			t.Error("a finished operation still runs")
+		}
+	})
+
+	t.Run("after the point of no return", func(t *testing.T) {
+		var progress Progress
+		e.drv.Hooks.AtStep = func(step string) error {
+			if step == HookDeleteFinalizing {
+				progress, _ = e.drv.OperationProgress("del-2")
+				if err := e.drv.CancelOperation("del-2"); !errors.Is(err, ErrOperationInvalid) {
+					t.Errorf("cancel past the point of no return: %v", err)
+				}
+			}
+			return nil
+		}
+		res, err := e.drv.DeleteSnapshot(ctx, e.name, "s2", DeleteRequest{OpID: "del-2", Bandwidth: 100 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if progress.Cancellable {
+			t.Errorf("cancellable past the point of no return: %+v", progress)
+		}
+		if res.MergedBytes != 2*64<<20 || res.OpID != "del-2" {
+			t.Errorf("result: %+v", res)
+		}
+		if ev := evs.last(t); ev.Result != ResultSuccess || !slices.Equal(ev.Names, []string{"s2"}) || ev.MergedBytes != res.MergedBytes {
+			t.Errorf("event: %+v", ev)
+		}
+		e.wantTree("<-s1 s1<-s3 current=s3")
+	})
+
+	t.Run("the caller goes away", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		e.drv.Hooks.AtStep = func(step string) error {
+			if step == HookDeleteCopied {
+				cancel()
+			}
+			return nil
+		}
+		if _, err := e.drv.DeleteSnapshot(cctx, e.name, "s3", DeleteRequest{}); err != nil {
+			t.Fatalf("a merge whose caller went away: %v", err)
+		}
+		e.wantTree("<-s1 current=s1")
+		e.wantChains(map[string][]string{"vda": {"vda.s1", "vda.qcow2"}, "vdb": {"vdb.s1", "vdb.qcow2"}})
+	})
+
+	t.Run("while waiting for the domain", func(t *testing.T) {
+		held, release := make(chan struct{}), make(chan struct{})
+		e.drv.Hooks.AtStep = func(step string) error {
+			if step == HookSwitching {
+				close(held)
+				<-release
+			}
+			return nil
+		}
+		created := make(chan error, 1)
+		go func() { _, err := e.create(snapXML("s4"), FlagDiskOnly|FlagAtomic); created <- err }()
+		<-held
+		deleted := make(chan error, 1)
+		go func() {
+			_, err := e.drv.DeleteSnapshot(ctx, e.name, "s1", DeleteRequest{OpID: "del-3"})
+			deleted <- err
+		}()
+		waitFor(t, func() bool { _, ok := e.drv.OperationProgress("del-3"); return ok }, "the delete to wait")
+		if err := e.drv.CancelOperation("del-3"); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-deleted; !errors.Is(err, ErrCancelled) {
+			t.Errorf("got %v, want cancelled", err)
+		}
+		close(release)
+		if err := <-created; err != nil {
+			t.Fatal(err)
+		}
+		e.drv.Hooks.AtStep = nil
+		e.wantTree("<-s1 s1<-s4 current=s4")
+	})
+}
+
+// checkDeleteCancelMidCopy cancels a merge that copies data at a
+// bandwidth cap (a commit below the active layer, which copies chunk by
+// chunk; a mirror copies its first 16 MiB at once), while its progress
+// grows.
+func checkDeleteCancelMidCopy(t *testing.T) {
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy})
+	ps := patterns{}
+	e.write(ps, "vda", 0, 0x31)
+	e.mustCreate(snapXML("s1"), FlagDiskOnly|FlagAtomic)
+	for i := range int64(64) {
+		e.write(ps, "vda", i<<16, byte(0x40+i))
+	}
+	e.mustCreate(snapXML("s2"), FlagDiskOnly|FlagAtomic)
+	e.write(ps, "vda", 0, 0x32)
+	before := e.world()
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.drv.DeleteSnapshot(testCtx(t), e.name, "s1", DeleteRequest{OpID: "slow", Bandwidth: 1 << 20})
+		done <- err
+	}()
+	var p Progress
+	waitFor(t, func() bool {
+		p, _ = e.drv.OperationProgress("slow")
+		return p.DoneBytes > 0
+	}, "progress")
+	if !p.Cancellable || p.TotalBytes != 2*64<<20 || p.DoneBytes >= p.TotalBytes {
+		t.Errorf("progress mid-copy: %+v", p)
+	}
+	if err := e.drv.CancelOperation("slow"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrCancelled) {
+		t.Fatalf("got %v, want cancelled", err)
+	}
+	// The base took part of the copy; nothing else changed.
+	after := e.world()
+	after.Files["vda.qcow2"] = before.Files["vda.qcow2"]
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("state changed:\nbefore %+v\nafter  %+v", before, after)
+	}
+	e.checkData(ps)
 }

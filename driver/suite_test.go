@@ -73,6 +73,8 @@ var checks = []qemutest.Check{
 	{Name: "DeleteFaultsBeforeTheFinalize", Run: checkDeleteFaultsBeforeTheFinalize},
 	{Name: "DeleteFinalizeFailureIsReportedPerDisk", Run: checkDeleteFinalizeFailureIsReportedPerDisk},
 	{Name: "DeleteRecoveryAfterKill", Run: checkDeleteRecoveryAfterKill},
+	{Name: "DeleteCancelAndProgress", Run: checkDeleteCancelAndProgress},
+	{Name: "DeleteCancelMidCopy", Run: checkDeleteCancelMidCopy, RealOnly: "copies data at a bandwidth cap, which the fake does not model"},
 
 	{Name: "GuestQuiesceMakesTheSnapshotConsistent", Run: checkGuestQuiesceMakesTheSnapshotConsistent, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
