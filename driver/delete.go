@@ -546,6 +546,11 @@ func (o *deleteOp) round(ctx context.Context, r *transaction.MergeRound) error {
 		return err
 	}
 	cerr := o.exec.CleanupMerge(ctx, r)
+	if errors.Is(cerr, qmp.ErrDisconnected) || errors.Is(cerr, qmp.ErrTimeout) {
+		// Without QEMU's word no file goes: recovery cleans up and
+		// records once QEMU answers again.
+		return atStep(StepCleanup, qmpErr("clean up merged overlays", cerr))
+	}
 	if cerr != nil {
 		o.log.Warn("cleanup of merged overlays incomplete", zap.Error(cerr))
 	}

@@ -943,3 +943,115 @@ func checkDeleteBaseOutOfSpace(t *testing.T) {
 	// QEMU leaks the clusters it allocated in the full base.
 	e.checkData(ps, "vda.s1")
 }
+
+// restartQEMU starts QEMU again on the VM's sockets, with each disk on
+// the image active is (as -drive disks, like qemutest's Legacy style),
+// as a VM restarted after a crash: nodes the daemon added are gone, the
+// chains come from the image headers. Real QEMU only.
+func (e *env) restartQEMU(active map[string]string) {
+	e.t.Helper()
+	for _, p := range []string{e.vm.QMP, e.vm.QMP2} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			e.t.Fatal(err)
+		}
+	}
+	args := []string{"-S", "-nodefaults", "-display", "none", "-accel", "tcg", "-no-user-config", "-M", "q35", "-m", "128",
+		"-qmp", "unix:" + e.vm.QMP + ",server=on,wait=off", "-qmp", "unix:" + e.vm.QMP2 + ",server=on,wait=off"}
+	for _, d := range e.vm.Disks {
+		args = append(args,
+			"-drive", "if=none,id="+d.Drive+",file="+active[d.Target]+",format=qcow2",
+			"-device", "virtio-blk-pci,drive="+d.Drive+",id="+d.Target)
+	}
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	out := &qemutest.LockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	e.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if e.t.Failed() {
+			e.t.Logf("restarted qemu %v\noutput: %s", args, out)
+		}
+	})
+	waitFor(e.t, func() bool { return e.obs.Connect(testCtx(e.t)) == nil }, "the restarted QEMU's second monitor")
+}
+
+// checkDeleteQEMUKilledMidMerge kills QEMU during a merge and starts it
+// again on the same images: before the point of no return, and after
+// it but before any finalize, nothing is merged; after the finalize of
+// a commit below the active layer, the image above names the base in
+// its header, and the merge is recorded. Either way the metadata
+// agrees with the chains, no file QEMU needs is gone, and the data is
+// intact.
+func checkDeleteQEMUKilledMidMerge(t *testing.T) {
+	for _, tc := range []struct {
+		step, snap string
+		merged     bool
+	}{
+		{HookDeleteCopied, "s3", false},
+		{HookDeleteFinalizing, "s2", false},
+		{HookDeleteFinalized, "s2", true},
+	} {
+		t.Run(strings.TrimPrefix(tc.step, "delete:")+"/"+tc.snap, func(t *testing.T) {
+			e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy})
+			ps := patterns{}
+			for i, s := range []string{"s1", "s2", "s3"} {
+				e.write(ps, "vda", int64(i)<<20, byte(0x71+i))
+				e.write(ps, "vdb", int64(i)<<20, byte(0x91+i))
+				e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+			}
+			e.write(ps, "vda", 5<<20, 0x7f)
+			active := map[string]string{}
+			for _, d := range e.disks() {
+				active[d.Target] = d.File
+			}
+			chains, tree := e.chains(), e.tree()
+			e.drv.Hooks.AtStep = func(step string) error {
+				if step == tc.step {
+					e.vm.Kill()
+				}
+				return nil
+			}
+			_, err := e.delete(tc.snap, 0)
+			if !errors.Is(err, ErrDisconnected) && !errors.Is(err, ErrOperationFailed) {
+				t.Fatalf("got %v, want QEMU gone", err)
+			}
+			e.drv.Hooks.AtStep = nil
+			e.restartQEMU(active)
+			waitFor(t, func() bool { return e.connected() && e.world().Active == 0 }, "recovery after QEMU's restart")
+			if tc.merged {
+				model := newTreeModel()
+				for _, s := range []string{"s1", "s2", "s3"} {
+					model.create(s)
+				}
+				model.delete(tc.snap)
+				tree = model.String()
+				for tg := range chains {
+					chains[tg] = slices.DeleteFunc(chains[tg], func(f string) bool { return f == tg+"."+tc.snap })
+				}
+				e.wantGone("vda."+tc.snap, "vdb."+tc.snap)
+			}
+			e.wantChains(chains)
+			e.wantTree(tree)
+			checkRecordsMatchChains(t, e)
+			for _, ch := range chains {
+				for _, f := range ch {
+					if _, err := os.Stat(filepath.Join(e.vm.Dir, f)); err != nil {
+						t.Errorf("an image of the chain is gone: %v", err)
+					}
+				}
+			}
+			e.checkData(ps)
+			// The domain works again: the delete goes through now.
+			if !tc.merged {
+				e.mustDelete(tc.snap, 0)
+				e.checkData(ps)
+			}
+		})
+	}
+}

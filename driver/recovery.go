@@ -223,7 +223,9 @@ func (d *Driver) recoverDelete(ctx context.Context, dom *Domain, op *OpRecord) e
 				return err
 			}
 		}
-		if err := exec.CleanupMerge(ctx, r); err != nil {
+		if err := exec.CleanupMerge(ctx, r); errors.Is(err, qmp.ErrDisconnected) || errors.Is(err, qmp.ErrTimeout) {
+			return qmpErr("clean up merged overlays", err)
+		} else if err != nil {
 			log.Warn("cleanup of merged overlays incomplete", zap.Error(err))
 		}
 	}
