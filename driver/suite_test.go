@@ -81,4 +81,5 @@ var checks = []qemutest.Check{
 	{Name: "GuestQuiesceMakesTheSnapshotConsistent", Run: checkGuestQuiesceMakesTheSnapshotConsistent, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFailingFreezeHook", Run: checkGuestFailingFreezeHook, RealOnly: "boots a Linux guest with qemu-ga"},
+	{Name: "GuestDeleteWhileWriting", Run: checkGuestDeleteWhileWriting, RealOnly: "boots a Linux guest with qemu-ga"},
 }
