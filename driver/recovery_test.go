@@ -153,7 +153,8 @@ func TestDeleteCrashHelper(t *testing.T) {
 	}
 	drv.Hooks.AtStep = func(s string) error {
 		if s == step {
-			if nth--; nth == 0 {
+			nth--
+			if nth == 0 {
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				select {}
 			}

@@ -289,7 +289,8 @@ func getRecord(b *bolt.Bucket, domain, name string) (SnapshotRecord, error) {
 	if v == nil {
 		return rec, errNoSnapshot(domain, name)
 	}
-	return rec, json.Unmarshal(v, &rec)
+	err := json.Unmarshal(v, &rec)
+	return rec, err
 }
 
 // removeRecord deletes gone's record: its children move to its parent,
