@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/qsnapd/qsnapd/errkind"
+	"github.com/qsnapd/qsnapd/internal/qcow2"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/internal/testing/qmpproxy"
 	"github.com/qsnapd/qsnapd/qmp"
@@ -1054,4 +1055,33 @@ func checkDeleteQEMUKilledMidMerge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkDeleteKeepsCallersFiles: overlays the caller supplied (REUSE_EXT,
+// or an empty file the daemon filled) are merged but never deleted; the
+// result says where they are.
+func checkDeleteKeepsCallersFiles(t *testing.T) {
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
+	reused, empty := filepath.Join(e.vm.Dir, "pre-made.qcow2"), filepath.Join(e.vm.Dir, "empty.img")
+	if err := qcow2.Create(reused, qcow2.Options{VirtualSize: 64 << 20, BackingFile: e.vm.Disks[0].Path, BackingFormat: "qcow2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(empty, nil, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	e.mustCreate(snapXML("s1", diskXML("vda", "", reused), diskXML("vdb", "no", "")), FlagDiskOnly|FlagReuseExt)
+	e.mustCreate(snapXML("s2", diskXML("vda", "no", ""), diskXML("vdb", "", empty)), FlagDiskOnly)
+	for _, s := range []string{"s2", "s1"} {
+		res := e.mustDelete(s, 0)
+		o := res.Disks[0]
+		if o.Result != MergeMerged || o.FileDeleted || o.Kept == "" || !strings.Contains(o.Reason, "did not create it") {
+			t.Errorf("%s: %+v, want merged and kept", s, o)
+		}
+		if _, err := os.Stat(o.Kept); err != nil {
+			t.Errorf("%s: the caller's file is gone: %v", s, err)
+		}
+	}
+	e.wantChains(map[string][]string{"vda": {"vda.qcow2"}, "vdb": {"vdb.qcow2"}})
+	e.wantTree("current=")
+	e.wantNoStrayNodes()
 }

@@ -67,6 +67,7 @@ var checks = []qemutest.Check{
 	{Name: "DeleteMergesMiddleCurrentAndRoot", Run: checkDeleteMergesMiddleCurrentAndRoot},
 	{Name: "DeleteKeepsEveryWrite", Run: checkDeleteKeepsEveryWrite},
 	{Name: "DeleteChildren", Run: checkDeleteChildren},
+	{Name: "DeleteKeepsCallersFiles", Run: checkDeleteKeepsCallersFiles},
 	{Name: "DeleteRefusals", Run: checkDeleteRefusals},
 	{Name: "DeleteOffTheChain", Run: checkDeleteOffTheChain},
 	{Name: "DeleteDuringCreate", Run: checkDeleteDuringCreate},
