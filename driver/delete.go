@@ -109,8 +109,8 @@ const (
 	HookDeletePlanned    = "delete:planned"    // round journaled with its nodes; no job yet
 	HookDeleteStarted    = "delete:started"    // every commit job started
 	HookDeleteCopied     = "delete:copied"     // active commits READY, the others PENDING
-	HookDeleteCompleted  = "delete:completed"  // every job PENDING; no chain changed yet
-	HookDeleteFinalizing = "delete:finalizing" // past the point of no return; no finalize sent yet
+	HookDeleteFinalizing = "delete:finalizing" // past the point of no return; nothing completed or finalized yet
+	HookDeleteCompleted  = "delete:completed"  // active commits completed: every job PENDING, no chain changed yet
 	HookDeleteFinalized  = "delete:finalized"  // jobs finalized and dismissed; nodes and files still there
 	HookDeleteCleaned    = "delete:cleaned"    // nodes and files removed; metadata not yet recorded
 	HookDeleteRecorded   = "delete:recorded"   // the round's metadata and journal are durable
@@ -514,12 +514,9 @@ func (o *deleteOp) round(ctx context.Context, r *transaction.MergeRound) error {
 	if err := o.saveAndHook(StepMerge, HookDeleteCopied); err != nil {
 		return err
 	}
-	if err := o.exec.CompleteActive(ctx, r); err != nil {
-		return atStep(StepMerge, o.copyErr(err))
-	}
-	if err := o.saveAndHook(StepMerge, HookDeleteCompleted); err != nil {
-		return err
-	}
+	// The point of no return is journaled before the first complete:
+	// from the complete to the finalize QEMU holds the guest's I/O on
+	// an active commit's disk, and no journal write belongs in there.
 	if err := o.pointOfNoReturn(); err != nil {
 		return err
 	}
@@ -530,10 +527,25 @@ func (o *deleteOp) round(ctx context.Context, r *transaction.MergeRound) error {
 	if err := atStep(StepFinalize, o.d.hook(HookDeleteFinalizing)); err != nil {
 		return err
 	}
+	held := time.Now()
+	if err := o.exec.CompleteActive(ctx, r); err != nil {
+		// Nothing is finalized yet: unless a reply was lost, every job
+		// is cancelled and no disk changes, as before the point of no
+		// return. A daemon that dies meanwhile finishes the merge.
+		if !slices.ContainsFunc(r.Disks, func(md *transaction.MergeDisk) bool { return md.State == transaction.MergeUnknown }) {
+			o.plan.Phase = transaction.PhaseMerging
+		}
+		return atStep(StepMerge, o.copyErr(err))
+	}
+	if err := atStep(StepFinalize, o.d.hook(HookDeleteCompleted)); err != nil {
+		return err
+	}
 	// Past this point nothing is cancelled: what QEMU finalizes stays
 	// merged, and the metadata records exactly that.
 	o.undo.Release()
 	ferr := o.exec.FinalizeCommits(ctx, r)
+	o.log.Debug("commit jobs finalized", zap.String("round", r.Snapshot),
+		zap.Float64("io_held_seconds", time.Since(held).Seconds()))
 	if slices.ContainsFunc(r.Disks, func(md *transaction.MergeDisk) bool { return md.State == transaction.MergeUnknown }) {
 		// A finalize whose reply was lost: recovery asks QEMU.
 		return atStep(StepFinalize, qmpErr("finalize", cmp.Or(ferr, errors.New("a job's end is unknown"))))
@@ -581,8 +593,10 @@ func (o *deleteOp) copyErr(err error) error {
 }
 
 // pointOfNoReturn makes the operation no longer cancellable, unless it
-// was cancelled already. Once one round passed it, later rounds are not
-// cancellable either: the operation has changed disks.
+// was cancelled already, and moves the round to finalizing: a daemon
+// that dies from here on finishes the merge on restart. Once one round
+// passed it, later rounds are not cancellable either: the operation
+// has changed disks.
 func (o *deleteOp) pointOfNoReturn() error {
 	o.run.setCancel(nil)
 	if context.Cause(o.cancel) == ErrCancelled {

@@ -613,8 +613,9 @@ func checkDeleteDuringCreate(t *testing.T) {
 }
 
 // checkDeleteFaultsBeforeTheFinalize: QEMU refuses a commit or a
-// complete, or the connection drops, before the point of no return:
-// every job is cancelled and nothing changes.
+// complete: every job is cancelled and nothing changes. A connection
+// that drops at the complete (past the point of no return) leaves the
+// merge to recovery, which finishes it.
 func checkDeleteFaultsBeforeTheFinalize(t *testing.T) {
 	fail := qmpproxy.Fail{Class: "GenericError", Desc: "injected"}
 	for _, tc := range []struct {
@@ -649,7 +650,13 @@ func checkDeleteFaultsBeforeTheFinalize(t *testing.T) {
 			}
 			if _, ok := tc.action.(qmpproxy.CloseConn); ok {
 				waitFor(t, func() bool { return e.connected() && e.world().Active == 0 }, "recovery after reconnect")
-			} else if o := de.Disks[1]; o.Result != MergeFailed || !strings.Contains(o.Error, "injected") {
+				e.wantTree("<-s1 s1<-s2 current=s2")
+				e.wantChains(map[string][]string{"vda": {"vda.s2", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s2", "vdb.s1", "vdb.qcow2"}})
+				e.wantGone("vda.s3", "vdb.s3")
+				e.wantNoStrayNodes()
+				return
+			}
+			if o := de.Disks[1]; o.Result != MergeFailed || !strings.Contains(o.Error, "injected") {
 				t.Errorf("vdb: %+v, want failed with QEMU's message", o)
 			}
 			e.assertUnchanged(before)
