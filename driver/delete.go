@@ -188,7 +188,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, domain, name string, req De
 	mctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancel(nil)
 	run.setCancel(cancel)
-	if context.Cause(wctx) == ErrCancelled { // cancelled just before the swap
+	if errors.Is(context.Cause(wctx), ErrCancelled) { // cancelled just before the swap
 		return nil, cancelledOr(wctx, wctx.Err())
 	}
 	d.cfg.Events.OperationsInFlight(1)
@@ -200,7 +200,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, domain, name string, req De
 
 // cancelledOr names a cancellation by CancelOperation as such.
 func cancelledOr(ctx context.Context, err error) error {
-	if context.Cause(ctx) == ErrCancelled {
+	if errors.Is(context.Cause(ctx), ErrCancelled) {
 		return fmt.Errorf("%w: the delete was cancelled before it started; nothing changed", ErrCancelled)
 	}
 	return err
@@ -583,7 +583,7 @@ func (o *deleteOp) round(ctx context.Context, r *transaction.MergeRound) error {
 
 // copyErr names why the copy ended: CancelOperation, or a job or QEMU.
 func (o *deleteOp) copyErr(err error) error {
-	if context.Cause(o.cancel) == ErrCancelled {
+	if errors.Is(context.Cause(o.cancel), ErrCancelled) {
 		return fmt.Errorf("%w: the delete was cancelled before its point of no return", ErrCancelled)
 	}
 	if errors.Is(err, transaction.ErrJobFailed) {
@@ -599,7 +599,7 @@ func (o *deleteOp) copyErr(err error) error {
 // has changed disks.
 func (o *deleteOp) pointOfNoReturn() error {
 	o.run.setCancel(nil)
-	if context.Cause(o.cancel) == ErrCancelled {
+	if errors.Is(context.Cause(o.cancel), ErrCancelled) {
 		return atStep(StepMerge, fmt.Errorf("%w: the delete was cancelled before its point of no return", ErrCancelled))
 	}
 	o.plan.Phase = transaction.PhaseFinalizing
@@ -770,6 +770,13 @@ func (o *deleteOp) fail(ctx context.Context, cause error) error {
 		if rerr := o.undo.Fail(ctx); rerr != nil {
 			err = fmt.Errorf("%w; cancel the commit jobs: %w", cause, rerr)
 			unknown = true
+			break
+		}
+		if r := o.plan.Rounds[o.plan.Round]; copied(r) {
+			// A commit writes into its base as it goes, and a cancel
+			// does not take that back.
+			err = fmt.Errorf("%w; no disk changed, but the base images under snapshot '%s' may hold part of its overlays' data: they no longer show its point in time exactly (the guest's disks and the other snapshots are intact)",
+				err, r.Snapshot)
 		}
 	default:
 		unknown = true
@@ -797,6 +804,11 @@ func (o *deleteOp) fail(ctx context.Context, cause error) error {
 	o.log.Info("snapshot delete failed", zap.String("step", step), zap.Bool("unknown", unknown),
 		zap.Strings("deleted", o.deleted), zap.Error(err))
 	return &DeleteError{OpID: o.op.ID, Step: step, Deleted: o.deleted, Disks: outcomes(o.plan, unknown), Err: err}
+}
+
+// copied reports whether a job of the round made progress.
+func copied(r *transaction.MergeRound) bool {
+	return slices.ContainsFunc(r.Disks, func(md *transaction.MergeDisk) bool { return md.Done > 0 })
 }
 
 func deletedList(names []string) string {
