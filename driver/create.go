@@ -90,7 +90,7 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 // beginSnapshot plans the operation and journals it as prepared, before
 // any side effect.
 func (d *Driver) beginSnapshot(dom *Domain, spec *createSpec, start time.Time) (*snapshotOp, error) {
-	op := &OpRecord{ID: spec.opID, Domain: dom.cfg.Name, Kind: "snapshot", Snapshot: spec.name, Flags: spec.flags, Started: start.UTC()}
+	op := &OpRecord{ID: spec.opID, Domain: dom.cfg.Name, Kind: KindSnapshot, Snapshot: spec.name, Flags: spec.flags, Started: start.UTC()}
 	// Node names come from a fresh random tag, not the operation id a
 	// client may have chosen: they must differ between operations.
 	tag := newOpID()

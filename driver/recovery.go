@@ -5,12 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
+)
+
+// Actions of recovery on an interrupted delete, for OperationRecovered.
+const (
+	RecoveredMergeCancelled = "merge_cancelled" // before the point of no return: jobs cancelled
+	RecoveredMergeFinished  = "merge_finished"  // after it: pending jobs finalized, what merged recorded
 )
 
 // ErrInterrupted is the reason recorded for an operation that recovery
@@ -29,7 +36,11 @@ func (d *Driver) recoverDomain(ctx context.Context, dom *Domain) error {
 		if op.Domain != dom.cfg.Name {
 			continue
 		}
-		if err := d.recoverOp(ctx, dom, op); err != nil {
+		recoverOp := d.recoverOp
+		if op.Kind == KindSnapshotDelete {
+			recoverOp = d.recoverDelete
+		}
+		if err := recoverOp(ctx, dom, op); err != nil {
 			errs = append(errs, fmt.Errorf("operation %s: %w", op.ID, err))
 		}
 	}
@@ -134,4 +145,116 @@ func clearStaleJobs(ctx context.Context, client *qmp.Client, plan *transaction.P
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// recoverDelete reconciles an interrupted delete with QEMU. Before the
+// round's point of no return, whatever job of it runs is cancelled:
+// no disk changes. After it, what is pending is finalized. Either way
+// the metadata then records what the chains show, and the nodes and
+// files of merged overlays go. Rounds not started yet are not run: the
+// delete ends failed, and can be asked again.
+func (d *Driver) recoverDelete(ctx context.Context, dom *Domain, op *OpRecord) error {
+	plan := op.Merge
+	log := dom.log.With(zap.String("op", op.ID))
+	if plan.Round >= len(plan.Rounds) {
+		plan.Phase = transaction.PhaseDone
+		return d.store.SaveOp(op)
+	}
+	r := plan.Rounds[plan.Round]
+	exec := d.executor(dom, op)
+	jobs, err := dom.client.QueryJobs(ctx)
+	if err != nil {
+		return qmpErr("list jobs", err)
+	}
+	// The journal is written before each side effect, so a job it
+	// calls planned may run: QEMU tells.
+	var ready []*transaction.MergeDisk
+	for _, md := range r.Commits() {
+		i := slices.IndexFunc(jobs, func(j qmp.JobInfo) bool { return j.ID == md.Job })
+		switch {
+		case i < 0:
+			// Never started, dismissed already, or lost with a QEMU
+			// that restarted: the chain tells what merged.
+			if md.State != transaction.MergePlanned && md.State != transaction.MergeCancelled && md.State != transaction.MergeFailed {
+				md.State = transaction.MergeStarted
+			}
+		case jobs[i].Status == "ready":
+			md.State = transaction.MergeReady
+			ready = append(ready, md)
+		case jobs[i].Status == "pending":
+			md.State = transaction.MergePending
+		case jobs[i].Status == "concluded" && jobs[i].Error != "":
+			md.State, md.Error = transaction.MergeFailed, jobs[i].Error
+		case jobs[i].Status == "concluded":
+			md.State = transaction.MergeMerged
+		default:
+			md.State = transaction.MergeStarted
+		}
+	}
+	action := RecoveredMergeCancelled
+	if plan.Phase == transaction.PhaseFinalizing {
+		action = RecoveredMergeFinished
+		// Active commits are completed before the point of no return;
+		// one still READY is completed now.
+		if len(ready) > 0 {
+			if err := exec.CompleteActive(ctx, &transaction.MergeRound{Snapshot: r.Snapshot, Disks: ready}); err != nil {
+				return qmpErr("complete commit", err)
+			}
+		}
+		ferr := exec.FinalizeCommits(ctx, r)
+		if slices.ContainsFunc(r.Disks, func(md *transaction.MergeDisk) bool { return md.State == transaction.MergeUnknown }) {
+			return qmpErr("finalize", ferr)
+		}
+		if ferr != nil {
+			log.Warn("finalize during recovery failed", zap.Error(ferr))
+		}
+	} else if err := exec.CancelCommits(ctx, r); err != nil {
+		return qmpErr("cancel commit jobs", err)
+	}
+	disks, err := dom.client.Disks(ctx)
+	if err != nil {
+		return qmpErr("list disks", err)
+	}
+	transaction.ReconcileMerge(r, disks)
+	finishing := plan.Phase == transaction.PhaseFinalizing
+	if finishing || slices.ContainsFunc(r.Disks, func(md *transaction.MergeDisk) bool { return md.State == transaction.MergeMerged }) {
+		if finishing { // unlinks belong after the point of no return
+			if err := d.deleteDecideFiles(dom, r, disks); err != nil {
+				return err
+			}
+		}
+		if err := exec.CleanupMerge(ctx, r); errors.Is(err, qmp.ErrDisconnected) || errors.Is(err, qmp.ErrTimeout) {
+			return qmpErr("clean up merged overlays", err)
+		} else if err != nil {
+			log.Warn("cleanup of merged overlays incomplete", zap.Error(err))
+		}
+	}
+	ch, err := d.mergeChange(dom.cfg.Name, r, disks)
+	if err != nil {
+		return err
+	}
+	plan.Phase = transaction.PhaseFailed
+	apply := len(ch.gone) > 0 || (finishing && len(r.Disks) == 0)
+	if apply {
+		plan.Round++
+		if plan.Round == len(plan.Rounds) && whole(r) {
+			plan.Phase = transaction.PhaseDone
+		}
+	}
+	op.Error = ""
+	if plan.Phase == transaction.PhaseFailed {
+		op.Error = fmt.Sprintf("%s: %s of snapshot '%s'", ErrInterrupted, action, r.Snapshot)
+	}
+	if apply {
+		err = d.store.applyMerge(dom.cfg.Name, ch, op)
+	} else {
+		err = d.store.SaveOp(op)
+	}
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	d.cfg.Events.OperationRecovered(action)
+	log.Info("recovered interrupted delete", zap.String("action", action), zap.String("snapshot", r.Snapshot),
+		zap.Int("merged", len(ch.gone)), zap.String("phase", string(plan.Phase)))
+	return nil
 }

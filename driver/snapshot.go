@@ -221,7 +221,8 @@ func (d *Driver) record(dom *Domain, spec *createSpec, plan *transaction.Plan) S
 	for _, ds := range spec.disks {
 		sd := SnapshotDisk{Target: ds.Target, Snapshot: "no"}
 		if pd, ok := byTarget[ds.Target]; ok {
-			sd = SnapshotDisk{Target: pd.Target, Snapshot: "external", Overlay: pd.Overlay, Backing: pd.Source, BackingFormat: pd.SourceFormat}
+			sd = SnapshotDisk{Target: pd.Target, Snapshot: "external", Overlay: pd.Overlay, Backing: pd.Source, BackingFormat: pd.SourceFormat,
+				Created: !pd.Reuse && !pd.WasEmpty}
 		}
 		rec.Disks = append(rec.Disks, sd)
 	}

@@ -57,6 +57,10 @@ type SnapshotDisk struct {
 	Overlay       string `json:"overlay,omitempty"`
 	Backing       string `json:"backing,omitempty"`
 	BackingFormat string `json:"backing_format,omitempty"`
+	// Created says the daemon created the overlay file (not REUSE_EXT,
+	// not an empty file the caller gave), so a delete that merges it
+	// may delete it. Records older than this field keep their files.
+	Created bool `json:"created,omitempty"`
 }
 
 // DomainIdentity says which VM a snapshot belongs to.
@@ -77,11 +81,24 @@ type OpRecord struct {
 	Updated  time.Time         `json:"updated"`
 	Error    string            `json:"error,omitempty"`
 	Plan     *transaction.Plan `json:"plan,omitempty"`
+	// DeleteFlags and Merge are a snapshot delete's (Kind
+	// KindSnapshotDelete): its flags and its merge plan.
+	DeleteFlags DeleteFlags            `json:"delete_flags,omitempty"`
+	Merge       *transaction.MergePlan `json:"merge,omitempty"`
 }
+
+// Operation kinds of the journal.
+const (
+	KindSnapshot       = "snapshot"
+	KindSnapshotDelete = "snapshot-delete"
+)
 
 // Phase is the plan's phase, or failed when there is none.
 func (op *OpRecord) Phase() transaction.Phase {
-	if op.Plan == nil {
+	switch {
+	case op.Merge != nil:
+		return op.Merge.Phase
+	case op.Plan == nil:
 		return transaction.PhaseFailed
 	}
 	return op.Plan.Phase
@@ -258,50 +275,149 @@ func (s *Store) DeleteSnapshotMetadata(domain, name string) error {
 		if b == nil {
 			return errNoSnapshot(domain, name)
 		}
-		v := b.Get([]byte(name))
-		if v == nil {
-			return errNoSnapshot(domain, name)
-		}
-		var gone SnapshotRecord
-		if err := json.Unmarshal(v, &gone); err != nil {
+		gone, err := getRecord(b, domain, name)
+		if err != nil {
 			return err
 		}
-		var children []SnapshotRecord
-		err := b.ForEach(func(_, v []byte) error {
-			var rec SnapshotRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
+		return removeRecord(tx, b, domain, gone)
+	})
+}
+
+func getRecord(b *bolt.Bucket, domain, name string) (SnapshotRecord, error) {
+	var rec SnapshotRecord
+	v := b.Get([]byte(name))
+	if v == nil {
+		return rec, errNoSnapshot(domain, name)
+	}
+	err := json.Unmarshal(v, &rec)
+	return rec, err
+}
+
+// removeRecord deletes gone's record: its children move to its parent,
+// and so does current.
+func removeRecord(tx *bolt.Tx, b *bolt.Bucket, domain string, gone SnapshotRecord) error {
+	var children []SnapshotRecord
+	err := b.ForEach(func(_, v []byte) error {
+		var rec SnapshotRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return err
+		}
+		if rec.Parent == gone.Name {
+			children = append(children, rec)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, child := range children {
+		child.Parent = gone.Parent
+		xml, err := reparentXML(child.XML, gone.Parent)
+		if err != nil {
+			return fmt.Errorf("reparent %s: %w", child.Name, err)
+		}
+		child.XML = xml
+		if err := put(b, child.Name, child); err != nil {
+			return err
+		}
+	}
+	if err := b.Delete([]byte(gone.Name)); err != nil {
+		return err
+	}
+	cur := tx.Bucket(bucketCurrent)
+	if string(cur.Get([]byte(domain))) == gone.Name {
+		if gone.Parent == "" {
+			return cur.Delete([]byte(domain))
+		}
+		return cur.Put([]byte(domain), []byte(gone.Parent))
+	}
+	return nil
+}
+
+// mergeChange is what one merge round did to a snapshot's disks, for
+// the metadata.
+type mergeChange struct {
+	snapshot string
+	// gone are the disks whose overlay left its chain (merged) or was
+	// deleted outside every chain (unlinked).
+	gone map[string]bool
+	// rebase lists, by record and disk, the records whose overlay sat
+	// on a merged overlay: QEMU rewrote their backing to the image that
+	// took its data.
+	rebase map[string]map[string]mergedDisk
+}
+
+type mergedDisk struct{ top, base, baseFormat string }
+
+// applyMerge records one merge round and the journal entry in one
+// transaction. A snapshot whose every external disk is gone loses its
+// record (children and current move to its parent, as on a metadata
+// delete); one merged only in part keeps it, with those disks marked
+// snapshot='no', so that it says exactly what is left.
+func (s *Store) applyMerge(domain string, ch mergeChange, op *OpRecord) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSnapshots).Bucket([]byte(domain))
+		if b == nil {
+			return errNoSnapshot(domain, ch.snapshot)
+		}
+		rec, err := getRecord(b, domain, ch.snapshot)
+		if err != nil {
+			return err
+		}
+		var others []SnapshotRecord
+		err = b.ForEach(func(k, v []byte) error {
+			if string(k) == ch.snapshot {
+				return nil
+			}
+			var r SnapshotRecord
+			if err := json.Unmarshal(v, &r); err != nil {
 				return err
 			}
-			if rec.Parent == name {
-				children = append(children, rec)
-			}
+			others = append(others, r)
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, child := range children {
-			child.Parent = gone.Parent
-			xml, err := reparentXML(child.XML, gone.Parent)
-			if err != nil {
-				return fmt.Errorf("reparent %s: %w", child.Name, err)
+		for _, r := range others {
+			changed := false
+			for i := range r.Disks {
+				sd := &r.Disks[i]
+				if m, ok := ch.rebase[r.Name][sd.Target]; ok && sd.Backing == m.top {
+					sd.Backing, sd.BackingFormat, changed = m.base, m.baseFormat, true
+				}
 			}
-			child.XML = xml
-			if err := put(b, child.Name, child); err != nil {
+			if changed {
+				if err := put(b, r.Name, r); err != nil {
+					return err
+				}
+			}
+		}
+		whole := true
+		for i := range rec.Disks {
+			sd := &rec.Disks[i]
+			if sd.Snapshot != "external" {
+				continue
+			}
+			if !ch.gone[sd.Target] {
+				whole = false
+				continue
+			}
+			*sd = SnapshotDisk{Target: sd.Target, Snapshot: "no"}
+		}
+		if whole {
+			if err := removeRecord(tx, b, domain, rec); err != nil {
+				return err
+			}
+		} else {
+			if rec.XML, err = dropDisksXML(rec.XML, ch.gone); err != nil {
+				return fmt.Errorf("update snapshot %s: %w", rec.Name, err)
+			}
+			if err := put(b, rec.Name, rec); err != nil {
 				return err
 			}
 		}
-		if err := b.Delete([]byte(name)); err != nil {
-			return err
-		}
-		cur := tx.Bucket(bucketCurrent)
-		if string(cur.Get([]byte(domain))) == name {
-			if gone.Parent == "" {
-				return cur.Delete([]byte(domain))
-			}
-			return cur.Put([]byte(domain), []byte(gone.Parent))
-		}
-		return nil
+		return putOp(tx, op)
 	})
 }
 

@@ -64,7 +64,23 @@ var checks = []qemutest.Check{
 	{Name: "EmptyOverlaySwappedAfterValidation", Run: checkEmptyOverlaySwappedAfterValidation},
 	{Name: "SnapshotWaitsForFirstConnectAttempt", Run: checkSnapshotWaitsForFirstConnectAttempt},
 
+	{Name: "DeleteMergesMiddleCurrentAndRoot", Run: checkDeleteMergesMiddleCurrentAndRoot},
+	{Name: "DeleteKeepsEveryWrite", Run: checkDeleteKeepsEveryWrite},
+	{Name: "DeleteChildren", Run: checkDeleteChildren},
+	{Name: "DeleteKeepsCallersFiles", Run: checkDeleteKeepsCallersFiles},
+	{Name: "DeleteRefusals", Run: checkDeleteRefusals},
+	{Name: "DeleteOffTheChain", Run: checkDeleteOffTheChain},
+	{Name: "DeleteDuringCreate", Run: checkDeleteDuringCreate},
+	{Name: "DeleteFaultsBeforeTheFinalize", Run: checkDeleteFaultsBeforeTheFinalize},
+	{Name: "DeleteFinalizeFailureIsReportedPerDisk", Run: checkDeleteFinalizeFailureIsReportedPerDisk},
+	{Name: "DeleteRecoveryAfterKill", Run: checkDeleteRecoveryAfterKill},
+	{Name: "DeleteCancelAndProgress", Run: checkDeleteCancelAndProgress},
+	{Name: "DeleteBaseOutOfSpace", Run: checkDeleteBaseOutOfSpace, RealOnly: "QEMU's writes fill a small tmpfs; the fake copies no data"},
+	{Name: "DeleteQEMUKilledMidMerge", Run: checkDeleteQEMUKilledMidMerge, RealOnly: "restarts QEMU on the images, with their data"},
+	{Name: "DeleteCancelMidCopy", Run: checkDeleteCancelMidCopy, RealOnly: "copies data at a bandwidth cap, which the fake does not model"},
+
 	{Name: "GuestQuiesceMakesTheSnapshotConsistent", Run: checkGuestQuiesceMakesTheSnapshotConsistent, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFailingFreezeHook", Run: checkGuestFailingFreezeHook, RealOnly: "boots a Linux guest with qemu-ga"},
+	{Name: "GuestDeleteWhileWriting", Run: checkGuestDeleteWhileWriting, RealOnly: "boots a Linux guest with qemu-ga"},
 }

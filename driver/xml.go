@@ -60,3 +60,21 @@ func reparentXML(doc, parent string) (string, error) {
 	}
 	return def.Marshal()
 }
+
+// dropDisksXML marks the given disks of a stored document snapshot='no':
+// their overlays were merged away and the snapshot no longer keeps them.
+func dropDisksXML(doc string, targets map[string]bool) (string, error) {
+	def, err := parseSnapshotXML(doc)
+	if err != nil {
+		return "", err
+	}
+	if def.Disks != nil {
+		for i := range def.Disks.Disks {
+			sd := &def.Disks.Disks[i]
+			if targets[sd.Name] {
+				*sd = libvirtxml.DomainSnapshotDisk{Name: sd.Name, Snapshot: "no"}
+			}
+		}
+	}
+	return def.Marshal()
+}

@@ -245,10 +245,54 @@ func (c *Client) QueryBlockJobs(ctx context.Context) ([]BlockJob, error) {
 // JobDismiss removes a concluded job.
 func (c *Client) JobDismiss(ctx context.Context, id string) error {
 	// raw has no job-dismiss: it came in QEMU 2.12.
+	return c.jobVerb(ctx, "job-dismiss", id)
+}
+
+// JobInfo is one entry of query-jobs: any job, with its progress as
+// QEMU counts it.
+type JobInfo struct {
+	ID     string `json:"id"`
+	Type   string `json:"type"`
+	Status string `json:"status"`
+	// CurrentProgress and TotalProgress are in QEMU's job units, bytes
+	// for block jobs; the total may grow while the job runs.
+	CurrentProgress int64 `json:"current-progress"`
+	TotalProgress   int64 `json:"total-progress"`
+	// Error says why a concluded job failed or was cancelled.
+	Error string `json:"error,omitempty"`
+}
+
+// QueryJobs runs query-jobs.
+func (c *Client) QueryJobs(ctx context.Context) ([]JobInfo, error) {
+	var jobs []JobInfo
+	err := c.Execute(ctx, "query-jobs", nil, &jobs)
+	return jobs, err
+}
+
+// jobVerb runs one of the job-* commands that take only the job's id.
+func (c *Client) jobVerb(ctx context.Context, verb, id string) error {
 	args := struct {
 		ID string `json:"id"`
 	}{id}
-	return c.Execute(ctx, "job-dismiss", args, nil)
+	return c.Execute(ctx, verb, args, nil)
+}
+
+// JobComplete tells a ready job to finish its work: an active commit
+// then goes on to pending (without auto-finalize) or pivots.
+func (c *Client) JobComplete(ctx context.Context, id string) error {
+	return c.jobVerb(ctx, "job-complete", id)
+}
+
+// JobFinalize finalizes a pending job: a commit's graph change happens
+// here.
+func (c *Client) JobFinalize(ctx context.Context, id string) error {
+	return c.jobVerb(ctx, "job-finalize", id)
+}
+
+// JobCancel cancels a job, forced: a ready or pending job aborts
+// without changing the graph.
+func (c *Client) JobCancel(ctx context.Context, id string) error {
+	return c.jobVerb(ctx, "job-cancel", id)
 }
 
 // Stop pauses the guest's CPUs.

@@ -27,6 +27,12 @@ type Monitor interface {
 	BlockJobCancel(ctx context.Context, device string, force bool) error
 	Subscribe(f qmp.Filter) (*qmp.Subscription, error)
 	Disks(ctx context.Context) ([]qmp.Disk, error)
+	QueryNamedBlockNodes(ctx context.Context, flat bool) ([]qmp.BlockDeviceInfo, error)
+	QueryJobs(ctx context.Context) ([]qmp.JobInfo, error)
+	JobComplete(ctx context.Context, id string) error
+	JobFinalize(ctx context.Context, id string) error
+	JobCancel(ctx context.Context, id string) error
+	JobDismiss(ctx context.Context, id string) error
 }
 
 var _ Monitor = (*qmp.Client)(nil)

@@ -1,6 +1,8 @@
 // Package transaction carries out a snapshot plan against QEMU: it
 // prepares the overlays, switches the disks in one QMP transaction or one
 // by one, and rolls switched disks back with verified active commits.
+// A merge plan deletes snapshots by committing their overlays, every
+// disk or none.
 package transaction
 
 import (
@@ -35,7 +37,11 @@ const (
 // Active reports whether an operation in this phase still needs work:
 // recovery reconciles these.
 func (p Phase) Active() bool {
-	return p == PhasePrepared || p == PhaseSwitching || p == PhaseRollingBack
+	switch p {
+	case PhasePrepared, PhaseSwitching, PhaseRollingBack, PhaseMerging, PhaseFinalizing:
+		return true
+	}
+	return false
 }
 
 // DiskState is what happened to one disk.

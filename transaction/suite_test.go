@@ -114,6 +114,67 @@ func (r *rig) assertOnOverlays(p *transaction.Plan) {
 }
 
 func runSuite(t *testing.T, b qemutest.Backend) {
+	t.Run("merge round: every disk back on its image, files checked with QEMU", func(t *testing.T) {
+		r := newRig(t, b, 2)
+		p := r.plan(transaction.ModeAtomic)
+		if err := r.exec.Prepare(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.exec.Switch(ctx(t), p); err != nil {
+			t.Fatal(err)
+		}
+		round := &transaction.MergeRound{Snapshot: "s"}
+		for i, d := range p.Disks {
+			round.Disks = append(round.Disks, &transaction.MergeDisk{Target: d.Target, Job: transaction.MergeJobID(p.OpID, 0, i),
+				Active: true, Top: d.Overlay, Base: d.Source, DeleteFile: true, State: transaction.MergePlanned})
+		}
+		if _, err := r.exec.ResolveMerge(ctx(t), round); err != nil {
+			t.Fatal(err)
+		}
+		// QEMU uses the overlay, also when it is named through a link;
+		// a file no node opens is free.
+		link := filepath.Join(r.dir, "link")
+		if err := os.Symlink(p.Disks[0].Overlay, link); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct{ path, user string }{
+			{p.Disks[0].Overlay, p.Disks[0].OverlayNode}, {link, p.Disks[0].OverlayNode}, {filepath.Join(r.dir, "free"), ""},
+		} {
+			if user, err := r.exec.FileUser(ctx(t), tc.path); err != nil || user != tc.user {
+				t.Errorf("user of %s: %q, %v; want %q", filepath.Base(tc.path), user, err, tc.user)
+			}
+		}
+		var done, total int64
+		steps := []func() error{
+			func() error { return r.exec.StartCommits(ctx(t), round, 0) },
+			func() error {
+				return r.exec.AwaitCopied(ctx(t), ctx(t), round, func(d, t int64) { done, total = d, t })
+			},
+			func() error { return r.exec.CompleteActive(ctx(t), round) },
+			func() error { return r.exec.FinalizeCommits(ctx(t), round) },
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		transaction.ReconcileMerge(round, r.disks())
+		if err := r.exec.CleanupMerge(ctx(t), round); err != nil {
+			t.Fatal(err)
+		}
+		for _, md := range round.Disks {
+			if md.State != transaction.MergeMerged || !md.FileDeleted {
+				t.Errorf("disk %s: %s, file deleted %v", md.Target, md.State, md.FileDeleted)
+			}
+		}
+		if done != total {
+			t.Errorf("progress when copied: %d of %d", done, total)
+		}
+		r.assertOriginal()
+		if jobs, err := r.obs.QueryJobs(ctx(t)); err != nil || len(jobs) != 0 {
+			t.Errorf("jobs left: %+v, %v", jobs, err)
+		}
+	})
 	t.Run("atomic switch, then full rollback", func(t *testing.T) {
 		r := newRig(t, b, 3)
 		p := r.plan(transaction.ModeAtomic)

@@ -12,6 +12,7 @@ import (
 // waiting, pending, concluded, null.
 type job struct {
 	id                        string
+	device                    *node // the root node the job was started on
 	top, base                 *node
 	active                    bool // top is the active layer
 	status                    string
@@ -20,6 +21,8 @@ type job struct {
 	filter                    string // the mirror_top node above an active commit
 	filterSeq                 int
 	length, offset            int64
+	speed                     int64
+	err                       string // why the job failed, once it has
 }
 
 // live reports whether the job still holds its nodes.
@@ -43,7 +46,7 @@ func (b *BlockLayer) setStatus(j *job, status string) {
 }
 
 func (b *BlockLayer) jobEvent(name string, j *job) {
-	b.emit(name, map[string]any{"device": j.id, "len": j.length, "offset": j.offset, "speed": 0, "type": "commit"})
+	b.emit(name, map[string]any{"device": j.id, "len": j.length, "offset": j.offset, "speed": j.speed, "type": "commit"})
 }
 
 func (b *BlockLayer) blockCommit(x *call) (any, error) {
@@ -54,9 +57,13 @@ func (b *BlockLayer) blockCommit(x *call) (any, error) {
 		BaseNode     string  `json:"base-node"`
 		AutoFinalize *bool   `json:"auto-finalize"`
 		AutoDismiss  *bool   `json:"auto-dismiss"`
+		Speed        int64   `json:"speed"`
 	}
 	if err := x.decode(&a); err != nil {
 		return nil, err
+	}
+	if a.Speed < 0 {
+		return nil, gerr("Parameter 'speed' expects a non-negative value")
 	}
 	if err := required("device", a.Device); err != nil {
 		return nil, err
@@ -65,7 +72,8 @@ func (b *BlockLayer) blockCommit(x *call) (any, error) {
 	if err != nil {
 		return nil, &qmpError{"DeviceNotFound", fmt.Sprintf("Device '%s' not found", a.Device)}
 	}
-	if b.jobHolding(bs) != nil || b.parentNode(bs, "backing") != nil || b.parentNode(bs, "file") != nil {
+	// A job's main node has the job as a parent: it is no root any more.
+	if b.jobHolding(bs) != nil || b.jobOn(bs) != nil || b.parentNode(bs, "backing") != nil || b.parentNode(bs, "file") != nil {
 		return nil, gerr("Need a root block node")
 	}
 	top, base := bs, (*node)(nil)
@@ -103,7 +111,7 @@ func (b *BlockLayer) blockCommit(x *call) (any, error) {
 	if b.job(id) != nil {
 		return nil, gerr("Job ID '%s' already in use", id)
 	}
-	j := &job{id: id, top: top, base: base, active: top == bs,
+	j := &job{id: id, device: bs, top: top, base: base, active: top == bs, speed: a.Speed,
 		autoFinalize: a.AutoFinalize == nil || *a.AutoFinalize, autoDismiss: a.AutoDismiss == nil || *a.AutoDismiss}
 	if j.active {
 		j.filter = b.autoName()
@@ -116,7 +124,7 @@ func (b *BlockLayer) blockCommit(x *call) (any, error) {
 	} else {
 		j.length = top.size
 	}
-	b.jobs = append(b.jobs, j)
+	b.jobs = append([]*job{j}, b.jobs...) // QEMU lists the newest first
 	b.setStatus(j, "created")
 	b.setStatus(j, "running")
 	x.after = append(x.after, func() {
@@ -128,6 +136,16 @@ func (b *BlockLayer) blockCommit(x *call) (any, error) {
 		})
 	})
 	return struct{}{}, nil
+}
+
+// jobOn finds the live job started on device n.
+func (b *BlockLayer) jobOn(n *node) *job {
+	for _, j := range b.jobs {
+		if j.live() && j.device == n {
+			return j
+		}
+	}
+	return nil
 }
 
 func chainHas(from, n *node) bool {
@@ -228,8 +246,15 @@ func (b *BlockLayer) findJob(x *call, key string) (*job, error) {
 	return nil, &qmpError{"DeviceNotActive", fmt.Sprintf("Block job '%s' not found", id)}
 }
 
-func (b *BlockLayer) blockJobComplete(x *call) (any, error) {
-	j, err := b.findJob(x, "device")
+// complete ends a ready active commit's copy: it goes on to pending,
+// and pivots when finalized (block-job-complete by "device",
+// job-complete by "id").
+func (b *BlockLayer) complete(key string) func(*call) (any, error) {
+	return func(x *call) (any, error) { return b.completeJob(x, key) }
+}
+
+func (b *BlockLayer) completeJob(x *call, key string) (any, error) {
+	j, err := b.findJob(x, key)
 	if err != nil {
 		return nil, err
 	}
@@ -241,18 +266,40 @@ func (b *BlockLayer) blockJobComplete(x *call) (any, error) {
 }
 
 // blockJobCancel ends a ready job without pivoting (QEMU reports it
-// COMPLETED), and aborts one not yet ready (CANCELLED).
+// COMPLETED), unless forced, and aborts one not yet ready (CANCELLED).
 func (b *BlockLayer) blockJobCancel(x *call) (any, error) {
+	var a struct {
+		Force bool `json:"force"`
+	}
+	if err := x.decode(&a); err != nil {
+		return nil, err
+	}
 	j, err := b.findJob(x, "device")
 	if err != nil {
 		return nil, err
 	}
+	return b.cancel(x, j, a.Force)
+}
+
+// jobCancel is job-cancel: always forced, so a ready job aborts too.
+func (b *BlockLayer) jobCancel(x *call) (any, error) {
+	j, err := b.findJob(x, "id")
+	if err != nil {
+		return nil, err
+	}
+	return b.cancel(x, j, true)
+}
+
+func (b *BlockLayer) cancel(x *call, j *job, force bool) (any, error) {
 	switch j.status {
-	case "ready":
-		x.after = append(x.after, func() { b.finish(j, false) })
-	case "created", "running", "pending":
+	case "ready", "created", "running", "pending":
+		if j.status == "ready" && !force {
+			x.after = append(x.after, func() { b.finish(j, false) })
+			break
+		}
 		x.after = append(x.after, func() {
 			b.setStatus(j, "aborting")
+			j.err = "Operation canceled"
 			b.jobEvent("BLOCK_JOB_CANCELLED", j)
 			b.conclude(j)
 		})
@@ -289,10 +336,30 @@ func (b *BlockLayer) jobDismiss(x *call) (any, error) {
 func (b *BlockLayer) queryBlockJobs(*call) (any, error) {
 	out := []map[string]any{}
 	for _, j := range b.jobs {
-		out = append(out, map[string]any{"type": "commit", "device": j.id, "len": j.length, "offset": j.offset,
-			"busy": j.status == "running", "paused": j.status == "pending", "speed": 0, "io-status": "ok",
+		info := map[string]any{"type": "commit", "device": j.id, "len": j.length, "offset": j.offset,
+			"busy": j.status == "running", "paused": false, "speed": j.speed, "io-status": "ok",
 			"ready": j.status == "ready", "status": j.status,
-			"auto-finalize": j.autoFinalize, "auto-dismiss": j.autoDismiss})
+			"auto-finalize": j.autoFinalize, "auto-dismiss": j.autoDismiss}
+		if j.err != "" {
+			info["error"] = j.err
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// queryJobs answers query-jobs: every job, the newest first, with its
+// progress as QEMU counts it (a commit below the active layer counts
+// the top's whole length).
+func (b *BlockLayer) queryJobs(*call) (any, error) {
+	out := []map[string]any{}
+	for _, j := range b.jobs {
+		info := map[string]any{"id": j.id, "type": "commit", "status": j.status,
+			"current-progress": j.offset, "total-progress": j.length}
+		if j.err != "" {
+			info["error"] = j.err
+		}
+		out = append(out, info)
 	}
 	return out, nil
 }

@@ -26,9 +26,13 @@ import (
 // header names; blockdev-snapshot and blockdev-snapshot-sync, alone and
 // in all-or-nothing transactions (with the abort action); block-commit
 // of the active layer (ready, then complete or cancel) and below it
-// (completes by itself), auto-finalize, auto-dismiss, job-finalize,
-// job-dismiss, op blockers, and the standby/ready job events a graph
-// change causes; run state with stop and cont; quit, and a kill. One
+// (completes by itself), with speed, auto-finalize and auto-dismiss;
+// block-job-complete and job-complete (an active commit goes pending
+// and pivots at its finalize when auto-finalize is off), block-job-
+// cancel (soft or forced) and job-cancel (forced: a ready or pending
+// job aborts without a pivot), job-finalize, job-dismiss, query-jobs
+// and query-block-jobs (newest first, with a cancelled job's error), op
+// blockers, and the standby/ready job events a graph change causes; run state with stop and cont; quit, and a kill. One
 // model may serve several monitors (Install on each server), and events
 // go to every connection of every monitor, as QEMU sends them.
 //
@@ -127,9 +131,12 @@ func NewBlockLayer(disks []FakeDisk) *BlockLayer {
 		"blockdev-snapshot-sync":    b.single("blockdev-snapshot-sync"),
 		"transaction":               b.transaction,
 		"block-commit":              b.blockCommit,
-		"block-job-complete":        b.blockJobComplete,
+		"block-job-complete":        b.complete("device"),
 		"block-job-cancel":          b.blockJobCancel,
 		"query-block-jobs":          b.queryBlockJobs,
+		"query-jobs":                b.queryJobs,
+		"job-complete":              b.complete("id"),
+		"job-cancel":                b.jobCancel,
 		"job-finalize":              b.jobFinalize,
 		"job-dismiss":               b.jobDismiss,
 	}

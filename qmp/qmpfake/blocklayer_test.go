@@ -568,17 +568,132 @@ func TestCreatedImagesOpenInQEMU(t *testing.T) {
 func TestParityWithQEMU(t *testing.T) {
 	for _, style := range []qemutest.Style{qemutest.Blockdev, qemutest.Legacy} {
 		t.Run(style.String(), func(t *testing.T) {
-			realVM := qemutest.Start(t, qemutest.Options{Disks: 2, Style: style})
-			fake := startFakeStyle(t, 2, style)
-			got := parityScript(t, fake.dir, fake.c)
-			want := parityScript(t, realVM.Dir, dial(t, realVM.QMP))
-			for i := range max(len(got), len(want)) {
-				if i >= len(got) || i >= len(want) || got[i] != want[i] {
-					t.Errorf("step %d:\nfake: %s\nqemu: %s", i, at(got, i), at(want, i))
+			for _, script := range []struct {
+				name string
+				run  func(t *testing.T, dir string, c *qmp.Client) []string
+			}{{"graph", parityScript}, {"grouped commit", groupedCommitScript}} {
+				realVM := qemutest.Start(t, qemutest.Options{Disks: 2, Style: style})
+				fake := startFakeStyle(t, 2, style)
+				got := script.run(t, fake.dir, fake.c)
+				want := script.run(t, realVM.Dir, dial(t, realVM.QMP))
+				for i := range max(len(got), len(want)) {
+					if i >= len(got) || i >= len(want) || got[i] != want[i] {
+						t.Errorf("%s step %d:\nfake: %s\nqemu: %s", script.name, i, at(got, i), at(want, i))
+					}
 				}
 			}
 		})
 	}
+}
+
+// groupedCommitScript is a snapshot delete's commits on two disks: an
+// active commit on vda and one below the active layer on vdb, both
+// with auto-finalize and auto-dismiss off, held at ready and pending,
+// then completed, cancelled and finalized with the job-* commands.
+func groupedCommitScript(t *testing.T, dir string, c *qmp.Client) []string {
+	ctx := testCtx(t)
+	var obs []string
+	note := func(v any) {
+		obs = append(obs, strings.ReplaceAll(fmt.Sprintf("%+v", v), dir, "$DIR"))
+	}
+	disks := func() {
+		d, err := c.Disks(ctx)
+		note(fmt.Sprint(d, err))
+	}
+	query := func(cmd string) {
+		var reply any
+		err := c.Execute(ctx, cmd, nil, &reply)
+		note(fmt.Sprint(normalize(reply), err))
+	}
+	nodes := func() {
+		nodes, err := c.QueryNamedBlockNodes(ctx, true)
+		var names []string
+		for _, n := range nodes {
+			if !strings.HasPrefix(n.NodeName, "#") {
+				names = append(names, fmt.Sprintf("%s(ro=%v,backing=%s)", n.NodeName, n.Ro, n.BackingFile))
+			}
+		}
+		note(fmt.Sprint(names, err))
+	}
+	job := func(verb, id string) {
+		note(c.Execute(ctx, verb, map[string]string{"id": id}, nil))
+	}
+	addOverlay(t, ctx, c, "ov1-vda", filepath.Join(dir, "vda.ov1"), filepath.Join(dir, "vda.qcow2"))
+	addOverlay(t, ctx, c, "ov1-vdb", filepath.Join(dir, "vdb.ov1"), filepath.Join(dir, "vdb.qcow2"))
+	addOverlay(t, ctx, c, "ov2-vdb", filepath.Join(dir, "vdb.ov2"), filepath.Join(dir, "vdb.ov1"))
+	for _, s := range [][2]string{{"fmt-vda", "ov1-vda"}, {"fmt-vdb", "ov1-vdb"}, {"ov1-vdb", "ov2-vdb"}} {
+		if err := c.BlockdevSnapshot(ctx, s[0], s[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	no := false
+	commit := func(id, device, top, base string, speed int64) {
+		note(c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: id, Device: device, TopNode: top, BaseNode: base,
+			AutoFinalize: &no, AutoDismiss: &no, Speed: speed}))
+	}
+	subA, subB := commitEvents(t, c, "ca"), commitEvents(t, c, "cb")
+	commit("ca", "ov1-vda", "ov1-vda", "fmt-vda", 1<<20)
+	commit("cb", "ov2-vdb", "ov1-vdb", "fmt-vdb", 0)
+	note(eventTrace(t, ctx, subA, "BLOCK_JOB_READY"))
+	note(eventTrace(t, ctx, subB, "JOB_STATUS_CHANGE:pending"))
+	query("query-jobs")
+	query("query-block-jobs")
+	// Verbs out of turn, and a job that is not there.
+	job("job-finalize", "ca")
+	job("job-complete", "cb")
+	job("job-dismiss", "ca")
+	job("job-complete", "nope")
+	job("job-cancel", "nope")
+	commit("cb", "ov2-vdb", "ov1-vdb", "fmt-vdb", 0)
+	disks()
+
+	// Completed, the active commit waits in pending too; the chains
+	// have not changed yet.
+	job("job-complete", "ca")
+	note(eventTrace(t, ctx, subA, "JOB_STATUS_CHANGE:pending"))
+	query("query-jobs")
+	disks()
+
+	// Cancelled in pending: no change, the job stays until dismissed.
+	job("job-cancel", "cb")
+	note(eventTrace(t, ctx, subB, "JOB_STATUS_CHANGE:concluded"))
+	query("query-jobs")
+	job("job-cancel", "cb")
+	job("job-dismiss", "cb")
+	note(eventTrace(t, ctx, subB, "JOB_STATUS_CHANGE:null"))
+	disks()
+
+	// Again, then both finalized: vda runs on its base, ov1-vdb leaves
+	// vdb's chain, and both overlays stay as nodes until blockdev-del.
+	commit("cb", "ov2-vdb", "ov1-vdb", "fmt-vdb", 0)
+	note(eventTrace(t, ctx, subB, "JOB_STATUS_CHANGE:pending"))
+	job("job-finalize", "ca")
+	job("job-finalize", "cb")
+	note(eventTrace(t, ctx, subA, "JOB_STATUS_CHANGE:concluded"))
+	note(eventTrace(t, ctx, subB, "JOB_STATUS_CHANGE:concluded"))
+	query("query-jobs")
+	job("job-dismiss", "ca")
+	job("job-dismiss", "cb")
+	note(eventTrace(t, ctx, subA, "JOB_STATUS_CHANGE:null"))
+	note(eventTrace(t, ctx, subB, "JOB_STATUS_CHANGE:null"))
+	disks()
+	nodes()
+	note(c.BlockdevDel(ctx, "ov1-vda"))
+	note(c.BlockdevDel(ctx, "ov1-vdb"))
+	nodes()
+
+	// A ready active commit that job-cancel ends: no pivot.
+	subC := commitEvents(t, c, "cc")
+	commit("cc", "ov2-vdb", "ov2-vdb", "fmt-vdb", 0)
+	note(eventTrace(t, ctx, subC, "BLOCK_JOB_READY"))
+	job("job-cancel", "cc")
+	note(eventTrace(t, ctx, subC, "JOB_STATUS_CHANGE:concluded"))
+	query("query-block-jobs")
+	job("job-dismiss", "cc")
+	disks()
+	nodes()
+	query("query-block")
+	return obs
 }
 
 // TestParityStartOnChain starts QEMU and the fake on an image whose
