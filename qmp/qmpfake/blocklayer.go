@@ -28,7 +28,9 @@ import (
 // of the active layer (ready, then complete or cancel) and below it
 // (completes by itself), auto-finalize, auto-dismiss, job-finalize,
 // job-dismiss, op blockers, and the standby/ready job events a graph
-// change causes; run state with stop and cont; quit, and a kill. One
+// change causes; run state with stop and cont; quit, and a kill; QOM
+// as far as the disks' devices go (qom-get of a device's drive, qom-list
+// of /machine/peripheral and /machine/peripheral-anon). One
 // model may serve several monitors (Install on each server), and events
 // go to every connection of every monitor, as QEMU sends them.
 //
@@ -38,7 +40,9 @@ import (
 // other than qcow2 and raw, protocols other than file; qmp_capabilities
 // negotiation state (any command is accepted at any time); query-commands
 // lists only the commands the model answers; human-monitor-command
-// answers "" to everything.
+// answers "" to everything; hotplug; QOM objects other than the disks'
+// devices and their containers, and properties other than drive and
+// type.
 type BlockLayer struct {
 	mu       sync.Mutex
 	srvs     []*Server // the monitors, in Install order
@@ -132,6 +136,8 @@ func NewBlockLayer(disks []FakeDisk) *BlockLayer {
 		"query-block-jobs":          b.queryBlockJobs,
 		"job-finalize":              b.jobFinalize,
 		"job-dismiss":               b.jobDismiss,
+		"qom-get":                   b.qomGet,
+		"qom-list":                  b.qomList,
 	}
 	for _, fd := range disks {
 		fd.Format = cmp.Or(fd.Format, "qcow2")
