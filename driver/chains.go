@@ -291,7 +291,10 @@ func listDevices(ctx context.Context, client *qmp.Client) (string, error) {
 
 // chainsSwitched moves the record forward after the domain's own
 // snapshot: each switched disk's active image is now its overlay, on top
-// of what was active. Anything it did not expect drops the record.
+// of what was active, and QEMU names it by its path because its header
+// names what was active as its backing file, as QEMU named that. A
+// reused overlay's header is not the engine's (its size and backing file
+// may differ), so it drops the record, as does anything unexpected.
 func (dom *Domain) chainsSwitched(plan *transaction.Plan) {
 	rec := dom.chains
 	if rec == nil {
@@ -299,8 +302,8 @@ func (dom *Domain) chainsSwitched(plan *transaction.Plan) {
 	}
 	for _, pd := range plan.Disks {
 		i := slices.IndexFunc(rec.disks, func(d qmp.Disk) bool { return d.Target == pd.Target })
-		if i < 0 || pd.State != transaction.DiskSwitched || rec.disks[i].NodeName != pd.Node ||
-			rec.disks[i].ReadOnly || !filepath.IsAbs(pd.Overlay) {
+		if i < 0 || pd.State != transaction.DiskSwitched || pd.Reuse || rec.disks[i].NodeName != pd.Node ||
+			rec.disks[i].File != pd.Source || rec.disks[i].ReadOnly {
 			dom.forgetChains()
 			return
 		}

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"reflect"
 	"sync/atomic"
@@ -142,7 +143,41 @@ func checkChainRecordFollowsQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.snapshot(snapXML("s8", diskXML("vda", "no", ""), diskXML("vdb", "", reused)), dd|FlagReuseExt, true)
-	e.snapshot(snapXML("s9"), dd, false)
+	// A reused overlay's header is not the engine's: the next one reads.
+	e.snapshot(snapXML("s9"), dd, true)
+	empty := filepath.Join(dir, "vda.empty")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.snapshot(snapXML("s9e", diskXML("vda", "", empty)), dd, true)
+	e.snapshot(snapXML("s9f"), dd, false)
+
+	// A job another tool starts makes the next operation read, and see it.
+	jobSub, err := e.obs.Subscribe(qmp.Filter{Names: []string{"BLOCK_JOB_READY", "JOB_STATUS_CHANGE"}, ID: "busy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer jobSub.Close()
+	if err := e.obs.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "busy", Device: e.rootNode("vdb")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := jobSub.Wait(ctx, func(ev qmp.Event) bool { return ev.Event == "BLOCK_JOB_READY" }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.create(snapXML("busy"), dd); !errors.Is(err, ErrOperationInvalid) {
+		t.Errorf("snapshot during another tool's job: got %v, want vdb busy", err)
+	}
+	if err := e.obs.BlockJobCancel(ctx, "busy", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := jobSub.Wait(ctx, func(ev qmp.Event) bool { return ev.Data["status"] == "null" }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.drv.Disks(ctx, e.name); err != nil { // the job's events are in
+		t.Fatal(err)
+	}
+	e.snapshot(snapXML("s9g"), dd, true)
+	e.snapshot(snapXML("s9h"), dd, false)
 
 	if !e.vm.Real() {
 		return // the fake has no block_resize
