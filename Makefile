@@ -63,7 +63,7 @@ test-short:
 bench: deps
 	$(GO) test -run '^$$' -bench . -skip 'BenchmarkQuiesce|BenchmarkSnapshotDepth' -benchtime 2s -count $(BENCHCOUNT) ./... | tee bench.out
 	$(GO) test -run '^$$' -bench 'BenchmarkQuiesce' -benchtime 24x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
-	$(GO) test -run '^$$' -bench 'BenchmarkSnapshotDepth' -benchtime 24x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
+	$(GO) test -run '^$$' -bench 'BenchmarkSnapshotDepth' -benchtime 48x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeLine$$' -fuzztime $(FUZZTIME) ./qmp/

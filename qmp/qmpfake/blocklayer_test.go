@@ -667,6 +667,11 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 			sort.Slice(props, func(i, k int) bool { return props[i].Name < props[k].Name })
 			note(fmt.Sprint(path, props, err))
 		}
+		for _, path := range []string{"/machine/peripheral", "/machine/peripheral/vda", "/machine/peripheral/vda/virtio-backend"} {
+			var typ string
+			err := c.QOMGet(ctx, path, "type", &typ)
+			note(fmt.Sprint(path, " type=", typ, " ", err))
+		}
 		var v any
 		note(c.QOMGet(ctx, "/machine/peripheral/nodev", "drive", &v))
 		note(c.QOMGet(ctx, "/machine/peripheral/vda", "nodrive", &v))
