@@ -84,6 +84,7 @@ func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, star
 		return nil, err
 	}
 	s.undo.Success()
+	dom.chainsSwitched(s.plan)
 	return s.finish(ctx), nil
 }
 
@@ -293,6 +294,9 @@ func (s *snapshotOp) finish(ctx context.Context) *CreateResult {
 // entry or leaves it open for recovery, and reports every disk's
 // outcome.
 func (s *snapshotOp) fail(ctx context.Context, cause error) error {
+	// Whatever the steps and their undo left, the next operation reads
+	// the chains from QEMU.
+	s.dom.forgetChains()
 	step := StepPrepare
 	var se *stepError
 	if errors.As(cause, &se) {

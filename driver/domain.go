@@ -23,6 +23,12 @@ type Domain struct {
 	agent  *guestagent.Client
 	log    *zap.Logger
 	lock   chan struct{}
+	// chains is the record of the disks and their chains (chains.go),
+	// and chainImages and chainQuestions what the last read found they
+	// cost to read and to check (0 questions: not read yet); only the
+	// holder of lock touches them.
+	chains                      *chainRecord
+	chainImages, chainQuestions int
 
 	stopOnce sync.Once
 	stopCh   chan struct{}

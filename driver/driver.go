@@ -142,6 +142,10 @@ type Driver struct {
 	Hooks struct {
 		AtStep func(step string) error
 	}
+	// alwaysRecordChains makes every domain keep a record of its chains
+	// however shallow they are, so that tests check it on every
+	// operation (chains.go).
+	alwaysRecordChains bool
 
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -119,6 +119,10 @@ func (e *env) open() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	// Every check runs on the record of the chains wherever a domain
+	// can keep one, however shallow its chains: each operation then
+	// checks the record against QEMU (chains.go).
+	drv.alwaysRecordChains = true
 	e.drv = drv
 	e.t.Cleanup(func() { drv.Close() })
 }

@@ -53,6 +53,17 @@ type diskSpec struct {
 	fileID   *transaction.FileID // of a reused or empty overlay, as validation saw it
 }
 
+// overlayExists reports whether an external disk's overlay path holds
+// a file already: one to reuse, or an empty one to fill.
+func (spec *createSpec) overlayExists() bool {
+	for _, ds := range spec.disks {
+		if ds.external && (ds.reuse || ds.wasEmpty) {
+			return true
+		}
+	}
+	return false
+}
+
 // domainView is what validation needs to know of the domain.
 type domainView struct {
 	name  string

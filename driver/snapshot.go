@@ -7,10 +7,8 @@ import (
 	"strconv"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"libvirt.org/go/libvirtxml"
 
-	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
 )
 
@@ -124,18 +122,24 @@ func (d *Driver) specFor(ctx context.Context, dom *Domain, def *libvirtxml.Domai
 	if err != nil {
 		return nil, err
 	}
-	// Both queries go out at once: QEMU answers them in turn, without a
-	// round trip in between.
-	var disks []qmp.Disk
-	var jobs []qmp.BlockJob
-	var g errgroup.Group
-	g.Go(func() (err error) { disks, err = client.Disks(ctx); return err })
-	g.Go(func() (err error) { jobs, err = client.QueryBlockJobs(ctx); return err })
-	if err := g.Wait(); err != nil {
+	view, err := dom.readDisks(ctx, client)
+	if err != nil {
 		return nil, qmpErr("list disks and block jobs", err)
 	}
-	busy := busyDisks(ctx, client, disks, jobs)
-	spec, err := d.validateCreate(def, req.Flags, domainView{name: dom.cfg.Name, disks: disks, busy: busy, mode: dom.mode()})
+	validate := func(view diskView) (*createSpec, error) {
+		busy := busyDisks(ctx, client, view.disks, view.jobs)
+		return d.validateCreate(def, req.Flags, domainView{name: dom.cfg.Name, disks: view.disks, busy: busy, mode: dom.mode()})
+	}
+	spec, err := validate(view)
+	if view.recorded && (err != nil || spec.overlayExists()) {
+		// No refusal rests on the record, nor the acceptance of an
+		// overlay that exists: the chains below the active images
+		// matter for these, and only QEMU's full answer has them.
+		if view, err = dom.readAll(ctx, client); err != nil {
+			return nil, qmpErr("list disks and block jobs", err)
+		}
+		spec, err = validate(view)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -56,6 +56,8 @@ var checks = []qemutest.Check{
 	{Name: "AtomicMultiDiskNeedsTransaction", Run: checkAtomicMultiDiskNeedsTransaction},
 	{Name: "DefaultNameNeedsRegularSource", Run: checkDefaultNameNeedsRegularSource, RealOnly: "a null-co disk, which the fake does not model"},
 	{Name: "BlockJobRefused", Run: checkBlockJobRefused},
+	{Name: "ChainRecordFollowsQEMU", Run: checkChainRecordFollowsQEMU},
+	{Name: "ChainRecordSeesHotplug", Run: checkChainRecordSeesHotplug, RealOnly: "device_add, which the fake does not model"},
 
 	{Name: "UnknownStateReconciledWhileConnected", Run: checkUnknownStateReconciledWhileConnected},
 	{Name: "EnsureDomainTakesChangedPaths", Run: checkEnsureDomainTakesChangedPaths},

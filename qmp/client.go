@@ -260,6 +260,7 @@ func newSession(c *Client, conn net.Conn) *session {
 		conn:    conn,
 		pending: make(map[string]chan reply),
 		subs:    make(map[*Subscription]struct{}),
+		latches: make(map[*Latch]struct{}),
 		done:    make(chan struct{}),
 	}
 	s.scan = bufio.NewScanner(conn)
@@ -281,6 +282,7 @@ type session struct {
 	mu      sync.Mutex
 	pending map[string]chan reply
 	subs    map[*Subscription]struct{}
+	latches map[*Latch]struct{}
 	closed  bool
 	err     error
 	done    chan struct{}
@@ -414,6 +416,12 @@ func (s *session) publish(ev qmp.Event) {
 			sub.push(ev)
 		}
 	}
+	for l := range s.latches {
+		if l.filter.match(ev) {
+			l.fired.Store(true)
+			delete(s.latches, l)
+		}
+	}
 }
 
 func (s *session) register(id string) (chan reply, error) {
@@ -478,6 +486,10 @@ func (s *session) close(err error) {
 	s.pending = nil
 	subs := s.subs
 	s.subs = map[*Subscription]struct{}{}
+	for l := range s.latches {
+		l.fired.Store(true)
+	}
+	s.latches = map[*Latch]struct{}{}
 	s.mu.Unlock()
 
 	s.conn.Close()

@@ -2,6 +2,7 @@ package qmp_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -463,6 +464,61 @@ func TestSubscriptionFilter(t *testing.T) {
 	}
 	if got := c.Stats().Subscribed; got != 1 {
 		t.Errorf("live subscriptions: got %d, want 1", got)
+	}
+}
+
+// TestLatch: a latch is set by a matching event QEMU sent before a
+// reply by the time that reply arrives, ignores other events, and is
+// set when the session ends or when closed.
+func TestLatch(t *testing.T) {
+	srv := startFake(t)
+	srv.Handle("emit", func(c *qmpfake.Conn, cmd qmpfake.Command) error {
+		var args struct {
+			Name string `json:"name"`
+		}
+		if err := json.Unmarshal(cmd.Arguments, &args); err != nil {
+			return err
+		}
+		if err := c.Event(args.Name, map[string]any{"id": "j"}); err != nil {
+			return err
+		}
+		return c.Reply(cmd, struct{}{})
+	})
+	c := dial(t, srv.Path)
+	ctx := testCtx(t)
+	emit := func(name string) {
+		t.Helper()
+		if err := c.Execute(ctx, "emit", map[string]string{"name": name}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jobs, err := c.Latch(qmp.Filter{Names: []string{"JOB_STATUS_CHANGE", "DEVICE_DELETED"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := c.Latch(qmp.Filter{Names: []string{"DEVICE_TRAY_MOVED"}})
+	closed, _ := c.Latch(qmp.Filter{Names: []string{"DEVICE_TRAY_MOVED"}})
+	emit("STOP")
+	if jobs.Fired() || other.Fired() {
+		t.Fatal("latch set by an event its filter does not name")
+	}
+	emit("JOB_STATUS_CHANGE")
+	if !jobs.Fired() {
+		t.Error("latch not set by a matching event sent before the reply")
+	}
+	if other.Fired() {
+		t.Error("the other latch was set too")
+	}
+	closed.Close()
+	if !closed.Fired() {
+		t.Error("a closed latch does not report fired")
+	}
+	c.Close()
+	if !other.Fired() {
+		t.Error("latch not set when the session ended")
+	}
+	if _, err := c.Latch(qmp.Filter{}); !errors.Is(err, qmp.ErrDisconnected) {
+		t.Errorf("latch after close: got %v, want ErrDisconnected", err)
 	}
 }
 

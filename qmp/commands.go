@@ -64,6 +64,32 @@ func (c *Client) QueryNamedBlockNodes(ctx context.Context, flat bool) ([]BlockDe
 	return out, err
 }
 
+// ObjectProperty is one property of a QOM object as qom-list lists it;
+// a child object has the type "child<its type>".
+type ObjectProperty struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+}
+
+// QOMList runs qom-list: the properties of the object at path.
+func (c *Client) QOMList(ctx context.Context, path string) ([]ObjectProperty, error) {
+	var out []ObjectProperty
+	args := struct {
+		Path string `json:"path"`
+	}{path}
+	err := c.Execute(ctx, "qom-list", args, &out)
+	return out, err
+}
+
+// QOMGet runs qom-get and decodes the property's value into out.
+func (c *Client) QOMGet(ctx context.Context, path, property string, out any) error {
+	args := struct {
+		Path     string `json:"path"`
+		Property string `json:"property"`
+	}{path, property}
+	return c.Execute(ctx, "qom-get", args, out)
+}
+
 // QueryCommands returns the set of command names QEMU accepts.
 func (c *Client) QueryCommands(ctx context.Context) (map[string]bool, error) {
 	infos, err := raw.NewMonitor(c.Bind(ctx)).QueryCommands()

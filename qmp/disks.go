@@ -16,6 +16,9 @@ type Disk struct {
 	Device string
 	// QdevID is the id of the guest device; empty when it has none.
 	QdevID string
+	// QOMPath is the QOM path of the guest device (for qom-get); empty
+	// for a drive without a device.
+	QOMPath string
 	// NodeName is the root node of the active image.
 	NodeName string
 	// File and Format describe the active image.
@@ -56,6 +59,7 @@ func DisksFromBlockInfo(infos []BlockInfo) []Disk {
 		d := Disk{
 			Device:   bi.Device,
 			QdevID:   qdevID(bi.Qdev),
+			QOMPath:  QOMPath(bi.Qdev),
 			NodeName: ins.NodeName,
 			File:     ins.File,
 			Format:   ins.Drv,
@@ -77,6 +81,30 @@ func DisksFromBlockInfo(infos []BlockInfo) []Disk {
 		disks = append(disks, d)
 	}
 	return disks
+}
+
+// DeviceDrive returns the drive property of the guest device at qomPath:
+// the name of its BlockBackend, or, for an anonymous BlockBackend (a
+// device given a node with -blockdev or blockdev-add), the node-name of
+// its root node; "" when it has no medium. It is one cheap question,
+// whatever the depth of the chain, where query-block describes every
+// image of every chain.
+func (c *Client) DeviceDrive(ctx context.Context, qomPath string) (string, error) {
+	var drive string
+	if err := c.QOMGet(ctx, qomPath, "drive", &drive); err != nil {
+		return "", fmt.Errorf("drive of %s: %w", qomPath, err)
+	}
+	return drive, nil
+}
+
+// QOMPath turns query-block's qdev into the device's QOM path: QEMU
+// reports the id of a device that has one, which lives under
+// /machine/peripheral, and the QOM path of any other.
+func QOMPath(qdev string) string {
+	if qdev == "" || strings.HasPrefix(qdev, "/") {
+		return qdev
+	}
+	return "/machine/peripheral/" + qdev
 }
 
 // qdevID extracts the device id from a qdev path. QEMU reports either

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/digitalocean/go-qemu/qmp"
 )
@@ -158,4 +159,44 @@ func (sub *Subscription) Close() {
 	}
 	sub.mu.Unlock()
 	sub.signal()
+}
+
+// Latch notes whether an event that matches its filter arrived, or the
+// session ended, since it was made. Unlike a Subscription it keeps no
+// events, so it can live as long as the connection. The reader sets it
+// before it hands over any later reply, so a caller that checks it
+// after a command's reply knows of every matching event QEMU sent
+// before that reply.
+type Latch struct {
+	filter Filter
+	sess   *session
+	fired  atomic.Bool
+}
+
+// Latch starts watching for a matching event now.
+func (c *Client) Latch(f Filter) (*Latch, error) {
+	s := c.session()
+	if s == nil {
+		return nil, fmt.Errorf("qmp latch: %w", ErrDisconnected)
+	}
+	l := &Latch{filter: f, sess: s}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, fmt.Errorf("qmp latch: %w", s.err)
+	}
+	s.latches[l] = struct{}{}
+	return l, nil
+}
+
+// Fired reports whether a matching event arrived or the session ended.
+func (l *Latch) Fired() bool { return l.fired.Load() }
+
+// Close stops watching; Fired reports true from then on.
+func (l *Latch) Close() {
+	s := l.sess
+	s.mu.Lock()
+	delete(s.latches, l)
+	s.mu.Unlock()
+	l.fired.Store(true)
 }

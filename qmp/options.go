@@ -67,7 +67,7 @@ func (o *options) ceiling(command string) time.Duration {
 		return d
 	}
 	switch {
-	case strings.HasPrefix(command, "query-"):
+	case strings.HasPrefix(command, "query-"), command == "qom-get", command == "qom-list":
 		return DefaultQueryCeiling
 	case command == "transaction":
 		return DefaultTransactionCeiling

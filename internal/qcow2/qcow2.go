@@ -1,6 +1,6 @@
 // Package qcow2 writes empty qcow2 overlay images in-process, byte-compatible
 // with what qemu-img create makes, so that preparing a snapshot costs no
-// process spawn.
+// process spawn; and reads an image's virtual size from its header.
 //
 // Layout as qemu-img 7.2 makes it (QEMU docs/interop/qcow2.txt): header,
 // refcount table, refcount block(s), L1 table. The bytes equal qemu-img's
@@ -182,6 +182,26 @@ func CreateFile(path string, o Options) (err error) {
 		}
 	}()
 	return errors.Join(p.write(f), f.Close())
+}
+
+// VirtualSize reads the virtual size from the header of the qcow2 image
+// at path, in bytes, rounded down to 512 as QEMU reports it. QEMU
+// writes the header's size before a resize of an image it has open
+// returns, so the header tells the size of an image in use.
+func VirtualSize(path string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("qcow2: %w", err)
+	}
+	defer f.Close()
+	var h [32]byte
+	if _, err := f.ReadAt(h[:], 0); err != nil {
+		return 0, fmt.Errorf("qcow2: read header of %s: %w", path, err)
+	}
+	if binary.BigEndian.Uint32(h[0:]) != magic {
+		return 0, fmt.Errorf("qcow2: %s is not a qcow2 image", path)
+	}
+	return binary.BigEndian.Uint64(h[24:]) &^ 511, nil
 }
 
 // SyncDir fsyncs a directory, making the entries created in it durable.

@@ -173,6 +173,30 @@ func TestOverlayWorks(t *testing.T) {
 	io(base, "read -P 0xcd 32k 64k")
 }
 
+func TestVirtualSize(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.qcow2")
+	if err := Create(img, Options{VirtualSize: 64 * MiB}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := VirtualSize(img); err != nil || got != 64*MiB {
+		t.Errorf("created: got %d, %v; want %d", got, err, 64*MiB)
+	}
+	run(t, "qemu-img", "resize", "-q", img, "100M")
+	if got, err := VirtualSize(img); err != nil || got != 100*MiB {
+		t.Errorf("after qemu-img resize: got %d, %v; want %d", got, err, 100*MiB)
+	}
+	plain := filepath.Join(dir, "plain.img")
+	if err := os.WriteFile(plain, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{plain, filepath.Join(dir, "missing")} {
+		if got, err := VirtualSize(p); err == nil {
+			t.Errorf("%s: got %d, want an error", filepath.Base(p), got)
+		}
+	}
+}
+
 func TestCreateExisting(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "disk.qcow2")
 	if err := os.WriteFile(path, []byte("keep me"), 0o600); err != nil {

@@ -32,7 +32,10 @@ import (
 // cancel (soft or forced) and job-cancel (forced: a ready or pending
 // job aborts without a pivot), job-finalize, job-dismiss, query-jobs
 // and query-block-jobs (newest first, with a cancelled job's error), op
-// blockers, and the standby/ready job events a graph change causes; run state with stop and cont; quit, and a kill. One
+// blockers, and the standby/ready job events a graph change causes; run
+// state with stop and cont; quit, and a kill; QOM as far as the disks'
+// devices go (qom-get of a device's drive, qom-list of
+// /machine/peripheral and /machine/peripheral-anon). One
 // model may serve several monitors (Install on each server), and events
 // go to every connection of every monitor, as QEMU sends them.
 //
@@ -42,7 +45,9 @@ import (
 // other than qcow2 and raw, protocols other than file; qmp_capabilities
 // negotiation state (any command is accepted at any time); query-commands
 // lists only the commands the model answers; human-monitor-command
-// answers "" to everything.
+// answers "" to everything; hotplug; QOM objects other than the disks'
+// devices and their containers, and properties other than drive and
+// type.
 type BlockLayer struct {
 	mu       sync.Mutex
 	srvs     []*Server // the monitors, in Install order
@@ -139,6 +144,8 @@ func NewBlockLayer(disks []FakeDisk) *BlockLayer {
 		"job-cancel":                b.jobCancel,
 		"job-finalize":              b.jobFinalize,
 		"job-dismiss":               b.jobDismiss,
+		"qom-get":                   b.qomGet,
+		"qom-list":                  b.qomList,
 	}
 	for _, fd := range disks {
 		fd.Format = cmp.Or(fd.Format, "qcow2")

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -762,6 +763,38 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 			note(fmt.Sprint(normalize(reply), err))
 		}
 	}
+	// qom notes each disk's device's drive (what qsnapd checks instead of
+	// walking the chains), the devices, and qom-get's errors.
+	qom := func() {
+		var bis []qmp.BlockInfo
+		if err := c.Execute(ctx, "query-block", nil, &bis); err != nil {
+			t.Fatal(err)
+		}
+		for _, bi := range bis {
+			if bi.Qdev == "" {
+				continue
+			}
+			drive, err := c.DeviceDrive(ctx, qmp.QOMPath(bi.Qdev))
+			note(fmt.Sprint(bi.Qdev, " drive=", drive, " ", err))
+		}
+		for _, path := range []string{"/machine/peripheral", "/machine/peripheral-anon"} {
+			props, err := c.QOMList(ctx, path)
+			sort.Slice(props, func(i, k int) bool { return props[i].Name < props[k].Name })
+			note(fmt.Sprint(path, props, err))
+		}
+		for _, path := range []string{"/machine/peripheral", "/machine/peripheral/vda", "/machine/peripheral/vda/virtio-backend"} {
+			var typ string
+			err := c.QOMGet(ctx, path, "type", &typ)
+			note(fmt.Sprint(path, " type=", typ, " ", err))
+		}
+		var v any
+		note(c.QOMGet(ctx, "/machine/peripheral/nodev", "drive", &v))
+		note(c.QOMGet(ctx, "/machine/peripheral/vda", "nodrive", &v))
+		note(c.QOMGet(ctx, "/machine/peripheral", "drive", &v))
+		drive, err := c.DeviceDrive(ctx, "vda")
+		note(fmt.Sprint("vda drive=", drive, " ", err))
+	}
+	qom()
 	sub := commitEvents(t, c, "c1")
 	ov := filepath.Join(dir, "vda.ov1")
 	if err := qmpfake.CreateQcow2(ov, size64M, "", ""); err != nil {
@@ -804,6 +837,7 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 	note(c.Transaction(ctx, qmp.Snapshot("fmt-vda", "ov-vda"),
 		qmp.SnapshotSync("fmt-vdb", filepath.Join(dir, "vdb.ov1"), "ov-vdb", raw.NewImageModeAbsolutePaths)))
 	disks()
+	qom()
 	note(c.Transaction(ctx, qmp.SnapshotSync("ov-vdb", filepath.Join(dir, "vdb.ov2"), "ov2-vdb", raw.NewImageModeAbsolutePaths),
 		qmp.Snapshot("fmt-vda", "ov-vdb")))
 	disks()
@@ -865,6 +899,7 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 	}
 	note(fmt.Sprint(names, err))
 	replies()
+	qom()
 	return obs
 }
 
