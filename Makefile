@@ -61,15 +61,15 @@ test-short:
 # Those that grow chains (quiesce, snapshot depth) run a fixed number of
 # iterations: each iteration adds a layer to every disk.
 bench: deps
-	$(GO) test -run '^$$' -bench . -skip 'BenchmarkQuiesce|BenchmarkSnapshotDepth' -benchtime 2s -count $(BENCHCOUNT) ./... | tee bench.out
-	$(GO) test -run '^$$' -bench 'BenchmarkQuiesce' -benchtime 24x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
-	$(GO) test -run '^$$' -bench 'BenchmarkSnapshotDepth' -benchtime 48x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
+	$(GO) test -timeout 60m -run '^$$' -bench . -skip 'BenchmarkQuiesce|BenchmarkSnapshotDepth' -benchtime 2s -count $(BENCHCOUNT) ./... | tee bench.out
+	$(GO) test -timeout 60m -run '^$$' -bench 'BenchmarkQuiesce' -benchtime 24x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
+	$(GO) test -timeout 60m -run '^$$' -bench 'BenchmarkSnapshotDepth' -benchtime 48x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeLine$$' -fuzztime $(FUZZTIME) ./qmp/
-	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./qmp/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCreateRequest$$' -fuzztime $(FUZZTIME) ./api/server/
-	$(GO) test -run '^$$' -fuzz '^FuzzDiskspec$$' -fuzztime $(FUZZTIME) ./cmd/qsnapctl/
+	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzDecodeLine$$' -fuzztime $(FUZZTIME) ./qmp/
+	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./qmp/
+	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzDecodeCreateRequest$$' -fuzztime $(FUZZTIME) ./api/server/
+	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzDiskspec$$' -fuzztime $(FUZZTIME) ./cmd/qsnapctl/
 
 # install puts the binaries, units, example config, alert rules and bus
 # policy where Debian expects them; DESTDIR stages a package.
