@@ -552,6 +552,15 @@ func (e *Executor) CleanupMerge(ctx context.Context, r *MergeRound) error {
 			md.Keep = "node " + user + " in QEMU uses it"
 			continue
 		}
+		if !md.Unlink {
+			// The guest's writes in Top were durable there; their copies
+			// in Base must be before Top goes, whatever QEMU's cache mode.
+			if err := syncFile(md.Base); err != nil {
+				errs = append(errs, fmt.Errorf("flush base %s of disk %s: %w", md.Base, md.Target, err))
+				md.Keep = "its base could not be flushed: " + err.Error()
+				continue
+			}
+		}
 		if err := os.Remove(md.Top); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("delete overlay %s of disk %s: %w", md.Top, md.Target, err))
 			md.Keep = err.Error()
@@ -560,6 +569,17 @@ func (e *Executor) CleanupMerge(ctx context.Context, r *MergeRound) error {
 		md.FileDeleted, md.Keep = true, ""
 	}
 	return errors.Join(errs...)
+}
+
+// syncFile flushes a file's data to stable storage: fsync through any
+// descriptor covers what QEMU wrote through its own.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // FileUser names a node of QEMU that opens path, or returns "" if none

@@ -159,6 +159,24 @@ func runSuite(t *testing.T, b qemutest.Backend) {
 			}
 		}
 		transaction.ReconcileMerge(round, r.disks())
+		// A base that cannot be flushed keeps its top's file: the
+		// guest's durable writes would otherwise rest on the page cache.
+		moved := round.Disks[1].Base + ".moved"
+		if err := os.Rename(round.Disks[1].Base, moved); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.exec.CleanupMerge(ctx(t), round); err == nil {
+			t.Error("cleanup with an unflushable base: no error")
+		}
+		if md := round.Disks[1]; md.FileDeleted || !strings.Contains(md.Keep, "flushed") {
+			t.Errorf("disk %s with an unflushable base: file deleted %v, keep %q", md.Target, md.FileDeleted, md.Keep)
+		}
+		if _, err := os.Stat(round.Disks[1].Top); err != nil {
+			t.Errorf("overlay of the unflushable base: %v", err)
+		}
+		if err := os.Rename(moved, round.Disks[1].Base); err != nil {
+			t.Fatal(err)
+		}
 		if err := r.exec.CleanupMerge(ctx(t), round); err != nil {
 			t.Fatal(err)
 		}
