@@ -66,6 +66,9 @@ type ErrorDetails struct {
 	Disks     []DiskOutcome `json:"disks,omitempty"`
 	// Merges are a failed delete's outcomes, disk by disk.
 	Merges []MergeOutcome `json:"merges,omitempty"`
+	// Deleted are the snapshots a failed delete deleted before it
+	// failed (with children, the rounds that merged), deepest first.
+	Deleted []string `json:"deleted,omitempty"`
 }
 
 // DiskOutcome is what an operation did to one disk.

@@ -244,7 +244,7 @@ func TestErrorInfo(t *testing.T) {
 	opErr := &driver.OpError{OpID: "op1", Step: driver.StepSwitch,
 		Disks: []transaction.Outcome{{Target: "vda", Source: "/a", Overlay: "/a.s1", Result: transaction.DiskStuck, Error: "commit failed"}},
 		Err:   fmt.Errorf("%w: switch failed", driver.ErrOperationFailed)}
-	delErr := &driver.DeleteError{OpID: "op2", Step: "finalize",
+	delErr := &driver.DeleteError{OpID: "op2", Step: "finalize", Deleted: []string{"s2"},
 		Disks: []driver.MergeOutcome{{Snapshot: "s1", Target: "vda", Overlay: "/a.s1", Base: "/a", Result: driver.MergeUnknown, Error: "job vanished"}},
 		Err:   fmt.Errorf("%w: finalize failed", driver.ErrOperationFailed)}
 	for _, tc := range []struct {
@@ -289,6 +289,7 @@ func TestErrorInfo(t *testing.T) {
 	}
 	_, info = errorInfo(fmt.Errorf("delete s1: %w", delErr))
 	if d := info.Details; d == nil || d.Operation != "op2" || d.Step != "finalize" || len(d.Disks) != 0 || len(d.Merges) != 1 ||
+		len(d.Deleted) != 1 || d.Deleted[0] != "s2" ||
 		d.Merges[0] != (api.MergeOutcome{Snapshot: "s1", Target: "vda", Overlay: "/a.s1", Base: "/a", Result: api.MergeUnknown, Error: "job vanished"}) {
 		t.Errorf("delete details %+v", info.Details)
 	}

@@ -220,6 +220,9 @@ func (c *cli) report(err error) {
 	if d.Step != "" {
 		fmt.Fprintf(c.stderr, "step: %s\n", d.Step)
 	}
+	if len(d.Deleted) > 0 {
+		fmt.Fprintf(c.stderr, "deleted before the failure: %s\n", strings.Join(d.Deleted, ", "))
+	}
 	if len(d.Disks) > 0 {
 		_ = writeDisks(c.stderr, d.Disks) // stderr: nowhere left to report to
 	}

@@ -114,7 +114,7 @@ const mergedOp = `{"id": "op-merged", "kind": "snapshot-delete", "domain": "vm1"
   "started": "2024-03-01T10:00:00Z", "ended": "2024-03-01T10:00:12Z", "result": ` + mergeResultJSON + `}`
 
 const failedMergeErrorJSON = `{"code": "operation-failed", "message": "merge of snapshot 's1' failed at vdb: No space left on device; no disk changed",
-  "details": {"operation": "op-badmerge", "step": "commit", "merges": [
+  "details": {"operation": "op-badmerge", "step": "commit", "deleted": ["s2"], "merges": [
     {"snapshot": "s1", "target": "vda", "overlay": "/img/vda.s1", "base": "/img/vda.qcow2", "result": "unchanged", "file_deleted": false},
     {"snapshot": "s1", "target": "vdb", "overlay": "/img/vdb.s1", "base": "/img/vdb.qcow2", "result": "failed", "file_deleted": false, "error": "No space left on device"}]}}`
 
@@ -205,6 +205,7 @@ func TestOutput(t *testing.T) {
 			"error: merge of snapshot 's1' failed at vdb: No space left on device; no disk changed\n" +
 			"operation: op-badmerge\n" +
 			"step: commit\n" +
+			"deleted before the failure: s2\n" +
 			" Snapshot   Target   Overlay       Base             Result      File   Error\n" +
 			dashes(96) +
 			" s1         vda      /img/vda.s1   /img/vda.qcow2   unchanged   -      -\n" +
@@ -237,6 +238,7 @@ func TestOutput(t *testing.T) {
 				"Error:          merge of snapshot 's1' failed at vdb: No space left on device; no disk changed\n" +
 				"Code:           operation-failed\n" +
 				"Step:           commit\n" +
+				"Deleted:        s2\n" +
 				" Snapshot   Target   Overlay       Base             Result      File   Error\n" +
 				dashes(96) +
 				" s1         vda      /img/vda.s1   /img/vda.qcow2   unchanged   -      -\n" +

@@ -723,6 +723,9 @@ func (c *cli) writeOperation(op api.Operation) error {
 		if d.Step != "" {
 			field(w, "Step", d.Step)
 		}
+		if len(d.Deleted) > 0 {
+			field(w, "Deleted", strings.Join(d.Deleted, ", "))
+		}
 		if len(d.Disks) > 0 {
 			return writeDisks(w, d.Disks)
 		}
