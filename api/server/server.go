@@ -384,6 +384,7 @@ func snapshotsOf(recs []driver.SnapshotRecord, current string, withXML bool) []a
 		out[i] = api.Snapshot{
 			Name: rec.Name, Description: rec.Description, CreationTime: time.Unix(rec.CreationTime, 0).UTC(),
 			State: rec.State, Parent: rec.Parent, Current: rec.Name == current, Children: children[rec.Name],
+			MergeInterrupted: mergeInterruption(rec.MergeInterrupted),
 		}
 		if out[i].Children == nil {
 			out[i].Children = []string{}

@@ -231,6 +231,18 @@ func (c *cli) report(err error) {
 	}
 }
 
+// warnInterrupted says on stderr which snapshots a merge changed
+// without completing: their base images took part of a copy.
+func (c *cli) warnInterrupted(snaps []api.Snapshot) {
+	for _, s := range snaps {
+		if m := s.MergeInterrupted; m != nil {
+			fmt.Fprintf(c.stderr, "warning: snapshot %s: merge interrupted (operation %s, %s) after writing into the base images of %s,"+
+				" which no longer hold its point in time exactly; delete it again to complete the merge\n",
+				safeCell(s.Name), safeCell(m.Operation), c.fmtTime(m.Time), safeCell(strings.Join(m.Disks, ", ")))
+		}
+	}
+}
+
 // fmtTime formats t in the CLI's zone; the zero time is "-".
 func (c *cli) fmtTime(t time.Time) string {
 	if t.IsZero() {
