@@ -825,7 +825,7 @@ func (o *deleteOp) fail(ctx context.Context, cause error) error {
 	if len(o.deleted) > 0 || o.recorded {
 		err = fmt.Errorf("%w (deleted before the failure: %s)", err, deletedList(o.deleted))
 	}
-	o.op.Error = err.Error()
+	o.op.Error, o.op.Step, o.op.ErrorKind = err.Error(), step, Kind(err).String()
 	var serr error
 	if mark != nil {
 		serr = o.d.store.applyMerge(o.dom.cfg.Name, *mark, o.op)
@@ -909,6 +909,31 @@ func outcomes(p *transaction.MergePlan, unknown bool) []MergeOutcome {
 		}
 	}
 	return out
+}
+
+// DeleteOutcome is a finished delete as its journal entry keeps it, for
+// a front end that did not see it end (the daemon restarted since): the
+// result of one that succeeded, or the *DeleteError of one that failed,
+// as DeleteSnapshot returned them, but for the total time, which is the
+// entry's. It is nil, nil for an entry of no delete by merge (op.Merge
+// is nil), and for one that has not ended.
+func (op *OpRecord) DeleteOutcome() (*DeleteResult, error) {
+	p := op.Merge
+	if p == nil || p.Phase.Active() {
+		return nil, nil
+	}
+	var deleted []string
+	for _, r := range p.Rounds[:min(p.Round, len(p.Rounds))] {
+		if whole(r) {
+			deleted = append(deleted, r.Snapshot)
+		}
+	}
+	if p.Phase == transaction.PhaseDone {
+		return &DeleteResult{OpID: op.ID, Deleted: deleted, Disks: outcomes(p, false), MergedBytes: mergedBytes(p),
+			Total: op.Updated.Sub(op.Started)}, nil
+	}
+	return nil, &DeleteError{OpID: op.ID, Step: op.Step, Deleted: deleted, Disks: outcomes(p, false),
+		Err: &kindError{sentinel: sentinelNamed(op.ErrorKind), err: errors.New(op.Error)}}
 }
 
 // mergedBytes adds up what the merged disks' jobs copied.

@@ -248,12 +248,13 @@ func (d *Driver) recoverDelete(ctx context.Context, dom *Domain, op *OpRecord) e
 			plan.Phase = transaction.PhaseDone
 		}
 	}
-	op.Error = ""
+	op.Error, op.ErrorKind = "", ""
 	if plan.Phase == transaction.PhaseFailed {
 		op.Error = fmt.Sprintf("%s: %s of snapshot '%s'", ErrInterrupted, action, r.Snapshot)
 		if note := interruptedNote(r, ch); note != "" {
 			op.Error += "; " + note
 		}
+		op.ErrorKind = Kind(ErrOperationFailed).String()
 	}
 	if err := d.store.applyMerge(dom.cfg.Name, ch, op); err != nil {
 		return fmt.Errorf("journal: %w", err)

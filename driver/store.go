@@ -106,6 +106,11 @@ type OpRecord struct {
 	// KindSnapshotDelete): its flags and its merge plan.
 	DeleteFlags DeleteFlags            `json:"delete_flags,omitempty"`
 	Merge       *transaction.MergePlan `json:"merge,omitempty"`
+	// Step and ErrorKind are a failed delete's step and kind of failure
+	// (errkind.Kind's name), so that its outcome reads the same from
+	// the journal as from the delete itself.
+	Step      string `json:"step,omitempty"`
+	ErrorKind string `json:"error_kind,omitempty"`
 }
 
 // Operation kinds of the journal.

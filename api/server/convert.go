@@ -80,3 +80,11 @@ func mergeInterruption(m *driver.MergeInterruption) *api.MergeInterruption {
 	}
 	return &api.MergeInterruption{Operation: m.OpID, Time: m.Time, Disks: slices.Clone(m.Disks)}
 }
+
+// opKind is a journal entry's kind as the API names operations.
+func opKind(kind string) string {
+	if kind == driver.KindSnapshot {
+		return api.OpSnapshotCreate
+	}
+	return kind
+}
