@@ -66,6 +66,9 @@ type ErrorDetails struct {
 	Disks     []DiskOutcome `json:"disks,omitempty"`
 	// Merges are a failed delete's outcomes, disk by disk.
 	Merges []MergeOutcome `json:"merges,omitempty"`
+	// Deleted are the snapshots a failed delete deleted before it
+	// failed (with children, the rounds that merged), deepest first.
+	Deleted []string `json:"deleted,omitempty"`
 }
 
 // DiskOutcome is what an operation did to one disk.
@@ -170,6 +173,20 @@ type Snapshot struct {
 	Current      bool      `json:"current"`
 	Children     []string  `json:"children"`
 	XML          string    `json:"xml,omitempty"`
+	// MergeInterrupted is set when a delete that merges the snapshot
+	// stopped after writing into the images below its overlays: they
+	// no longer hold its point in time exactly. Deleting it again
+	// completes the merge.
+	MergeInterrupted *MergeInterruption `json:"merge_interrupted,omitempty"`
+}
+
+// MergeInterruption says which merge of a snapshot was interrupted
+// after writing into its base images, and which disks it wrote into.
+type MergeInterruption struct {
+	// Operation and Time are the last delete that did.
+	Operation string    `json:"operation"`
+	Time      time.Time `json:"time"`
+	Disks     []string  `json:"disks"`
 }
 
 // SnapshotList answers GET /v1/domains/{name}/snapshots. Tree is set with

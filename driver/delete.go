@@ -427,6 +427,9 @@ type deleteOp struct {
 	recorded  bool          // the current round's metadata is durable
 	deleted   []string
 	prevBytes [2]int64 // done and total of the rounds before
+	// marked says which snapshots the current round's record marked
+	// merge-interrupted, and why, for the error.
+	marked string
 }
 
 // merge runs the rounds of a validated delete. Whatever step fails, the
@@ -487,7 +490,7 @@ func (o *deleteOp) saveAndHook(step, hook string) error {
 // round deletes one snapshot: every disk merged, or none before the
 // point of no return.
 func (o *deleteOp) round(ctx context.Context, r *transaction.MergeRound) error {
-	o.undo, o.recorded = revert.New(), false
+	o.undo, o.recorded, o.marked = revert.New(), false, ""
 	o.plan.Phase = transaction.PhaseMerging
 	disks, err := o.exec.ResolveMerge(ctx, r)
 	if err != nil {
@@ -668,10 +671,11 @@ func (d *Driver) deleteDecideFiles(dom *Domain, r *transaction.MergeRound, disks
 // record makes the round durable: the metadata as the chains now are,
 // and the journal's next round, in one store transaction.
 func (o *deleteOp) record(r *transaction.MergeRound, disks []qmp.Disk) error {
-	ch, err := o.d.mergeChange(o.dom.cfg.Name, r, disks)
+	ch, err := o.d.mergeChange(o.dom.cfg.Name, o.op.ID, r, disks)
 	if err != nil {
 		return atStep(StepRecord, err)
 	}
+	ch.record = len(ch.gone) > 0 || len(r.Disks) == 0
 	done, total := r.Bytes()
 	phase := o.plan.Phase
 	o.plan.Round++
@@ -679,17 +683,12 @@ func (o *deleteOp) record(r *transaction.MergeRound, disks []qmp.Disk) error {
 	if o.plan.Round == len(o.plan.Rounds) {
 		o.plan.Phase = transaction.PhaseDone
 	}
-	if len(ch.gone) > 0 || len(r.Disks) == 0 {
-		err = o.d.store.applyMerge(o.dom.cfg.Name, ch, o.op)
-	} else {
-		err = o.d.store.SaveOp(o.op)
-	}
-	if err != nil {
+	if err := o.d.store.applyMerge(o.dom.cfg.Name, ch, o.op); err != nil {
 		o.plan.Round--
 		o.plan.Phase = phase
 		return atStep(StepRecord, fmt.Errorf("%w: record metadata: %w", ErrOperationFailed, err))
 	}
-	o.recorded = true
+	o.recorded, o.marked = true, interruptedNote(r, ch)
 	if whole(r) {
 		o.deleted = append(o.deleted, r.Snapshot)
 	}
@@ -710,11 +709,29 @@ func whole(r *transaction.MergeRound) bool {
 
 // mergeChange is what a round did, for the metadata: the disks whose
 // overlay is gone, and the snapshots QEMU rebased onto a merged base.
-func (d *Driver) mergeChange(domain string, r *transaction.MergeRound, disks []qmp.Disk) (mergeChange, error) {
-	ch := mergeChange{snapshot: r.Snapshot, gone: map[string]bool{}, rebase: map[string]map[string]mergedDisk{}}
+//
+// It also lists the snapshots to mark merge-interrupted, as operation
+// opID: for each disk whose job may have written into its base without
+// merging (transaction.MergeRound.BaseWritten), the round's snapshot,
+// and any other taken on that base (whose overlay, outside the chain,
+// sits on it too): the base held their point in time, and no longer
+// holds it exactly.
+func (d *Driver) mergeChange(domain, opID string, r *transaction.MergeRound, disks []qmp.Disk) (mergeChange, error) {
+	ch := mergeChange{snapshot: r.Snapshot, gone: map[string]bool{}, rebase: map[string]map[string]mergedDisk{},
+		interrupted: map[string][]string{}, opID: opID, at: time.Now().UTC()}
 	recs, err := d.store.Snapshots(domain)
 	if err != nil {
 		return ch, fmt.Errorf("%w: read metadata: %w", ErrOperationFailed, err)
+	}
+	for _, md := range r.BaseWritten() {
+		for _, rec := range recs {
+			for _, sd := range rec.Disks {
+				if sd.Target == md.Target && sd.Snapshot == "external" &&
+					(rec.Name == r.Snapshot || filepath.Clean(sd.Backing) == filepath.Clean(md.Base)) {
+					ch.interrupted[rec.Name] = append(ch.interrupted[rec.Name], md.Target)
+				}
+			}
+		}
 	}
 	for _, md := range r.Disks {
 		if md.State != transaction.MergeMerged && md.State != transaction.MergeUnlinked {
@@ -762,6 +779,7 @@ func (o *deleteOp) fail(ctx context.Context, cause error) error {
 		step, cause = se.step, se.err
 	}
 	err, unknown := cause, false
+	var mark *mergeChange
 	switch {
 	case o.recorded:
 		// A failure after the round's record (a finalize QEMU refused,
@@ -772,11 +790,18 @@ func (o *deleteOp) fail(ctx context.Context, cause error) error {
 			unknown = true
 			break
 		}
-		if r := o.plan.Rounds[o.plan.Round]; copied(r) {
-			// A commit writes into its base as it goes, and a cancel
-			// does not take that back.
-			err = fmt.Errorf("%w; no disk changed, but the base images under snapshot '%s' may hold part of its overlays' data: they no longer show its point in time exactly (the guest's disks and the other snapshots are intact)",
-				err, r.Snapshot)
+		// A commit writes into its base as it goes, and a cancel does
+		// not take that back: the snapshots whose base took part of
+		// the copy are marked, with the journal's end.
+		r := o.plan.Rounds[o.plan.Round]
+		ch, merr := o.d.mergeChange(o.dom.cfg.Name, o.op.ID, r, nil)
+		switch {
+		case merr != nil && len(r.BaseWritten()) > 0:
+			err = fmt.Errorf("%w; no disk changed, but the merge wrote into the base images of snapshot '%s', which no longer hold its point in time exactly, and it could not be marked so: %w",
+				err, r.Snapshot, merr)
+		case merr == nil && len(ch.interrupted) > 0:
+			mark = &ch
+			err = fmt.Errorf("%w; no disk changed, but %s", err, interruptedNote(r, ch))
 		}
 	default:
 		unknown = true
@@ -794,21 +819,55 @@ func (o *deleteOp) fail(ctx context.Context, cause error) error {
 	} else {
 		o.plan.Phase = transaction.PhaseFailed
 	}
+	if o.recorded && o.marked != "" {
+		err = fmt.Errorf("%w; %s", err, o.marked)
+	}
 	if len(o.deleted) > 0 || o.recorded {
 		err = fmt.Errorf("%w (deleted before the failure: %s)", err, deletedList(o.deleted))
 	}
-	o.op.Error = err.Error()
-	if serr := o.d.store.SaveOp(o.op); serr != nil {
+	o.op.Error, o.op.Step, o.op.ErrorKind = err.Error(), step, Kind(err).String()
+	var serr error
+	if mark != nil {
+		serr = o.d.store.applyMerge(o.dom.cfg.Name, *mark, o.op)
+	} else {
+		serr = o.d.store.SaveOp(o.op)
+	}
+	if serr != nil {
 		o.log.Error("journal of failed delete not saved", zap.Error(serr))
+		if mark != nil {
+			err = fmt.Errorf("%w (but neither the mark nor the journal could be saved: %w)", err, serr)
+		}
 	}
 	o.log.Info("snapshot delete failed", zap.String("step", step), zap.Bool("unknown", unknown),
 		zap.Strings("deleted", o.deleted), zap.Error(err))
 	return &DeleteError{OpID: o.op.ID, Step: step, Deleted: o.deleted, Disks: outcomes(o.plan, unknown), Err: err}
 }
 
-// copied reports whether a job of the round made progress.
-func copied(r *transaction.MergeRound) bool {
-	return slices.ContainsFunc(r.Disks, func(md *transaction.MergeDisk) bool { return md.Done > 0 })
+// interruptedNote says which snapshots ch marks merge-interrupted, and
+// why; "" if none.
+func interruptedNote(r *transaction.MergeRound, ch mergeChange) string {
+	var disks []string
+	for _, md := range r.BaseWritten() {
+		disks = append(disks, fmt.Sprintf("%s (%s)", md.Target, md.Base))
+	}
+	if len(ch.interrupted) == 0 || len(disks) == 0 {
+		return ""
+	}
+	what := "the base image of disk " + disks[0] + ", which no longer holds"
+	if len(disks) > 1 {
+		what = "the base images of disks " + strings.Join(disks, ", ") + ", which no longer hold"
+	}
+	note := fmt.Sprintf("the merge of snapshot '%s' wrote part of its overlays into %s its point in time exactly (the guest's disks are intact)",
+		r.Snapshot, what)
+	var names []string
+	for name := range ch.interrupted {
+		names = append(names, "'"+name+"'")
+	}
+	slices.Sort(names)
+	if len(names) == 1 {
+		return note + "; snapshot " + names[0] + " is marked merge-interrupted: deleting it again completes the merge"
+	}
+	return note + "; snapshots " + strings.Join(names, ", ") + " are marked merge-interrupted: deleting the snapshot again completes the merge"
 }
 
 func deletedList(names []string) string {
@@ -850,6 +909,31 @@ func outcomes(p *transaction.MergePlan, unknown bool) []MergeOutcome {
 		}
 	}
 	return out
+}
+
+// DeleteOutcome is a finished delete as its journal entry keeps it, for
+// a front end that did not see it end (the daemon restarted since): the
+// result of one that succeeded, or the *DeleteError of one that failed,
+// as DeleteSnapshot returned them, but for the total time, which is the
+// entry's. It is nil, nil for an entry of no delete by merge (op.Merge
+// is nil), and for one that has not ended.
+func (op *OpRecord) DeleteOutcome() (*DeleteResult, error) {
+	p := op.Merge
+	if p == nil || p.Phase.Active() {
+		return nil, nil
+	}
+	var deleted []string
+	for _, r := range p.Rounds[:min(p.Round, len(p.Rounds))] {
+		if whole(r) {
+			deleted = append(deleted, r.Snapshot)
+		}
+	}
+	if p.Phase == transaction.PhaseDone {
+		return &DeleteResult{OpID: op.ID, Deleted: deleted, Disks: outcomes(p, false), MergedBytes: mergedBytes(p),
+			Total: op.Updated.Sub(op.Started)}, nil
+	}
+	return nil, &DeleteError{OpID: op.ID, Step: op.Step, Deleted: deleted, Disks: outcomes(p, false),
+		Err: &kindError{sentinel: sentinelNamed(op.ErrorKind), err: errors.New(op.Error)}}
 }
 
 // mergedBytes adds up what the merged disks' jobs copied.

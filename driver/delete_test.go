@@ -680,11 +680,31 @@ func (e *env) connected() bool {
 // return a disk whose finalize QEMU refuses stays as it was, the other
 // is merged, and the metadata says exactly that; deleting again merges
 // the rest.
+//
+// Both of s2's overlays hold data: a first delete, cancelled once its
+// jobs copied, marks s2 merge-interrupted on both disks; the refused
+// finalize leaves vdb's base written once more, so s2 stays marked, for
+// vdb only.
 func checkDeleteFinalizeFailureIsReportedPerDisk(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev, proxy: true})
-	for _, s := range []string{"s1", "s2", "s3"} {
-		e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+	ps := patterns{}
+	e.mustCreate(snapXML("s1"), FlagDiskOnly|FlagAtomic)
+	e.mustCreate(snapXML("s2"), FlagDiskOnly|FlagAtomic)
+	e.writeData(ps, "vda", 0, 0x21)
+	e.writeData(ps, "vdb", 0, 0x22)
+	e.mustCreate(snapXML("s3"), FlagDiskOnly|FlagAtomic)
+	e.drv.Hooks.AtStep = func(step string) error {
+		if step == HookDeleteCopied {
+			return e.drv.CancelOperation("first")
+		}
+		return nil
 	}
+	if _, err := e.drv.DeleteSnapshot(testCtx(t), e.name, "s2", DeleteRequest{OpID: "first"}); !errors.Is(err, ErrCancelled) {
+		t.Fatalf("got %v, want cancelled", err)
+	}
+	e.drv.Hooks.AtStep = nil
+	e.wantMark("s2", "first:vda,vdb")
+
 	e.proxy.Add(qmpproxy.Rule{Command: "job-finalize", Nth: 2, Times: 1, Action: qmpproxy.Fail{Class: "GenericError", Desc: "injected"}})
 	_, err := e.delete("s2", 0)
 	var de *DeleteError
@@ -694,6 +714,10 @@ func checkDeleteFinalizeFailureIsReportedPerDisk(t *testing.T) {
 	if got := outcomeSummary(de.Disks); got != "s2/vda:merged+deleted s2/vdb:failed" {
 		t.Errorf("outcomes: %s", got)
 	}
+	if !strings.Contains(err.Error(), "into the base image of disk vdb") || !strings.Contains(err.Error(), "snapshot 's2' is marked merge-interrupted") {
+		t.Errorf("error: %v, want s2 marked for vdb", err)
+	}
+	e.wantMark("s2", de.OpID+":vdb")
 	e.wantChains(map[string][]string{"vda": {"vda.s3", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s3", "vdb.s2", "vdb.s1", "vdb.qcow2"}})
 	e.wantTree("<-s1 s1<-s2 s2<-s3 current=s3")
 	e.wantGone("vda.s2")
@@ -717,6 +741,7 @@ func checkDeleteFinalizeFailureIsReportedPerDisk(t *testing.T) {
 	e.wantChains(map[string][]string{"vda": {"vda.s3", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s3", "vdb.s1", "vdb.qcow2"}})
 	e.wantTree("<-s1 s1<-s3 current=s3")
 	checkRecordsMatchChains(t, e)
+	e.checkData(ps)
 }
 
 // deleteEvents records SnapshotDeleted events.
@@ -778,6 +803,12 @@ func checkDeleteCancelAndProgress(t *testing.T) {
 			t.Errorf("progress when copied: %+v", progress)
 		}
 		e.assertUnchanged(before)
+		// But it copied nothing, the tops being empty: no base changed,
+		// and nothing is marked.
+		if strings.Contains(err.Error(), "marked") {
+			t.Errorf("error: %v, want no mark", err)
+		}
+		e.wantMark("s2", "")
 		if ev := evs.last(t); ev.Result != ResultCancelled || ev.OpID != "del-1" || !ev.Merged || ev.MergedBytes != 0 {
 			t.Errorf("event: %+v", ev)
 		}
@@ -893,10 +924,13 @@ func checkDeleteCancelMidCopy(t *testing.T) {
 	if err := e.drv.CancelOperation("slow"); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; !errors.Is(err, ErrCancelled) || !strings.Contains(err.Error(), "may hold part of its overlays' data") {
-		t.Fatalf("got %v, want cancelled, saying the base took part of the copy", err)
+	if err := <-done; !errors.Is(err, ErrCancelled) || !strings.Contains(err.Error(), "wrote part of its overlays into the base image of disk vda") ||
+		!strings.Contains(err.Error(), "snapshot 's1' is marked merge-interrupted") {
+		t.Fatalf("got %v, want cancelled, saying the base took part of the copy and s1 is marked", err)
 	}
-	// The base took part of the copy; nothing else changed.
+	// The base took part of the copy, and s1 says so (vdb's empty top
+	// copied nothing); nothing else changed.
+	e.wantMark("s1", "slow:vda")
 	after := e.world()
 	after.Files["vda.qcow2"] = before.Files["vda.qcow2"]
 	if fmt.Sprint(before) != fmt.Sprint(after) {
@@ -904,6 +938,10 @@ func checkDeleteCancelMidCopy(t *testing.T) {
 	}
 	// QEMU leaks the clusters it allocated in the full base.
 	e.checkData(ps, "vda.s1")
+	// Deleting again completes the merge, and the mark goes with s1.
+	e.mustDelete("s1", 0)
+	e.wantTree("<-s2 current=s2")
+	e.checkData(ps, "vda.qcow2")
 }
 
 // checkDeleteBaseOutOfSpace merges into a base on a file system that
@@ -942,6 +980,11 @@ func checkDeleteBaseOutOfSpace(t *testing.T) {
 	if got := outcomeSummary(de.Disks); got != "s2/vda:failed s2/vdb:unchanged" {
 		t.Errorf("outcomes: %s", got)
 	}
+	// The job wrote into vda.s1 before it failed: s2 says so.
+	if !strings.Contains(err.Error(), "snapshot 's2' is marked merge-interrupted") {
+		t.Errorf("error: %v, want s2 marked", err)
+	}
+	e.wantMark("s2", de.OpID+":vda")
 	// Nothing changed but what the job wrote into the base before it
 	// failed: the base is on the small file system, outside vm.Dir.
 	after := e.world()
@@ -1055,6 +1098,13 @@ func checkDeleteQEMUKilledMidMerge(t *testing.T) {
 				}
 			}
 			e.checkData(ps)
+			// The jobs were lost with QEMU, after they had copied: the
+			// snapshot not merged is marked (an active commit's end is
+			// unknown, so its empty vdb.s3 counts too).
+			if !tc.merged {
+				ops, _ := e.drv.Store().Ops(false)
+				e.wantMark(tc.snap, ops[len(ops)-1].ID+":vda,vdb")
+			}
 			// The domain works again: the delete goes through now.
 			if !tc.merged {
 				e.mustDelete(tc.snap, 0)
@@ -1091,4 +1141,158 @@ func checkDeleteKeepsCallersFiles(t *testing.T) {
 	e.wantChains(map[string][]string{"vda": {"vda.qcow2"}, "vdb": {"vdb.qcow2"}})
 	e.wantTree("current=")
 	e.wantNoStrayNodes()
+}
+
+// writeData is write, and on the fake also writes the pattern into the
+// disk's active image file, so that the image holds data of its own as
+// it would on real QEMU: the fake's jobs copy nothing, but whether a
+// top holds data is read from its image.
+func (e *env) writeData(ps patterns, target string, off int64, p byte) {
+	e.t.Helper()
+	e.write(ps, target, off, p)
+	if e.vm.Real() {
+		return
+	}
+	for _, d := range e.disks() {
+		if d.Target != target {
+			continue
+		}
+		out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P %#x %d 64k", p, off), d.File).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "wrote 65536/65536") {
+			e.t.Fatalf("write %#x at %d into %s: %v: %s", p, off, d.File, err, out)
+		}
+		return
+	}
+	e.t.Fatalf("no disk %s", target)
+}
+
+// mark is a snapshot's merge-interrupted mark, as "op:vda,vdb", or ""
+// for none.
+func (e *env) mark(name string) string {
+	e.t.Helper()
+	rec, err := e.drv.Snapshot(e.name, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	m := rec.MergeInterrupted
+	if m == nil {
+		return ""
+	}
+	if m.Time.IsZero() || time.Since(m.Time) > time.Minute {
+		e.t.Errorf("mark of %s at %v", name, m.Time)
+	}
+	return m.OpID + ":" + strings.Join(m.Disks, ",")
+}
+
+func (e *env) wantMark(name, want string) {
+	e.t.Helper()
+	if got := e.mark(name); got != want {
+		e.t.Errorf("mark of snapshot %s: got %q, want %q", name, got, want)
+	}
+}
+
+// checkDeleteInterruptedIsMarked: a merge cancelled or failed before its
+// point of no return, after a job wrote into a base, marks the
+// snapshot merge-interrupted in the journal's transaction and says so;
+// a disk whose top holds no data copies nothing and is not marked,
+// whatever QEMU counts as progress. The snapshot is otherwise as it
+// was, and deleting it again completes the merge.
+func checkDeleteInterruptedIsMarked(t *testing.T) {
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
+	ps := patterns{}
+	e.mustCreate(snapXML("s1"), FlagDiskOnly|FlagAtomic)
+	e.writeData(ps, "vda", 1<<20, 0x51) // into vda.s1; vdb.s1 stays empty
+	e.mustCreate(snapXML("s2"), FlagDiskOnly|FlagAtomic)
+	e.write(ps, "vda", 2<<20, 0x52)
+	before, rec := e.world(), e.record("s1")
+	const marked = "snapshot 's1' is marked merge-interrupted: deleting it again completes the merge"
+
+	// s1 is below the active layer: its jobs are PENDING at copied, and
+	// vda's has written into vda.qcow2 (vdb's, over an empty top, has
+	// not, although QEMU counts its whole length).
+	for _, tc := range []struct {
+		op   string
+		hook func() error
+		want error
+	}{
+		{"cancelled", func() error { return e.drv.CancelOperation("cancelled") }, ErrCancelled},
+		{"failed", func() error { return errors.New("boom") }, ErrOperationFailed},
+	} {
+		t.Run(tc.op, func(t *testing.T) {
+			e.drv.Hooks.AtStep = func(step string) error {
+				if step == HookDeleteCopied {
+					return tc.hook()
+				}
+				return nil
+			}
+			_, err := e.drv.DeleteSnapshot(testCtx(t), e.name, "s1", DeleteRequest{OpID: tc.op})
+			e.drv.Hooks.AtStep = nil
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), "into the base image of disk vda ("+e.vm.Disks[0].Path+")") ||
+				!strings.Contains(err.Error(), marked) {
+				t.Fatalf("got %v, want %v saying s1 is marked", err, tc.want)
+			}
+			e.wantMark("s1", tc.op+":vda")
+			// Nothing changed but the base, which took part of the copy.
+			after := e.world()
+			after.Files["vda.qcow2"] = before.Files["vda.qcow2"]
+			if !reflect.DeepEqual(before, after) {
+				t.Errorf("state changed:\nbefore %+v\nafter  %+v", before, after)
+			}
+			got := e.record("s1")
+			got.MergeInterrupted = nil
+			if !reflect.DeepEqual(got, rec) {
+				t.Errorf("record changed beyond its mark:\n got %+v\nwant %+v", got, rec)
+			}
+			// The journal says so too, and its entry ended with the mark.
+			op, err := e.drv.Store().Op(tc.op)
+			if err != nil || op.Phase() != transaction.PhaseFailed || !strings.Contains(op.Error, marked) {
+				t.Errorf("journal: %+v, %v", op, err)
+			}
+			e.checkData(ps)
+		})
+	}
+
+	t.Run("a redefine keeps the mark", func(t *testing.T) {
+		if _, err := e.create(e.record("s1").XML, FlagRedefine); err != nil {
+			t.Fatal(err)
+		}
+		e.wantMark("s1", "failed:vda")
+	})
+
+	t.Run("an empty top is not marked", func(t *testing.T) {
+		e.mustCreate(snapXML("s3"), FlagDiskOnly|FlagAtomic) // s2's overlays hold no data on vdb, one write on vda
+		e.drv.Hooks.AtStep = func(step string) error {
+			if step == HookDeleteCopied {
+				return e.drv.CancelOperation("empty")
+			}
+			return nil
+		}
+		defer func() { e.drv.Hooks.AtStep = nil }()
+		// CHILDREN_ONLY of s2: s3 (active, empty overlays) only.
+		_, err := e.drv.DeleteSnapshot(testCtx(t), e.name, "s2", DeleteRequest{OpID: "empty", Flags: DeleteChildrenOnly})
+		if !errors.Is(err, ErrCancelled) || strings.Contains(err.Error(), "marked") {
+			t.Fatalf("got %v, want cancelled with nothing marked", err)
+		}
+		e.wantMark("s3", "")
+		e.wantMark("s2", "")
+	})
+
+	t.Run("deleting again completes the merge", func(t *testing.T) {
+		e.mustDelete("s1", 0)
+		e.wantTree("<-s2 s2<-s3 current=s3")
+		e.wantChains(map[string][]string{"vda": {"vda.s3", "vda.s2", "vda.qcow2"}, "vdb": {"vdb.s3", "vdb.s2", "vdb.qcow2"}})
+		e.wantMark("s2", "")
+		checkRecordsMatchChains(t, e)
+		e.checkData(ps)
+	})
+}
+
+// record reads a snapshot's record.
+func (e *env) record(name string) SnapshotRecord {
+	e.t.Helper()
+	rec, err := e.drv.Snapshot(e.name, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return rec
 }

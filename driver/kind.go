@@ -46,6 +46,18 @@ func Kind(err error) errkind.Kind {
 	return errkind.InternalError
 }
 
+// sentinelNamed is the first sentinel of the kind named name (as
+// errkind.Kind.String spells it), for an error read back from the
+// journal: ErrOperationFailed for a name it does not know.
+func sentinelNamed(name string) error {
+	for _, k := range kinds {
+		if k.kind.String() == name {
+			return k.errs[0]
+		}
+	}
+	return ErrOperationFailed
+}
+
 // Kinds lists the kinds Kind returns for the driver's errors, so that a
 // front end can check it renders each one.
 func Kinds() []errkind.Kind {

@@ -88,3 +88,18 @@ func TestKinds(t *testing.T) {
 		seen[k] = true
 	}
 }
+
+// TestSentinelNamed: a kind journaled by name reads back as the same
+// kind; a name the driver does not know reads as operation-failed.
+func TestSentinelNamed(t *testing.T) {
+	for _, k := range Kinds() {
+		if got := Kind(sentinelNamed(k.String())); got != k {
+			t.Errorf("%v reads back as %v", k, got)
+		}
+	}
+	for _, name := range []string{"", "Exploded"} {
+		if got := Kind(sentinelNamed(name)); got != errkind.OperationFailed {
+			t.Errorf("%q reads back as %v", name, got)
+		}
+	}
+}

@@ -171,13 +171,18 @@ func (d *Driver) recoverDelete(ctx context.Context, dom *Domain, op *OpRecord) e
 	var ready []*transaction.MergeDisk
 	for _, md := range r.Commits() {
 		i := slices.IndexFunc(jobs, func(j qmp.JobInfo) bool { return j.ID == md.Job })
-		switch {
-		case i < 0:
+		if i < 0 {
 			// Never started, dismissed already, or lost with a QEMU
-			// that restarted: the chain tells what merged.
+			// that restarted: the chain tells what merged. One that
+			// started and is gone may have written into its base.
 			if md.State != transaction.MergePlanned && md.State != transaction.MergeCancelled && md.State != transaction.MergeFailed {
 				md.State = transaction.MergeStarted
 			}
+			md.NoteJob(qmp.JobInfo{}, false)
+			continue
+		}
+		md.NoteJob(jobs[i], true)
+		switch {
 		case jobs[i].Status == "ready":
 			md.State = transaction.MergeReady
 			ready = append(ready, md)
@@ -229,32 +234,33 @@ func (d *Driver) recoverDelete(ctx context.Context, dom *Domain, op *OpRecord) e
 			log.Warn("cleanup of merged overlays incomplete", zap.Error(err))
 		}
 	}
-	ch, err := d.mergeChange(dom.cfg.Name, r, disks)
+	// The snapshots whose base a job wrote into without merging are
+	// marked, in the same transaction as the journal's end.
+	ch, err := d.mergeChange(dom.cfg.Name, op.ID, r, disks)
 	if err != nil {
 		return err
 	}
+	ch.record = len(ch.gone) > 0 || (finishing && len(r.Disks) == 0)
 	plan.Phase = transaction.PhaseFailed
-	apply := len(ch.gone) > 0 || (finishing && len(r.Disks) == 0)
-	if apply {
+	if ch.record {
 		plan.Round++
 		if plan.Round == len(plan.Rounds) && whole(r) {
 			plan.Phase = transaction.PhaseDone
 		}
 	}
-	op.Error = ""
+	op.Error, op.ErrorKind = "", ""
 	if plan.Phase == transaction.PhaseFailed {
 		op.Error = fmt.Sprintf("%s: %s of snapshot '%s'", ErrInterrupted, action, r.Snapshot)
+		if note := interruptedNote(r, ch); note != "" {
+			op.Error += "; " + note
+		}
+		op.ErrorKind = Kind(ErrOperationFailed).String()
 	}
-	if apply {
-		err = d.store.applyMerge(dom.cfg.Name, ch, op)
-	} else {
-		err = d.store.SaveOp(op)
-	}
-	if err != nil {
+	if err := d.store.applyMerge(dom.cfg.Name, ch, op); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
 	d.cfg.Events.OperationRecovered(action)
 	log.Info("recovered interrupted delete", zap.String("action", action), zap.String("snapshot", r.Snapshot),
-		zap.Int("merged", len(ch.gone)), zap.String("phase", string(plan.Phase)))
+		zap.Int("merged", len(ch.gone)), zap.Int("marked", len(ch.interrupted)), zap.String("phase", string(plan.Phase)))
 	return nil
 }

@@ -239,6 +239,8 @@ func checkDeleteRecoveryAfterKill(t *testing.T) {
 					if op.Phase() != transaction.PhaseFailed || !strings.HasPrefix(op.Error, ErrInterrupted.Error()) {
 						t.Errorf("journal: phase %s, error %q", op.Phase(), op.Error)
 					}
+					// The overlays are empty: the jobs copied nothing.
+					e.wantMark(snap, "")
 					return
 				}
 				chains := map[string][]string{"vda": {"vda.s3", "vda.s2", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s3", "vdb.s2", "vdb.s1", "vdb.qcow2"}}
@@ -264,6 +266,39 @@ func checkDeleteRecoveryAfterKill(t *testing.T) {
 			})
 		}
 	}
+	// A merge the restarted daemon cancels after its jobs wrote into
+	// the bases is marked, with the journal's end. An active commit
+	// copies only on real QEMU: the fake's reports no progress.
+	for _, snap := range []string{"s2", "s3"} {
+		t.Run("marked/"+snap, func(t *testing.T) {
+			e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
+			ps := patterns{}
+			for _, s := range []string{"s1", "s2", "s3"} {
+				e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
+				if s == snap {
+					e.writeData(ps, "vda", 1<<20, 0x41)
+				}
+			}
+			e.crashDeleteAt(HookDeleteCopied, snap, 0)
+			waitFor(t, func() bool { return e.world().Active == 0 }, "recovery")
+			ops, _ := e.drv.Store().Ops(false)
+			op := ops[len(ops)-1]
+			want, note := "", ""
+			if snap == "s2" || e.vm.Real() {
+				want, note = op.ID+":vda", "snapshot '"+snap+"' is marked merge-interrupted"
+			}
+			e.wantMark(snap, want)
+			if op.Phase() != transaction.PhaseFailed || !strings.HasPrefix(op.Error, ErrInterrupted.Error()) ||
+				strings.Contains(op.Error, "marked") != (note != "") || !strings.Contains(op.Error, note) {
+				t.Errorf("journal: phase %s, error %q", op.Phase(), op.Error)
+			}
+			e.wantTree("<-s1 s1<-s2 s2<-s3 current=s3")
+			e.checkData(ps)
+			e.mustDelete(snap, 0)
+			e.checkData(ps)
+		})
+	}
+
 	// With CHILDREN, the rounds before the crash stay deleted; the
 	// round under way is cancelled or finished; later ones are not run.
 	for _, tc := range []struct {

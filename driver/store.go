@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
@@ -47,6 +48,26 @@ type SnapshotRecord struct {
 	Domain       DomainIdentity `json:"domain"`
 	// XML is the <domainsnapshot> document, as generated or redefined.
 	XML string `json:"xml"`
+	// MergeInterrupted is set once a merge stopped after writing into
+	// an image that held the snapshot's point in time; nil otherwise.
+	// It is the daemon's, not the caller's: no XML carries it.
+	MergeInterrupted *MergeInterruption `json:"merge_interrupted,omitempty"`
+}
+
+// MergeInterruption marks a snapshot whose point in time a merge
+// changed without completing: the delete was cancelled or failed after
+// a commit job had written part of an overlay into the image below it,
+// which held the snapshot's point in time (libvirt marks such a
+// snapshot too). The guest's disks are as they were; the snapshot is
+// otherwise as it was, and deleting it again completes the merge and
+// clears the mark.
+type MergeInterruption struct {
+	// OpID and Time are the last delete that wrote into a base of the
+	// snapshot without completing.
+	OpID string    `json:"op_id"`
+	Time time.Time `json:"time"`
+	// Disks are the targets whose base was written into, by name.
+	Disks []string `json:"disks"`
 }
 
 // SnapshotDisk is one disk of a snapshot: the overlay that took the new
@@ -85,6 +106,11 @@ type OpRecord struct {
 	// KindSnapshotDelete): its flags and its merge plan.
 	DeleteFlags DeleteFlags            `json:"delete_flags,omitempty"`
 	Merge       *transaction.MergePlan `json:"merge,omitempty"`
+	// Step and ErrorKind are a failed delete's step and kind of failure
+	// (errkind.Kind's name), so that its outcome reads the same from
+	// the journal as from the delete itself.
+	Step      string `json:"step,omitempty"`
+	ErrorKind string `json:"error_kind,omitempty"`
 }
 
 // Operation kinds of the journal.
@@ -242,7 +268,9 @@ func (s *Store) SetCurrent(domain, name string) error {
 }
 
 // PutSnapshot stores a snapshot record (making it current if asked) and,
-// in the same transaction, the finished operation, if any.
+// in the same transaction, the finished operation, if any. A record that
+// replaces one (a redefine) keeps its mark of an interrupted merge: the
+// images are what they are, whatever the metadata says.
 func (s *Store) PutSnapshot(rec SnapshotRecord, current bool, op *OpRecord) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketSnapshots).CreateBucketIfNotExists([]byte(rec.Domain.Name))
@@ -251,6 +279,9 @@ func (s *Store) PutSnapshot(rec SnapshotRecord, current bool, op *OpRecord) erro
 		}
 		if rec.Parent != "" && b.Get([]byte(rec.Parent)) == nil {
 			return fmt.Errorf("%w: parent snapshot '%s' of '%s' does not exist", ErrInvalidArg, rec.Parent, rec.Name)
+		}
+		if old, err := getRecord(b, rec.Domain.Name, rec.Name); err == nil && rec.MergeInterrupted == nil {
+			rec.MergeInterrupted = old.MergeInterrupted
 		}
 		if err := put(b, rec.Name, rec); err != nil {
 			return err
@@ -338,6 +369,9 @@ func removeRecord(tx *bolt.Tx, b *bolt.Bucket, domain string, gone SnapshotRecor
 // the metadata.
 type mergeChange struct {
 	snapshot string
+	// record says the round's record changes: disks left their chains,
+	// or a round without external disks completed.
+	record bool
 	// gone are the disks whose overlay left its chain (merged) or was
 	// deleted outside every chain (unlinked).
 	gone map[string]bool
@@ -345,6 +379,11 @@ type mergeChange struct {
 	// on a merged overlay: QEMU rewrote their backing to the image that
 	// took its data.
 	rebase map[string]map[string]mergedDisk
+	// interrupted lists, by record, the disks whose base a job of the
+	// round wrote into without merging, to be marked as of opID and at.
+	interrupted map[string][]string
+	opID        string
+	at          time.Time
 }
 
 type mergedDisk struct{ top, base, baseFormat string }
@@ -353,72 +392,115 @@ type mergedDisk struct{ top, base, baseFormat string }
 // transaction. A snapshot whose every external disk is gone loses its
 // record (children and current move to its parent, as on a metadata
 // delete); one merged only in part keeps it, with those disks marked
-// snapshot='no', so that it says exactly what is left.
+// snapshot='no', so that it says exactly what is left, and its mark of
+// an interrupted merge only for the disks left. The snapshots whose
+// base a job wrote into without merging are marked.
 func (s *Store) applyMerge(domain string, ch mergeChange, op *OpRecord) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketSnapshots).Bucket([]byte(domain))
-		if b == nil {
-			return errNoSnapshot(domain, ch.snapshot)
+		if ch.record {
+			if b == nil {
+				return errNoSnapshot(domain, ch.snapshot)
+			}
+			if err := mergeRecords(tx, b, domain, ch); err != nil {
+				return err
+			}
 		}
-		rec, err := getRecord(b, domain, ch.snapshot)
-		if err != nil {
+		if err := markInterrupted(b, domain, ch); err != nil {
 			return err
-		}
-		var others []SnapshotRecord
-		err = b.ForEach(func(k, v []byte) error {
-			if string(k) == ch.snapshot {
-				return nil
-			}
-			var r SnapshotRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return err
-			}
-			others = append(others, r)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, r := range others {
-			changed := false
-			for i := range r.Disks {
-				sd := &r.Disks[i]
-				if m, ok := ch.rebase[r.Name][sd.Target]; ok && sd.Backing == m.top {
-					sd.Backing, sd.BackingFormat, changed = m.base, m.baseFormat, true
-				}
-			}
-			if changed {
-				if err := put(b, r.Name, r); err != nil {
-					return err
-				}
-			}
-		}
-		whole := true
-		for i := range rec.Disks {
-			sd := &rec.Disks[i]
-			if sd.Snapshot != "external" {
-				continue
-			}
-			if !ch.gone[sd.Target] {
-				whole = false
-				continue
-			}
-			*sd = SnapshotDisk{Target: sd.Target, Snapshot: "no"}
-		}
-		if whole {
-			if err := removeRecord(tx, b, domain, rec); err != nil {
-				return err
-			}
-		} else {
-			if rec.XML, err = dropDisksXML(rec.XML, ch.gone); err != nil {
-				return fmt.Errorf("update snapshot %s: %w", rec.Name, err)
-			}
-			if err := put(b, rec.Name, rec); err != nil {
-				return err
-			}
 		}
 		return putOp(tx, op)
 	})
+}
+
+// mergeRecords is applyMerge's change of the records a round merged.
+func mergeRecords(tx *bolt.Tx, b *bolt.Bucket, domain string, ch mergeChange) error {
+	rec, err := getRecord(b, domain, ch.snapshot)
+	if err != nil {
+		return err
+	}
+	var others []SnapshotRecord
+	err = b.ForEach(func(k, v []byte) error {
+		if string(k) == ch.snapshot {
+			return nil
+		}
+		var r SnapshotRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		others = append(others, r)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, r := range others {
+		changed := false
+		for i := range r.Disks {
+			sd := &r.Disks[i]
+			if m, ok := ch.rebase[r.Name][sd.Target]; ok && sd.Backing == m.top {
+				sd.Backing, sd.BackingFormat, changed = m.base, m.baseFormat, true
+			}
+		}
+		if changed {
+			if err := put(b, r.Name, r); err != nil {
+				return err
+			}
+		}
+	}
+	whole := true
+	for i := range rec.Disks {
+		sd := &rec.Disks[i]
+		if sd.Snapshot != "external" {
+			continue
+		}
+		if !ch.gone[sd.Target] {
+			whole = false
+			continue
+		}
+		*sd = SnapshotDisk{Target: sd.Target, Snapshot: "no"}
+	}
+	if whole {
+		return removeRecord(tx, b, domain, rec)
+	}
+	if rec.XML, err = dropDisksXML(rec.XML, ch.gone); err != nil {
+		return fmt.Errorf("update snapshot %s: %w", rec.Name, err)
+	}
+	if m := rec.MergeInterrupted; m != nil {
+		m.Disks = slices.DeleteFunc(m.Disks, func(t string) bool { return ch.gone[t] })
+		if len(m.Disks) == 0 {
+			rec.MergeInterrupted = nil
+		}
+	}
+	return put(b, rec.Name, rec)
+}
+
+// markInterrupted marks the records ch.interrupted names, adding the
+// disks to a mark they may have already. A record that is gone has
+// nothing left to mark: the journal's end is not held up for it.
+func markInterrupted(b *bolt.Bucket, domain string, ch mergeChange) error {
+	for name, disks := range ch.interrupted {
+		if b == nil {
+			return nil
+		}
+		rec, err := getRecord(b, domain, name)
+		if errors.Is(err, ErrNoSnapshot) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		m := &MergeInterruption{OpID: ch.opID, Time: ch.at}
+		if rec.MergeInterrupted != nil {
+			m.Disks = rec.MergeInterrupted.Disks
+		}
+		m.Disks = slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(m.Disks), disks...))))
+		rec.MergeInterrupted = m
+		if err := put(b, rec.Name, rec); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func putOp(tx *bolt.Tx, op *OpRecord) error {

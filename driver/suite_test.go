@@ -77,6 +77,7 @@ var checks = []qemutest.Check{
 	{Name: "DeleteFinalizeFailureIsReportedPerDisk", Run: checkDeleteFinalizeFailureIsReportedPerDisk},
 	{Name: "DeleteRecoveryAfterKill", Run: checkDeleteRecoveryAfterKill},
 	{Name: "DeleteCancelAndProgress", Run: checkDeleteCancelAndProgress},
+	{Name: "DeleteInterruptedIsMarked", Run: checkDeleteInterruptedIsMarked},
 	{Name: "DeleteBaseOutOfSpace", Run: checkDeleteBaseOutOfSpace, RealOnly: "QEMU's writes fill a small tmpfs; the fake copies no data"},
 	{Name: "DeleteQEMUKilledMidMerge", Run: checkDeleteQEMUKilledMidMerge, RealOnly: "restarts QEMU on the images, with their data"},
 	{Name: "DeleteCancelMidCopy", Run: checkDeleteCancelMidCopy, RealOnly: "copies data at a bandwidth cap, which the fake does not model"},

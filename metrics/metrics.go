@@ -32,7 +32,7 @@ var mergeBuckets = prometheus.ExponentialBuckets(1.0/64, 2, 20)
 var (
 	modes   = []string{"atomic", "sequential"}
 	results = []string{driver.ResultSuccess, driver.ResultFailure, driver.ResultRolledBack, driver.ResultPartial}
-	actions = []string{"thawed", "rolled_back", "cleaned"}
+	actions = []string{"thawed", "rolled_back", "cleaned", driver.RecoveredMergeCancelled, driver.RecoveredMergeFinished}
 	// mergeResults are a delete's: cancelled before its point of no
 	// return, or partial after it.
 	mergeResults = []string{driver.ResultSuccess, driver.ResultFailure, driver.ResultCancelled, driver.ResultPartial}

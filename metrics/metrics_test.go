@@ -82,6 +82,9 @@ func script(m *Metrics) {
 	m.RollbackFinished(false)
 	m.OperationRecovered("thawed")
 	m.OperationRecovered("cleaned")
+	m.OperationRecovered(driver.RecoveredMergeCancelled)
+	m.OperationRecovered(driver.RecoveredMergeCancelled)
+	m.OperationRecovered(driver.RecoveredMergeFinished)
 	m.OperationRecovered("exploded") // dropped
 	m.QMPCommand("query-block", 300*time.Microsecond, nil)
 	m.QMPCommand("transaction", 2*time.Second, &qmp.Error{Command: "transaction", Class: "GenericError", Desc: "no"})
@@ -136,6 +139,30 @@ qsnapd_build_info{goversion=%q,version="v1.2.3"} 1
 `, runtime.Version())
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(buildInfo), "qsnapd_build_info"); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestRecoveredActions: every action the driver's recovery reports is
+// counted, from 0.
+func TestRecoveredActions(t *testing.T) {
+	m := New("test")
+	const head = `# HELP qsnapd_recovered_operations_total Operations a previous daemon left unfinished, by what recovery did.
+# TYPE qsnapd_recovered_operations_total counter
+`
+	want := head
+	for _, a := range []string{"cleaned", driver.RecoveredMergeCancelled, driver.RecoveredMergeFinished, "rolled_back", "thawed"} {
+		want += fmt.Sprintf("qsnapd_recovered_operations_total{action=%q} 0\n", a)
+	}
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "qsnapd_recovered_operations_total"); err != nil {
+		t.Errorf("before any recovery: %v", err)
+	}
+	want = head
+	for _, a := range []string{"cleaned", driver.RecoveredMergeCancelled, driver.RecoveredMergeFinished, "rolled_back", "thawed"} {
+		m.OperationRecovered(a)
+		want += fmt.Sprintf("qsnapd_recovered_operations_total{action=%q} 1\n", a)
+	}
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "qsnapd_recovered_operations_total"); err != nil {
+		t.Errorf("after one of each: %v", err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/qsnapd/qsnapd/internal/qcow2"
 	"github.com/qsnapd/qsnapd/qmp"
 )
 
@@ -79,12 +80,21 @@ type MergeDisk struct {
 	DeleteFile bool   `json:"delete_file,omitempty"`
 	Keep       string `json:"keep,omitempty"`
 
+	// TopEmpty says a top below the active layer held no data of its
+	// own when the round started (its image has no L2 table): its
+	// commit copies nothing, although QEMU counts its whole length as
+	// progress.
+	TopEmpty bool `json:"top_empty,omitempty"`
+
 	State       MergeState `json:"state"`
 	Error       string     `json:"error,omitempty"`
 	FileDeleted bool       `json:"file_deleted,omitempty"`
 	// Done and Total are the job's progress as QEMU last reported it.
 	Done  int64 `json:"done,omitempty"`
 	Total int64 `json:"total,omitempty"`
+	// Wrote says the job may have written into the base (see
+	// NoteJob); a cancel does not take that back.
+	Wrote bool `json:"wrote,omitempty"`
 }
 
 // MergeRound deletes one snapshot.
@@ -216,6 +226,13 @@ func (e *Executor) ResolveMerge(ctx context.Context, r *MergeRound) ([]qmp.Disk,
 		}
 		if md.BaseNode, err = node(md, md.Base); err != nil {
 			return nil, err
+		}
+		// A top below the active layer is a backing file, which QEMU
+		// opened read-only: what its image holds now is what the
+		// commit will find. Unreadable, it may hold anything.
+		if !md.Active {
+			allocated, err := qcow2.Allocated(md.Top)
+			md.TopEmpty = err == nil && !allocated
 		}
 	}
 	return disks, nil
@@ -469,8 +486,8 @@ func (e *Executor) awaitJobs(ctx, wait context.Context, mds []*MergeDisk, progre
 			j := qmp.JobInfo{ID: md.Job, Status: "null"}
 			if i >= 0 {
 				j = jobs[i]
-				md.Done, md.Total = j.CurrentProgress, j.TotalProgress
 			}
+			md.NoteJob(j, i >= 0)
 			done, total = done+md.Done, total+md.Total
 			ok, err := check(md, j)
 			if err != nil {
@@ -498,6 +515,55 @@ func (e *Executor) awaitJobs(ctx, wait context.Context, mds []*MergeDisk, progre
 			return err
 		}
 	}
+}
+
+// qemuCancelled is the error QEMU reports for a job that was cancelled
+// (strerror(ECANCELED)): the job stopped between two writes.
+const qemuCancelled = "Operation canceled"
+
+// NoteJob takes in what QEMU lists of the disk's job (listed false when
+// it lists no such job): its progress, and whether it may have written
+// into the base, which stays so once it may have. A commit writes into
+// its base as it goes, before the finalize, and a cancel does not take
+// that back. It may have written if:
+//   - it made progress: an active commit counts the bytes it wrote, one
+//     below the active layer the part of the top it went through (and
+//     wrote, unless TopEmpty: then it writes nothing at all);
+//   - it failed other than by a cancel: a write that fails may have
+//     written part of its chunk, which QEMU does not count;
+//   - it existed (block-commit answered) and is gone without QEMU
+//     having said how it ended: QEMU restarted, or someone dismissed it.
+//
+// A job that was refused, or whose block-commit got no answer and that
+// QEMU does not list, never ran.
+func (md *MergeDisk) NoteJob(j qmp.JobInfo, listed bool) {
+	if listed {
+		md.Done, md.Total = j.CurrentProgress, j.TotalProgress
+	}
+	if md.Wrote || (!md.Active && md.TopEmpty) {
+		return
+	}
+	switch {
+	case !listed:
+		md.Wrote = md.State == MergeStarted || md.State == MergeReady || md.State == MergePending
+	case j.CurrentProgress > 0:
+		md.Wrote = true
+	case j.Error != "" && j.Error != qemuCancelled:
+		md.Wrote = true
+	}
+}
+
+// BaseWritten lists the disks of the round that did not merge but whose
+// job may have written into the base: those bases no longer hold the
+// snapshot's point in time exactly.
+func (r *MergeRound) BaseWritten() []*MergeDisk {
+	var out []*MergeDisk
+	for _, md := range r.Commits() {
+		if md.Wrote && md.State != MergeMerged {
+			out = append(out, md)
+		}
+	}
+	return out
 }
 
 // ReconcileMerge sets each commit's outcome from the chains QEMU shows:

@@ -305,6 +305,14 @@ func checkMergeProgressAndCancel(t *testing.T) {
 	if after := d.state("vm1"); after != before {
 		t.Errorf("a cancelled merge changed the domain:\nbefore %s\nafter  %s", before, after)
 	}
+	// But the bases took part of the copy: the snapshot says so.
+	if !strings.Contains(op.Error.Message, "snapshot 'big' is marked merge-interrupted") {
+		t.Errorf("the cancelled merge's error: %s, want big marked", op.Error.Message)
+	}
+	if sn, err := d.client.Snapshot(ctx(t), "vm1", "big"); err != nil || sn.MergeInterrupted == nil ||
+		sn.MergeInterrupted.Operation != op.ID || len(sn.MergeInterrupted.Disks) == 0 {
+		t.Errorf("big after the cancel: %+v, %v; want merge_interrupted by %s", sn.MergeInterrupted, err, op.ID)
+	}
 
 	// Uncapped, the merge goes through; its progress was readable.
 	var seen *api.Progress

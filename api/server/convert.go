@@ -1,6 +1,8 @@
 package server
 
 import (
+	"slices"
+
 	"github.com/qsnapd/qsnapd/api"
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/transaction"
@@ -70,4 +72,19 @@ func mergeOutcomes(in []driver.MergeOutcome) []api.MergeOutcome {
 			Result: api.MergeResult(o.Result), FileDeleted: o.FileDeleted, Kept: o.Kept, Error: o.Error}
 	}
 	return out
+}
+
+func mergeInterruption(m *driver.MergeInterruption) *api.MergeInterruption {
+	if m == nil {
+		return nil
+	}
+	return &api.MergeInterruption{Operation: m.OpID, Time: m.Time, Disks: slices.Clone(m.Disks)}
+}
+
+// opKind is a journal entry's kind as the API names operations.
+func opKind(kind string) string {
+	if kind == driver.KindSnapshot {
+		return api.OpSnapshotCreate
+	}
+	return kind
 }

@@ -50,7 +50,7 @@ func errorInfo(err error) (int, api.ErrorInfo) {
 	case errors.As(err, &oe):
 		info.Details = &api.ErrorDetails{Operation: oe.OpID, Step: oe.Step, Disks: outcomes(oe.Disks)}
 	case errors.As(err, &de):
-		info.Details = &api.ErrorDetails{Operation: de.OpID, Step: de.Step, Merges: mergeOutcomes(de.Disks)}
+		info.Details = &api.ErrorDetails{Operation: de.OpID, Step: de.Step, Merges: mergeOutcomes(de.Disks), Deleted: de.Deleted}
 	}
 	return c.Status, info
 }

@@ -26,6 +26,7 @@ type daemon struct {
 	t        *testing.T
 	dir      string
 	rw, ro   string
+	access   server.Access
 	drv      *driver.Driver
 	client   *api.Client
 	roClient *api.Client
@@ -37,27 +38,48 @@ type daemon struct {
 func startDaemon(t *testing.T, access server.Access) *daemon {
 	t.Helper()
 	dir := qemutest.TempDir(t)
-	d := &daemon{t: t, dir: dir, rw: filepath.Join(dir, "rw.sock"), ro: filepath.Join(dir, "ro.sock"), vms: map[string]*qemutest.VM{}}
-	drv, err := driver.Open(driver.Config{StateDir: filepath.Join(dir, "state")}, nil)
+	d := &daemon{t: t, dir: dir, rw: filepath.Join(dir, "rw.sock"), ro: filepath.Join(dir, "ro.sock"), access: access,
+		vms: map[string]*qemutest.VM{}}
+	d.start()
+	t.Cleanup(d.close)
+	return d
+}
+
+// start opens a driver on d's state and serves it.
+func (d *daemon) start() {
+	d.t.Helper()
+	drv, err := driver.Open(driver.Config{StateDir: filepath.Join(d.dir, "state")}, nil)
 	if err != nil {
-		t.Fatal(err)
+		d.t.Fatal(err)
 	}
 	d.drv = drv
 	rwl, err := net.Listen("unix", d.rw)
 	if err != nil {
-		t.Fatal(err)
+		d.t.Fatal(err)
 	}
 	rol, err := net.Listen("unix", d.ro)
 	if err != nil {
-		t.Fatal(err)
+		d.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stop, d.done = cancel, make(chan error, 1)
-	srv := server.New(drv, server.Config{Access: access}, nil)
+	srv := server.New(drv, server.Config{Access: d.access}, nil)
 	go func() { d.done <- srv.Serve(ctx, rwl, rol) }()
 	d.client, d.roClient = api.NewClient(d.rw), api.NewClient(d.ro)
-	t.Cleanup(d.close)
-	return d
+}
+
+// restart stops the daemon and starts another on the same state, as a
+// restarted qsnapd: the operations of the one before are in the
+// journal only. It waits for the domains' recovery.
+func (d *daemon) restart() {
+	d.t.Helper()
+	d.close()
+	d.start()
+	for name := range d.vms {
+		if err := d.drv.WaitRecovered(ctx(d.t), name); err != nil {
+			d.t.Fatal(err)
+		}
+	}
 }
 
 func (d *daemon) close() {

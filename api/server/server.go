@@ -384,6 +384,7 @@ func snapshotsOf(recs []driver.SnapshotRecord, current string, withXML bool) []a
 		out[i] = api.Snapshot{
 			Name: rec.Name, Description: rec.Description, CreationTime: time.Unix(rec.CreationTime, 0).UTC(),
 			State: rec.State, Parent: rec.Parent, Current: rec.Name == current, Children: children[rec.Name],
+			MergeInterrupted: mergeInterruption(rec.MergeInterrupted),
 		}
 		if out[i].Children == nil {
 			out[i].Children = []string{}
@@ -626,11 +627,22 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, fmt.Errorf("%w: %s", errNoOperation, id))
 		return
 	}
-	op := api.Operation{ID: rec.ID, Kind: rec.Kind, Domain: rec.Domain, Started: rec.Started, Ended: rec.Updated}
+	op := api.Operation{ID: rec.ID, Kind: opKind(rec.Kind), Domain: rec.Domain, Started: rec.Started, Ended: rec.Updated}
 	switch phase := rec.Phase(); {
 	case phase.Active():
 		op.State, op.Ended = api.OpRunning, time.Time{}
 		s.withProgress(&op)
+	case rec.Merge != nil:
+		// A delete: its result or error, as the delete itself answered.
+		res, err := rec.DeleteOutcome()
+		if err != nil {
+			op.State = api.OpFailed
+			_, info := errorInfo(err)
+			op.Error = &info
+			break
+		}
+		op.State = api.OpSucceeded
+		op.Result, _ = json.Marshal(deleteResponse(res, rec.ID))
 	case phase == transaction.PhaseDone:
 		op.State = api.OpSucceeded
 	default:

@@ -33,4 +33,5 @@ var checks = []qemutest.Check{
 	// These two skip until the engine deletes by merging.
 	{Name: "DeleteMerge", Run: checkDeleteMerge},
 	{Name: "MergeProgressAndCancel", Run: checkMergeProgressAndCancel},
+	{Name: "DeleteOutcomesAfterRestart", Run: checkDeleteOutcomesAfterRestart},
 }

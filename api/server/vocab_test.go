@@ -187,6 +187,27 @@ func TestWireJSONUnchanged(t *testing.T) {
 	sameJSON(t, api.Progress{DoneBytes: p.DoneBytes, TotalBytes: p.TotalBytes, Cancellable: p.Cancellable}, p)
 }
 
+// TestMergeInterruptedOnTheWire: a snapshot's mark of an interrupted
+// merge, as the wire shows it; none, nothing.
+func TestMergeInterruptedOnTheWire(t *testing.T) {
+	at := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	recs := []driver.SnapshotRecord{
+		{Name: "s1", State: "disk-snapshot", CreationTime: at.Unix(),
+			MergeInterrupted: &driver.MergeInterruption{OpID: "op1", Time: at, Disks: []string{"vda", "vdb"}}},
+		{Name: "s2", State: "disk-snapshot", CreationTime: at.Unix(), Parent: "s1"},
+	}
+	b, err := json.Marshal(snapshotsOf(recs, "s2", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `[{"name":"s1","creation_time":"2025-03-04T05:06:07Z","state":"disk-snapshot","current":false,"children":["s2"],` +
+		`"merge_interrupted":{"operation":"op1","time":"2025-03-04T05:06:07Z","disks":["vda","vdb"]}},` +
+		`{"name":"s2","creation_time":"2025-03-04T05:06:07Z","state":"disk-snapshot","parent":"s1","current":true,"children":[]}]`
+	if string(b) != want {
+		t.Errorf("got  %s\nwant %s", b, want)
+	}
+}
+
 // TestDeleteResponse: the engine's result as the wire's, with its
 // lists never null and its total in milliseconds.
 func TestDeleteResponse(t *testing.T) {
@@ -244,7 +265,7 @@ func TestErrorInfo(t *testing.T) {
 	opErr := &driver.OpError{OpID: "op1", Step: driver.StepSwitch,
 		Disks: []transaction.Outcome{{Target: "vda", Source: "/a", Overlay: "/a.s1", Result: transaction.DiskStuck, Error: "commit failed"}},
 		Err:   fmt.Errorf("%w: switch failed", driver.ErrOperationFailed)}
-	delErr := &driver.DeleteError{OpID: "op2", Step: "finalize",
+	delErr := &driver.DeleteError{OpID: "op2", Step: "finalize", Deleted: []string{"s2"},
 		Disks: []driver.MergeOutcome{{Snapshot: "s1", Target: "vda", Overlay: "/a.s1", Base: "/a", Result: driver.MergeUnknown, Error: "job vanished"}},
 		Err:   fmt.Errorf("%w: finalize failed", driver.ErrOperationFailed)}
 	for _, tc := range []struct {
@@ -289,6 +310,7 @@ func TestErrorInfo(t *testing.T) {
 	}
 	_, info = errorInfo(fmt.Errorf("delete s1: %w", delErr))
 	if d := info.Details; d == nil || d.Operation != "op2" || d.Step != "finalize" || len(d.Disks) != 0 || len(d.Merges) != 1 ||
+		len(d.Deleted) != 1 || d.Deleted[0] != "s2" ||
 		d.Merges[0] != (api.MergeOutcome{Snapshot: "s1", Target: "vda", Overlay: "/a.s1", Base: "/a", Result: api.MergeUnknown, Error: "job vanished"}) {
 		t.Errorf("delete details %+v", info.Details)
 	}

@@ -220,11 +220,26 @@ func (c *cli) report(err error) {
 	if d.Step != "" {
 		fmt.Fprintf(c.stderr, "step: %s\n", d.Step)
 	}
+	if len(d.Deleted) > 0 {
+		fmt.Fprintf(c.stderr, "deleted before the failure: %s\n", strings.Join(d.Deleted, ", "))
+	}
 	if len(d.Disks) > 0 {
 		_ = writeDisks(c.stderr, d.Disks) // stderr: nowhere left to report to
 	}
 	if len(d.Merges) > 0 {
 		_ = writeMerges(c.stderr, d.Merges) // stderr: nowhere left to report to
+	}
+}
+
+// warnInterrupted says on stderr which snapshots a merge changed
+// without completing: their base images took part of a copy.
+func (c *cli) warnInterrupted(snaps []api.Snapshot) {
+	for _, s := range snaps {
+		if m := s.MergeInterrupted; m != nil {
+			fmt.Fprintf(c.stderr, "warning: snapshot %s: merge interrupted (operation %s, %s) after writing into the base images of %s,"+
+				" which no longer hold its point in time exactly; delete it again to complete the merge\n",
+				safeCell(s.Name), safeCell(m.Operation), c.fmtTime(m.Time), safeCell(strings.Join(m.Disks, ", ")))
+		}
 	}
 }
 

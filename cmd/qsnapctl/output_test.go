@@ -44,6 +44,14 @@ const snapshotsJSON = `{
   ]
 }`
 
+// interruptedSnapshotsJSON lists a snapshot whose merge was cancelled
+// after writing into its bases.
+const interruptedSnapshotsJSON = `{"snapshots": [
+  {"name": "a", "creation_time": "2024-03-01T10:00:00Z", "state": "disk-snapshot", "current": false, "children": ["b"],
+   "merge_interrupted": {"operation": "op-5", "time": "2024-03-01T11:00:00Z", "disks": ["vda", "vdb"]}},
+  {"name": "b", "creation_time": "2024-03-01T10:30:00Z", "state": "disk-snapshot", "parent": "a", "current": true, "children": []}],
+  "tree": [{"name": "a", "children": [{"name": "b", "children": []}]}]}`
+
 const snapshotXMLDoc = "<domainsnapshot>\n  <name>s1a</name>\n  <state>disk-snapshot</state>\n</domainsnapshot>"
 
 const snapshotJSON = `{"name": "s1a", "creation_time": "2024-03-01T13:00:00Z", "state": "disk-snapshot", "parent": "s1",
@@ -74,6 +82,7 @@ func newTestDaemon(t *testing.T) *fakeDaemon {
 		"POST /v1/domains/vm1/fsthaw":           {body: `{"count": 2}`},
 		"GET /v1/domains/vm1/fsfreeze":          {body: `{"frozen": true, "owner": "fsfreeze", "operation": "op-9", "since": "2024-03-01T10:00:00Z", "deadline": "2024-03-01T10:00:30Z", "agent": "frozen"}`},
 		"GET /v1/domains/vm2/fsfreeze":          {body: `{"frozen": false}`},
+		"GET /v1/domains/vm3/snapshots":         {body: interruptedSnapshotsJSON},
 		"GET /v1/domains/nope/snapshots":        {status: http.StatusNotFound, body: `{"error": {"code": "no-domain", "message": "no domain with matching name 'nope'"}}`},
 		"POST /v1/domains/vm1/snapshots":        {status: http.StatusCreated, body: `{"name": "s1", "xml": "<domainsnapshot/>", "operation": "op-7", "quiesced": false, "disks": [], "indications": [{"code": "no-agent", "message": "no guest agent configured"}], "timings": {"total_ms": 1, "switch_ms": 0.5, "freeze_ms": 0}}`},
 		"POST /v1/domains/bad/snapshots":        {status: http.StatusConflict, body: failedSnapshotJSON},
@@ -114,12 +123,16 @@ const mergedOp = `{"id": "op-merged", "kind": "snapshot-delete", "domain": "vm1"
   "started": "2024-03-01T10:00:00Z", "ended": "2024-03-01T10:00:12Z", "result": ` + mergeResultJSON + `}`
 
 const failedMergeErrorJSON = `{"code": "operation-failed", "message": "merge of snapshot 's1' failed at vdb: No space left on device; no disk changed",
-  "details": {"operation": "op-badmerge", "step": "commit", "merges": [
+  "details": {"operation": "op-badmerge", "step": "commit", "deleted": ["s2"], "merges": [
     {"snapshot": "s1", "target": "vda", "overlay": "/img/vda.s1", "base": "/img/vda.qcow2", "result": "unchanged", "file_deleted": false},
     {"snapshot": "s1", "target": "vdb", "overlay": "/img/vdb.s1", "base": "/img/vdb.qcow2", "result": "failed", "file_deleted": false, "error": "No space left on device"}]}}`
 
 const failedMergeOp = `{"id": "op-badmerge", "kind": "snapshot-delete", "domain": "bad", "state": "failed",
   "started": "2024-03-01T10:00:00Z", "ended": "2024-03-01T10:00:03Z", "error": ` + failedMergeErrorJSON + `}`
+
+// interruptedWarning is what snapshot-list says of interruptedSnapshotsJSON.
+const interruptedWarning = "warning: snapshot a: merge interrupted (operation op-5, 2024-03-01 13:00:00 +0200) after writing into" +
+	" the base images of vda, vdb, which no longer hold its point in time exactly; delete it again to complete the merge\n"
 
 // mergeTable is mergeResultJSON's disks as qsnapctl prints them.
 const mergeTable = "" +
@@ -182,6 +195,14 @@ func TestOutput(t *testing.T) {
 			"\n"},
 		{name: "snapshot-list --tree --name", argv: []string{"snapshot-list", "vm1", "--tree", "--name"}, wantCode: 1,
 			wantStderr: "error: options --tree and --name are mutually exclusive\n"},
+		{name: "snapshot-list of a merge interrupted", argv: []string{"snapshot-list", "vm3"}, wantStdout: "" +
+			" Name   Creation Time               State\n" +
+			dashes(51) +
+			" a      2024-03-01 12:00:00 +0200   disk-snapshot\n" +
+			" b      2024-03-01 12:30:00 +0200   disk-snapshot\n",
+			wantStderr: interruptedWarning},
+		{name: "snapshot-list --tree of a merge interrupted", argv: []string{"snapshot-list", "vm3", "--tree"},
+			wantStdout: "a\n  |\n  +- b\n    \n", wantStderr: interruptedWarning},
 		{name: "snapshot-list of an unknown domain", argv: []string{"snapshot-list", "nope"}, wantCode: 1,
 			wantStderr: "error: no domain with matching name 'nope'\n"},
 		{name: "snapshot-dumpxml", argv: []string{"snapshot-dumpxml", "vm1", "s1a"}, wantStdout: snapshotXMLDoc + "\n"},
@@ -205,6 +226,7 @@ func TestOutput(t *testing.T) {
 			"error: merge of snapshot 's1' failed at vdb: No space left on device; no disk changed\n" +
 			"operation: op-badmerge\n" +
 			"step: commit\n" +
+			"deleted before the failure: s2\n" +
 			" Snapshot   Target   Overlay       Base             Result      File   Error\n" +
 			dashes(96) +
 			" s1         vda      /img/vda.s1   /img/vda.qcow2   unchanged   -      -\n" +
@@ -237,6 +259,7 @@ func TestOutput(t *testing.T) {
 				"Error:          merge of snapshot 's1' failed at vdb: No space left on device; no disk changed\n" +
 				"Code:           operation-failed\n" +
 				"Step:           commit\n" +
+				"Deleted:        s2\n" +
 				" Snapshot   Target   Overlay       Base             Result      File   Error\n" +
 				dashes(96) +
 				" s1         vda      /img/vda.s1   /img/vda.qcow2   unchanged   -      -\n" +

@@ -424,15 +424,18 @@ func runSnapshotList(ctx context.Context, c *cli, a *args) error {
 	if c.json {
 		return writeJSON(c.stdout, list)
 	}
+	snaps := list.Snapshots
+	if !a.flag("topological") {
+		slices.SortStableFunc(snaps, func(x, y api.Snapshot) int { return byName(x.Name, y.Name) })
+	}
+	// virsh's columns stay as they are; a merge interrupted is said on
+	// stderr, as warnings are.
+	defer c.warnInterrupted(snaps)
 	if a.flag("tree") {
 		if !a.flag("topological") {
 			sortTree(list.Tree)
 		}
 		return writeTree(c.stdout, list.Tree)
-	}
-	snaps := list.Snapshots
-	if !a.flag("topological") {
-		slices.SortStableFunc(snaps, func(x, y api.Snapshot) int { return byName(x.Name, y.Name) })
 	}
 	if a.flag("name") {
 		for _, s := range snaps {
@@ -722,6 +725,9 @@ func (c *cli) writeOperation(op api.Operation) error {
 	if d := op.Error.Details; d != nil {
 		if d.Step != "" {
 			field(w, "Step", d.Step)
+		}
+		if len(d.Deleted) > 0 {
+			field(w, "Deleted", strings.Join(d.Deleted, ", "))
 		}
 		if len(d.Disks) > 0 {
 			return writeDisks(w, d.Disks)
