@@ -1,13 +1,10 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -114,31 +111,12 @@ func ctx(t *testing.T) context.Context {
 // and decodes the error body every refusal carries.
 func raw(t *testing.T, socket, method, path string, body []byte, hdr map[string]string) (int, api.ErrorBody) {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-	}}}
-	defer hc.CloseIdleConnections()
-	req, err := http.NewRequest(method, "http://qsnapd"+path, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: read the answer: %v", method, path, err)
-	}
+	r := send(t, socket, method, path, body, hdr)
 	var eb api.ErrorBody
-	if err := json.Unmarshal(data, &eb); err != nil {
-		t.Fatalf("%s %s: status %d, the answer is not JSON: %v: %q", method, path, resp.StatusCode, err, data)
+	if err := json.Unmarshal(r.body, &eb); err != nil {
+		t.Fatalf("%s %s: status %d, the answer is not JSON: %v: %q", method, path, r.status, err, r.body)
 	}
-	return resp.StatusCode, eb
+	return r.status, eb
 }
 
 // state is what a bad request must not change.
