@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/qsnapd/qsnapd/internal/revert"
 	"github.com/qsnapd/qsnapd/qmp"
@@ -293,15 +292,14 @@ func (d *Driver) planDelete(ctx context.Context, dom *Domain, name string, flags
 	if err != nil {
 		return nil, err
 	}
-	var disks []qmp.Disk
-	var jobs []qmp.BlockJob
-	var g errgroup.Group
-	g.Go(func() (err error) { disks, err = client.Disks(ctx); return err })
-	g.Go(func() (err error) { jobs, err = client.QueryBlockJobs(ctx); return err })
-	if err := g.Wait(); err != nil {
+	// The whole graph, never the record of deep chains: a merge plan
+	// rests on every file of every chain.
+	view, err := dom.readAll(ctx, client)
+	if err != nil {
 		return nil, qmpErr("list disks and block jobs", err)
 	}
-	busy := busyDisks(ctx, client, disks, jobs)
+	disks := view.disks
+	busy := busyDisks(ctx, client, disks, view.jobs)
 	chains := map[string][]qmp.Image{}
 	for _, qd := range disks {
 		chains[qd.Target] = append([]qmp.Image{{File: qd.File, Format: qd.Format}}, qd.Backing...)
