@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,24 +115,40 @@ func checkOperationOutcomeOutlivesTheRequest(t *testing.T) {
 	d := startDaemon(t, server.Access{})
 	d.vm("vm1", 1)
 	// A client that gives up at once still gets its snapshot, and reads
-	// the outcome afterwards by the id it chose.
-	c, cancel := context.WithTimeout(context.Background(), time.Millisecond)
-	defer cancel()
-	if _, err := d.client.CreateSnapshot(c, "vm1", api.CreateSnapshotRequest{Flags: api.Flags(driver.FlagDiskOnly)}, "my-op-1"); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("the impatient client: %v, want its deadline or an answer", err)
-	}
+	// the outcome afterwards by the id it chose. A deadline so short
+	// that the request never reached the server leaves no operation:
+	// such tries are repeated with a longer deadline, under a new id.
 	var op api.Operation
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var err error
-		op, err = d.client.Operation(ctx(t), "my-op-1")
-		if err == nil && op.State != api.OpRunning {
-			break
+	var id string
+	req := api.CreateSnapshotRequest{Flags: api.Flags(driver.FlagDiskOnly)}
+	for try, wait := 0, time.Millisecond; op.ID == ""; try, wait = try+1, wait*2 {
+		if wait > 10*time.Second {
+			t.Fatal("no request reached the server")
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("operation: %+v, %v", op, err)
+		id = fmt.Sprintf("my-op-%d", try)
+		c, cancel := context.WithTimeout(context.Background(), wait)
+		_, err := d.client.CreateSnapshot(c, "vm1", req, id)
+		cancel()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("the impatient client: %v, want its deadline or an answer", err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		// One that reached the server shows at once; give it a moment
+		// to end.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			got, err := d.client.Operation(ctx(t), id)
+			if api.Code(err) == api.CodeNoOperation && time.Since(deadline.Add(-20*time.Second)) > 2*time.Second {
+				break // never arrived
+			}
+			if err == nil && got.State != api.OpRunning {
+				op = got
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("operation %s: %+v, %v", id, got, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	// Either the request was cut before anything changed, or it ran to
 	// the end: never half-done.
@@ -150,7 +167,7 @@ func checkOperationOutcomeOutlivesTheRequest(t *testing.T) {
 		}
 	}
 	// A chosen id that is taken is refused.
-	if _, err := d.client.CreateSnapshot(ctx(t), "vm1", api.CreateSnapshotRequest{Flags: api.Flags(driver.FlagDiskOnly)}, "my-op-1"); api.Code(err) != api.CodeInvalidArg {
+	if _, err := d.client.CreateSnapshot(ctx(t), "vm1", req, id); api.Code(err) != api.CodeInvalidArg {
 		t.Errorf("reused operation id: %v", err)
 	}
 }
