@@ -211,6 +211,16 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	writeJSON(w, status, api.ErrorBody{Error: info})
 }
 
+// decodeAsync decodes a mutating request's body and says whether it
+// asks to run asynchronously: by its async field (read once decoded),
+// the Prefer header or ?async.
+func decodeAsync(r *http.Request, v any, asyncField *bool) (bool, error) {
+	if err := decode(r, v); err != nil {
+		return false, err
+	}
+	return asyncOf(r, *asyncField)
+}
+
 // decode reads a JSON object body strictly: one object, nothing after
 // it, no unknown fields, so that a typo is not silently ignored.
 func decode(r *http.Request, v any) error {
@@ -262,11 +272,7 @@ func (s *Server) getDomain(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) attachDomain(w http.ResponseWriter, r *http.Request) {
 	var req api.AttachRequest
-	if err := decode(r, &req); err != nil {
-		s.writeErr(w, err)
-		return
-	}
-	async, err := asyncOf(r, req.Async)
+	async, err := decodeAsync(r, &req, &req.Async)
 	if err != nil {
 		s.writeErr(w, err)
 		return
@@ -317,11 +323,7 @@ func (s *Server) listDisks(w http.ResponseWriter, r *http.Request) {
 func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	domain := r.PathValue("name")
 	var req api.CreateSnapshotRequest
-	if err := decode(r, &req); err != nil {
-		s.writeErr(w, err)
-		return
-	}
-	async, err := asyncOf(r, req.Async)
+	async, err := decodeAsync(r, &req, &req.Async)
 	if err != nil {
 		s.writeErr(w, err)
 		return
@@ -456,11 +458,7 @@ func (s *Server) getCurrent(w http.ResponseWriter, r *http.Request) {
 func (s *Server) setCurrent(w http.ResponseWriter, r *http.Request) {
 	domain := r.PathValue("name")
 	var req api.SetCurrentRequest
-	if err := decode(r, &req); err != nil {
-		s.writeErr(w, err)
-		return
-	}
-	async, err := asyncOf(r, req.Async)
+	async, err := decodeAsync(r, &req, &req.Async)
 	if err != nil {
 		s.writeErr(w, err)
 		return
