@@ -53,8 +53,7 @@ func TestCrashHelper(t *testing.T) {
 // a driver on the same state, as a restarted daemon would.
 func (e *env) crashAt(step, failAt, transactionMode string, flags CreateFlags) {
 	e.t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.v")
-	cmd.Env = append(os.Environ(),
+	e.killedAt(step, "TestCrashHelper",
 		"QSNAPD_CRASH_HELPER=1",
 		"QSNAPD_STATE="+e.cfg.StateDir,
 		"QSNAPD_QMP="+e.vm.QMP,
@@ -63,6 +62,15 @@ func (e *env) crashAt(step, failAt, transactionMode string, flags CreateFlags) {
 		"QSNAPD_TRANSACTION="+transactionMode,
 		"QSNAPD_FLAGS="+strconv.Itoa(int(flags)),
 	)
+}
+
+// killedAt runs a helper test in a child process that kills itself at
+// step, then reopens the driver on the state it left and waits for
+// recovery.
+func (e *env) killedAt(step, helper string, env ...string) {
+	e.t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+helper+"$", "-test.v")
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
@@ -179,23 +187,13 @@ func (e *env) crashDeleteAt(step, name string, flags DeleteFlags) {
 	if err := e.drv.Close(); err != nil {
 		e.t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDeleteCrashHelper$", "-test.v")
-	cmd.Env = append(os.Environ(),
+	e.killedAt(step, "TestDeleteCrashHelper",
 		"QSNAPD_DELETE_HELPER=1",
 		"QSNAPD_STATE="+e.cfg.StateDir,
 		"QSNAPD_CRASH_AT="+step,
 		"QSNAPD_DELETE="+name,
 		"QSNAPD_FLAGS="+strconv.Itoa(int(flags)),
 	)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		e.t.Fatalf("helper was not killed at %s: %v\n%s", step, err, out)
-	}
-	e.open()
-	if err := e.drv.WaitRecovered(testCtx(e.t), e.name); err != nil {
-		e.t.Fatal(err)
-	}
 }
 
 // checkDeleteRecoveryAfterKill kills the daemon at every journaled step
