@@ -583,14 +583,7 @@ func checkDeleteOffTheChain(t *testing.T) {
 func checkDeleteDuringCreate(t *testing.T) {
 	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
 	e.mustCreate(snapXML("s1"), FlagDiskOnly|FlagAtomic)
-	held, release := make(chan struct{}), make(chan struct{})
-	e.drv.Hooks.AtStep = func(step string) error {
-		if step == HookSwitching {
-			close(held)
-			<-release
-		}
-		return nil
-	}
+	held, release := e.holdAtSwitching()
 	done := make(chan error, 1)
 	go func() { _, err := e.create(snapXML("s2"), FlagDiskOnly|FlagAtomic); done <- err }()
 	<-held
@@ -861,14 +854,7 @@ func checkDeleteCancelAndProgress(t *testing.T) {
 	})
 
 	t.Run("while waiting for the domain", func(t *testing.T) {
-		held, release := make(chan struct{}), make(chan struct{})
-		e.drv.Hooks.AtStep = func(step string) error {
-			if step == HookSwitching {
-				close(held)
-				<-release
-			}
-			return nil
-		}
+		held, release := e.holdAtSwitching()
 		created := make(chan error, 1)
 		go func() { _, err := e.create(snapXML("s4"), FlagDiskOnly|FlagAtomic); created <- err }()
 		<-held

@@ -300,3 +300,18 @@ func snapXML(name string, disks ...string) string {
 	}
 	return "<domainsnapshot>" + n + "<disks>" + strings.Join(disks, "") + "</disks></domainsnapshot>"
 }
+
+// holdAtSwitching makes the next snapshot stop where the journal says
+// switching, holding the domain, until release is closed; held closes
+// once it got there.
+func (e *env) holdAtSwitching() (held, release chan struct{}) {
+	held, release = make(chan struct{}), make(chan struct{})
+	e.drv.Hooks.AtStep = func(step string) error {
+		if step == HookSwitching {
+			close(held)
+			<-release
+		}
+		return nil
+	}
+	return held, release
+}
