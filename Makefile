@@ -15,13 +15,15 @@ DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static qemu-guest-agent
 FUZZTIME ?= 60s
 BENCHCOUNT ?= 6
 
-.PHONY: all build deps test test-short bench fuzz fmt vet lint clean demo install
+.PHONY: all build deps test test-short bench fuzz fmt vet lint clean demo install man deb
 
 all: build
 
+# The binaries are static (no cgo) and stripped of their symbol tables;
+# Go's own tables keep panics' stack traces readable.
 build:
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/qsnapd ./cmd/qsnapd
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/qsnapctl ./cmd/qsnapctl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" -o bin/qsnapd ./cmd/qsnapd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" -o bin/qsnapctl ./cmd/qsnapctl
 
 # deps installs only what is missing, so it is cheap to run every time.
 deps:
@@ -72,27 +74,64 @@ fuzz:
 	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzDecodeCreateRequest$$' -fuzztime $(FUZZTIME) ./api/server/
 	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzDiskspec$$' -fuzztime $(FUZZTIME) ./cmd/qsnapctl/
 
-# install puts the binaries, units, example config, alert rules and bus
-# policy where Debian expects them; DESTDIR stages a package.
+# man writes qsnapd(8) and qsnapctl(1) from the programs' own --help
+# and --version, with help2man.
+man: build
+	mkdir -p build/man
+	help2man --no-info --section 8 --source qsnapd \
+		--name "live disk-only snapshots of running QEMU guests" ./bin/qsnapd | gzip -9n > build/man/qsnapd.8.gz
+	help2man --no-info --section 1 --source qsnapd \
+		--name "command line client of qsnapd, the snapshot daemon" ./bin/qsnapctl | gzip -9n > build/man/qsnapctl.1.gz
+
+# install puts the binaries, units, sysusers and tmpfiles files, config,
+# man pages, alert rules and bus policy where Debian expects them;
+# DESTDIR stages a package (make deb packs exactly this tree). An
+# existing /etc/qsnapd/qsnapd.toml is kept. Installed for real (no
+# DESTDIR) under systemd, it creates the group and reloads systemd.
 PREFIX     ?= /usr
 SYSCONFDIR ?= /etc
 UNITDIR    ?= /lib/systemd/system
-install: build
+DOCDIR      = $(DESTDIR)$(PREFIX)/share/doc/qsnapd
+install: build man
 	install -D -m 0755 bin/qsnapd $(DESTDIR)$(PREFIX)/bin/qsnapd
 	install -D -m 0755 bin/qsnapctl $(DESTDIR)$(PREFIX)/bin/qsnapctl
 	install -D -m 0644 configs/qsnapd.service $(DESTDIR)$(UNITDIR)/qsnapd.service
 	install -D -m 0644 configs/qsnapd.socket $(DESTDIR)$(UNITDIR)/qsnapd.socket
+	install -D -m 0644 configs/qsnapd-ro.socket $(DESTDIR)$(UNITDIR)/qsnapd-ro.socket
 	sed -i 's|/usr/bin/qsnapd|$(PREFIX)/bin/qsnapd|' $(DESTDIR)$(UNITDIR)/qsnapd.service
+	install -D -m 0644 configs/qsnapd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/qsnapd.conf
+	install -D -m 0644 configs/qsnapd.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/qsnapd.conf
 	install -D -m 0644 configs/io.github.qsnapd.conf $(DESTDIR)$(PREFIX)/share/dbus-1/system.d/io.github.qsnapd.conf
 	install -D -m 0644 configs/qsnapd-alerts.yml $(DESTDIR)$(PREFIX)/share/qsnapd/qsnapd-alerts.yml
-	install -D -m 0644 configs/qsnapd.toml $(DESTDIR)$(PREFIX)/share/doc/qsnapd/examples/qsnapd.toml
-	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/qsnapd/README.md
+	install -D -m 0644 build/man/qsnapd.8.gz $(DESTDIR)$(PREFIX)/share/man/man8/qsnapd.8.gz
+	install -D -m 0644 build/man/qsnapctl.1.gz $(DESTDIR)$(PREFIX)/share/man/man1/qsnapctl.1.gz
+	install -D -m 0644 README.md $(DOCDIR)/README.md
+	install -D -m 0644 packaging/copyright $(DOCDIR)/copyright
+	install -D -m 0644 configs/qsnapd.toml $(DOCDIR)/examples/qsnapd.toml
+	install -D -m 0644 configs/images.conf $(DOCDIR)/examples/images.conf
 	@if [ ! -e $(DESTDIR)$(SYSCONFDIR)/qsnapd/qsnapd.toml ]; then \
-		install -D -m 0640 configs/qsnapd.toml $(DESTDIR)$(SYSCONFDIR)/qsnapd/qsnapd.toml; \
+		install -D -m 0644 configs/qsnapd.toml $(DESTDIR)$(SYSCONFDIR)/qsnapd/qsnapd.toml; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		systemd-sysusers qsnapd.conf && systemd-tmpfiles --create qsnapd.conf && systemctl daemon-reload; \
 	fi
 
+# deb builds qsnapd_<version>_amd64.deb in DEB_DIR with nfpm (a Go tool
+# in go.mod) from the tree make install stages. The version is the commit's date
+# and hash before the release it leads to ("~" sorts before it).
+DEB_DIR     ?= .
+DEB_VERSION ?= $(shell git log -1 --date=format:%Y%m%d --format='0.1.0~git%cd.%h' 2>/dev/null || echo 0.1.0)
+deb:
+	rm -rf build/root
+	$(MAKE) install DESTDIR=$(CURDIR)/build/root PREFIX=/usr SYSCONFDIR=/etc
+	sed -e 's|@VERSION@|$(DEB_VERSION)|' -e "s|@COMMIT@|$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)|" \
+		-e "s|@DATE@|$$(date -R -d @$$(git log -1 --format=%ct 2>/dev/null || date +%s))|" packaging/changelog.in \
+		| gzip -9n > build/root/usr/share/doc/qsnapd/changelog.gz
+	install -D -m 0644 packaging/lintian-overrides build/root/usr/share/lintian/overrides/qsnapd
+	DEB_VERSION=$(DEB_VERSION) $(GO) tool nfpm package --config packaging/nfpm.yaml --packager deb --target $(DEB_DIR)
+
 clean:
-	rm -rf bin bench.out
+	rm -rf bin build bench.out qsnapd_*.deb
 
 # guest builds the kernel and initramfs of internal/testing/testguest, or finds
 # them in its cache (QSNAPD_GUEST_CACHE, default /var/cache/qsnapd-testguest).

@@ -100,6 +100,48 @@ func configPath(args []string) string {
 	return ""
 }
 
+// usageHead and usageTail frame the flags in the help.
+const usageHead = `Usage: qsnapd [OPTION]...
+Take live external disk-only snapshots of running QEMU guests.
+
+qsnapd serves management frontends on a unix-socket API (qsnapctl is
+its command line client), on D-Bus and with Prometheus metrics, with
+libvirt's snapshot semantics. Under systemd it runs as qsnapd.service,
+started by the first connection to qsnapd.socket or qsnapd-ro.socket.
+
+Options:
+Every option is also a key of the configuration file, with underscores
+for dashes; an option given on the command line overrides the file.
+`
+
+const usageTail = `
+Files:
+  /etc/qsnapd/qsnapd.toml      the configuration
+  /var/lib/qsnapd/             the metadata store and operation journal
+  /run/qsnapd/qsnapd.sock      the read-write API socket (root, group qsnapd)
+  /run/qsnapd/qsnapd-ro.sock   the read-only API socket (anyone)
+
+Signals:
+  SIGTERM and SIGINT stop it once running operations have ended or rolled
+  back and every guest it froze is thawed.
+
+Exit status: 0 after a clean stop, 1 when it failed, 2 on a usage or
+configuration error.
+`
+
+// wantsHelp reports whether the command line asks for help.
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--h", "--help":
+			return true
+		}
+	}
+	return false
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
 	cfg := daemon.Default()
 	configFile := configPath(args)
@@ -129,9 +171,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.DBus, "dbus", cfg.DBus, "export the API on D-Bus: none, system or session")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: json or console")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
+	// Asked-for help goes to stdout (help2man reads it to write
+	// qsnapd(8)); help after a bad flag goes to stderr.
+	usageOut := stderr
+	if wantsHelp(args) {
+		usageOut = stdout
+	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: qsnapd [flags]\n\nFlags:\n")
+		fs.SetOutput(usageOut)
+		fmt.Fprint(usageOut, usageHead)
 		fs.PrintDefaults()
+		fmt.Fprint(usageOut, usageTail)
+		fs.SetOutput(stderr)
 	}
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {

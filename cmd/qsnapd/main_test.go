@@ -14,7 +14,8 @@ func TestFlags(t *testing.T) {
 		wantErr  string
 	}{
 		{[]string{"--version"}, 0, "qsnapd ", ""},
-		{[]string{"--help"}, 0, "", "-version"},
+		{[]string{"--help"}, 0, "-version", ""},
+		{[]string{"--bogus"}, 2, "", "-version"},
 		{[]string{"--bogus"}, 2, "", "flag provided but not defined"},
 	} {
 		var out, errOut bytes.Buffer

@@ -116,7 +116,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}
 	}
 
-	rw, ro, err := listeners(cfg)
+	rw, ro, ownSockets, err := listeners(cfg)
 	if err != nil {
 		drv.Close()
 		return err
@@ -169,7 +169,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	sctx, cancel2 := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel2()
 	err = errors.Join(runErr, drv.Shutdown(sctx))
-	if !activated() {
+	// systemd's socket files stay: the socket units go on listening
+	// and start the next daemon.
+	if ownSockets {
 		os.Remove(cfg.Socket)
 		os.Remove(cfg.SocketRO)
 	}
@@ -177,17 +179,15 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	return err
 }
 
-// activated reports whether systemd passed the sockets.
-func activated() bool { return os.Getenv("LISTEN_FDS") != "" }
-
 // listeners returns the read-write and read-only sockets: systemd's
 // (named "rw" and "ro" by FileDescriptorName, else in that order) when
-// it passed them, or our own.
-func listeners(cfg Config) (rw, ro net.Listener, err error) {
-	if activated() {
+// it passed them, or our own, which own says.
+func listeners(cfg Config) (rw, ro net.Listener, own bool, err error) {
+	// Read before activation unsets it.
+	if os.Getenv("LISTEN_FDS") != "" {
 		named, err := activation.ListenersWithNames()
 		if err != nil {
-			return nil, nil, fmt.Errorf("socket activation: %w", err)
+			return nil, nil, false, fmt.Errorf("socket activation: %w", err)
 		}
 		var all []net.Listener
 		for name, lns := range named {
@@ -210,18 +210,18 @@ func listeners(cfg Config) (rw, ro net.Listener, err error) {
 			}
 		}
 		if rw == nil {
-			return nil, nil, errors.New("socket activation: no read-write socket passed")
+			return nil, nil, false, errors.New("socket activation: no read-write socket passed")
 		}
-		return rw, ro, nil
+		return rw, ro, false, nil
 	}
 	if rw, err = listen(cfg.Socket, 0o660); err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	if ro, err = listen(cfg.SocketRO, 0o666); err != nil {
 		rw.Close()
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	return rw, ro, nil
+	return rw, ro, true, nil
 }
 
 // listen binds a unix socket with the given mode, replacing a stale

@@ -77,7 +77,9 @@ func TestNotify(t *testing.T) {
 }
 
 // TestSocketActivation passes two listening sockets the way systemd
-// does: LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES with fds 3 and 4.
+// does: LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES with fds 3 and 4, at
+// the paths of the config, as the units do. The socket files are
+// systemd's: they outlive the daemon, for the next one.
 func TestSocketActivation(t *testing.T) {
 	dir := qemutest.TempDir(t)
 	var files []*os.File
@@ -101,7 +103,7 @@ func TestSocketActivation(t *testing.T) {
 	// LISTEN_PID must be the daemon's pid: the shell sets it, then execs.
 	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, filepath.Join(binDir, "qsnapd"),
 		"--state-dir", filepath.Join(dir, "state"), "--metrics-listen", "",
-		"--socket", filepath.Join(dir, "unused.sock"), "--socket-ro", filepath.Join(dir, "unused-ro.sock"))
+		"--socket", paths["rw"], "--socket-ro", paths["ro"])
 	cmd.Env = append(os.Environ(), "LISTEN_FDS=2", "LISTEN_FDNAMES=rw:ro")
 	cmd.ExtraFiles = files
 	var log qemutest.LockedBuffer
@@ -112,9 +114,12 @@ func TestSocketActivation(t *testing.T) {
 	for _, f := range files {
 		f.Close()
 	}
+	exited := false
 	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait() // its exit was the test's business; this only reaps
+		if !exited {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait() // only reaps
+		}
 		if t.Failed() {
 			t.Logf("qsnapd log:\n%s", log.String())
 		}
@@ -128,8 +133,17 @@ func TestSocketActivation(t *testing.T) {
 	if api.Code(err) != api.CodeForbidden {
 		t.Errorf("passed read-only socket took a mutating request: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "unused.sock")); !os.IsNotExist(err) {
-		t.Errorf("with sockets passed, qsnapd bound its own: %v", err)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exited = true
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("exit after SIGTERM: %v", err)
+	}
+	for name, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("the %s socket systemd passed is gone after the daemon's exit: %v", name, err)
+		}
 	}
 }
 
@@ -140,7 +154,8 @@ func TestUnitFiles(t *testing.T) {
 		t.Fatal("systemd-analyze is needed (Debian's systemd): run make deps")
 	}
 	dir := t.TempDir()
-	for _, name := range []string{"qsnapd.service", "qsnapd.socket"} {
+	units := []string{"qsnapd.service", "qsnapd.socket", "qsnapd-ro.socket"}
+	for _, name := range units {
 		data, err := os.ReadFile(filepath.Join("..", "..", "..", "configs", name))
 		if err != nil {
 			t.Fatal(err)
@@ -148,8 +163,11 @@ func TestUnitFiles(t *testing.T) {
 		data = []byte(strings.ReplaceAll(string(data), "/usr/bin/qsnapd", filepath.Join(binDir, "qsnapd")))
 		writeFile(t, filepath.Join(dir, name), data)
 	}
-	out, err := exec.Command("systemd-analyze", "verify", "--man=no",
-		filepath.Join(dir, "qsnapd.service"), filepath.Join(dir, "qsnapd.socket")).CombinedOutput()
+	args := []string{"verify", "--man=no"}
+	for _, name := range units {
+		args = append(args, filepath.Join(dir, name))
+	}
+	out, err := exec.Command("systemd-analyze", args...).CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "" {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
@@ -373,7 +391,10 @@ func TestMakeInstall(t *testing.T) {
 	}
 	for _, f := range []string{
 		"usr/bin/qsnapd", "usr/bin/qsnapctl", "lib/systemd/system/qsnapd.service", "lib/systemd/system/qsnapd.socket",
+		"lib/systemd/system/qsnapd-ro.socket", "usr/lib/sysusers.d/qsnapd.conf", "usr/lib/tmpfiles.d/qsnapd.conf",
 		"usr/share/dbus-1/system.d/io.github.qsnapd.conf", "usr/share/qsnapd/qsnapd-alerts.yml", "etc/qsnapd/qsnapd.toml",
+		"usr/share/man/man8/qsnapd.8.gz", "usr/share/man/man1/qsnapctl.1.gz", "usr/share/doc/qsnapd/copyright",
+		"usr/share/doc/qsnapd/examples/images.conf",
 	} {
 		if _, err := os.Stat(filepath.Join(stage, f)); err != nil {
 			t.Errorf("not installed: %s", f)

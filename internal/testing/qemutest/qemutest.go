@@ -79,6 +79,9 @@ type Options struct {
 	// Extra arguments for qemu-system-x86_64. The fake has no model of
 	// them and fails the test.
 	Extra []string
+	// Dir holds the sockets and images of real QEMU instead of a new
+	// temporary directory, for a test that shares it with a container.
+	Dir string
 }
 
 // Disk is one disk image of a started VM.
@@ -183,7 +186,10 @@ func Start(tb testing.TB, o Options) *VM {
 		return startFake(tb, o)
 	}
 	Require(tb)
-	dir := TempDir(tb)
+	dir := o.Dir
+	if dir == "" {
+		dir = TempDir(tb)
+	}
 	done := make(chan struct{})
 	vm := &VM{Dir: dir, QMP: filepath.Join(dir, "qmp.sock"), done: done, log: &LockedBuffer{}}
 
