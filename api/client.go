@@ -42,6 +42,22 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Info.Message }
 
+// NoAnswerError is a request whose context ended before the daemon's
+// answer began: the daemon may be slow, stuck or not there at all, as
+// when systemd holds the socket of a daemon that failed to start and
+// the kernel queues the connection that nobody accepts.
+type NoAnswerError struct {
+	Socket  string
+	Request string // "GET /v1/domains"
+	Err     error  // the context's cause
+}
+
+func (e *NoAnswerError) Error() string {
+	return fmt.Sprintf("qsnapd at %s: no answer to %s: %v", e.Socket, e.Request, e.Err)
+}
+
+func (e *NoAnswerError) Unwrap() error { return e.Err }
+
 // Code is the error's code, or "" for other errors.
 func Code(err error) string {
 	if e := (*Error)(nil); errors.As(err, &e) {
@@ -70,6 +86,9 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, b
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
+	if err != nil && ctx.Err() != nil {
+		return &NoAnswerError{Socket: c.socket, Request: method + " " + path, Err: context.Cause(ctx)}
+	}
 	if err != nil {
 		return fmt.Errorf("qsnapd at %s: %w", c.socket, err)
 	}

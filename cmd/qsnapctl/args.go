@@ -3,6 +3,7 @@ package main
 import (
 	"slices"
 	"strings"
+	"time"
 )
 
 // optKind is what an option takes.
@@ -187,6 +188,7 @@ func (a *args) exclusive(x, y string) error {
 // globals are the options before the command.
 type globals struct {
 	socket  string
+	timeout time.Duration // 0: each command's own bound
 	json    bool
 	version bool
 	help    bool
@@ -194,10 +196,11 @@ type globals struct {
 }
 
 // parseGlobals reads the global options up to the command name. The
-// socket is --socket, else $QSNAPD_SOCKET, else the daemon's default.
+// socket is --socket, else $QSNAPD_SOCKET, else the daemon's default;
+// --timeout is a positive duration in Go's syntax, such as 90s.
 func parseGlobals(argv []string, getenv func(string) string, defaultSocket string) (globals, error) {
 	g := globals{}
-	socket := ""
+	values := map[string]string{} // of --socket and --timeout
 	i := 0
 loop:
 	for ; i < len(argv); i++ {
@@ -215,21 +218,21 @@ loop:
 		}
 		name, value, hasValue := strings.Cut(arg[2:], "=")
 		switch name {
-		case "socket":
+		case "socket", "timeout":
 			if !hasValue {
 				if i+1 >= len(argv) {
-					return g, usagef("option --socket needs a value")
+					return g, usagef("option --%s needs a value", name)
 				}
 				i++
 				value = argv[i]
 			}
 			if value == "" {
-				return g, usagef("option --socket: empty value")
+				return g, usagef("option --%s: empty value", name)
 			}
-			if socket != "" {
-				return g, usagef("option --socket given twice")
+			if _, ok := values[name]; ok {
+				return g, usagef("option --%s given twice", name)
 			}
-			socket = value
+			values[name] = value
 			continue loop
 		case "json", "version", "help":
 		default:
@@ -249,12 +252,19 @@ loop:
 	}
 	g.rest = argv[i:]
 	switch {
-	case socket != "":
-		g.socket = socket
+	case values["socket"] != "":
+		g.socket = values["socket"]
 	case getenv(socketEnv) != "":
 		g.socket = getenv(socketEnv)
 	default:
 		g.socket = defaultSocket
+	}
+	if s, ok := values["timeout"]; ok {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return g, usagef("option --timeout must be a positive duration such as 30s or 5m, not '%s'", s)
+		}
+		g.timeout = d
 	}
 	return g, nil
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qsnapd/qsnapd/api"
 )
@@ -112,13 +113,14 @@ func TestParseArgs(t *testing.T) {
 
 func TestParseGlobals(t *testing.T) {
 	for _, tc := range []struct {
-		name       string
-		env        string
-		argv       []string
-		wantSocket string
-		wantRest   []string
-		wantJSON   bool
-		wantErr    string
+		name        string
+		env         string
+		argv        []string
+		wantSocket  string
+		wantTimeout time.Duration
+		wantRest    []string
+		wantJSON    bool
+		wantErr     string
 	}{
 		{name: "default", argv: []string{"list"}, wantSocket: api.DefaultSocket, wantRest: []string{"list"}},
 		{name: "environment", env: "/env.sock", argv: []string{"list"}, wantSocket: "/env.sock", wantRest: []string{"list"}},
@@ -134,22 +136,45 @@ func TestParseGlobals(t *testing.T) {
 		{name: "empty value", argv: []string{"--socket=", "list"}, wantErr: "option --socket: empty value"},
 		{name: "unknown", argv: []string{"--bogus", "list"}, wantErr: "unknown option --bogus"},
 		{name: "bool with value", argv: []string{"--json=1", "list"}, wantErr: "option --json takes no value"},
+		{name: "socket twice", argv: []string{"--socket", "/a.sock", "--socket=/b.sock", "list"}, wantErr: "option --socket given twice"},
+
+		{name: "no timeout: each command's own", argv: []string{"list"}, wantSocket: api.DefaultSocket, wantRest: []string{"list"}},
+		{name: "timeout", argv: []string{"--timeout", "90s", "list"},
+			wantSocket: api.DefaultSocket, wantTimeout: 90 * time.Second, wantRest: []string{"list"}},
+		{name: "timeout=value among the others", argv: []string{"--json", "--timeout=1m30s", "--socket", "/s.sock", "list"},
+			wantSocket: "/s.sock", wantTimeout: 90 * time.Second, wantRest: []string{"list"}, wantJSON: true},
+		{name: "domfsfreeze's own --timeout is not the global one", argv: []string{"domfsfreeze", "vm1", "--timeout", "5s"},
+			wantSocket: api.DefaultSocket, wantRest: []string{"domfsfreeze", "vm1", "--timeout", "5s"}},
+		{name: "timeout without its value", argv: []string{"--timeout"}, wantErr: "option --timeout needs a value"},
+		{name: "timeout empty", argv: []string{"--timeout=", "list"}, wantErr: "option --timeout: empty value"},
+		{name: "timeout twice", argv: []string{"--timeout", "1s", "--timeout=2s", "list"}, wantErr: "option --timeout given twice"},
+		{name: "timeout without a unit", argv: []string{"--timeout", "30", "list"},
+			wantErr: "option --timeout must be a positive duration such as 30s or 5m, not '30'"},
+		{name: "timeout not a duration", argv: []string{"--timeout=soon", "list"},
+			wantErr: "option --timeout must be a positive duration such as 30s or 5m, not 'soon'"},
+		{name: "timeout negative", argv: []string{"--timeout", "-1s", "list"},
+			wantErr: "option --timeout must be a positive duration such as 30s or 5m, not '-1s'"},
+		{name: "timeout zero", argv: []string{"--timeout=0s", "list"},
+			wantErr: "option --timeout must be a positive duration such as 30s or 5m, not '0s'"},
+		{name: "timeout takes the command for its value", argv: []string{"--timeout", "list"},
+			wantErr: "option --timeout must be a positive duration such as 30s or 5m, not 'list'"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv(socketEnv, tc.env)
 			g, err := parseGlobals(tc.argv, os.Getenv, api.DefaultSocket)
 			if tc.wantErr != "" {
-				if err == nil || err.Error() != tc.wantErr {
-					t.Fatalf("parseGlobals(%q) error = %v, want %q", tc.argv, err, tc.wantErr)
+				var ue *usageError
+				if err == nil || err.Error() != tc.wantErr || !errors.As(err, &ue) {
+					t.Fatalf("parseGlobals(%q) error = %v, want usage error %q", tc.argv, err, tc.wantErr)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatalf("parseGlobals(%q): %v", tc.argv, err)
 			}
-			if g.socket != tc.wantSocket || !slices.Equal(g.rest, tc.wantRest) || g.json != tc.wantJSON {
-				t.Errorf("parseGlobals(%q) = socket %q, rest %q, json %v; want %q, %q, %v",
-					tc.argv, g.socket, g.rest, g.json, tc.wantSocket, tc.wantRest, tc.wantJSON)
+			if g.socket != tc.wantSocket || g.timeout != tc.wantTimeout || !slices.Equal(g.rest, tc.wantRest) || g.json != tc.wantJSON {
+				t.Errorf("parseGlobals(%q) = socket %q, timeout %v, rest %q, json %v; want %q, %v, %q, %v",
+					tc.argv, g.socket, g.timeout, g.rest, g.json, tc.wantSocket, tc.wantTimeout, tc.wantRest, tc.wantJSON)
 			}
 		})
 	}

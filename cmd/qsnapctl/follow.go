@@ -21,8 +21,8 @@ const pollInterval = 500 * time.Millisecond
 var errLeft = errors.New("interrupted; not waiting any longer")
 
 // follow reads an operation until it ends, showing its progress, and
-// returns it as it ended. Each reading has the command's timeout; the
-// wait itself has none, since a merge takes as long as its data.
+// returns it as it ended. Each reading is bounded as a read is; the wait
+// itself is not, since a merge takes as long as its data.
 //
 // With cancel, the first interrupt asks the daemon to cancel the
 // operation and goes on waiting for its end; a second one, or SIGTERM,
@@ -34,7 +34,7 @@ func (c *cli) follow(ctx context.Context, id string, cancel bool) (api.Operation
 	defer tick.Stop()
 	interrupts := 0
 	for {
-		rctx, done := context.WithTimeout(ctx, c.timeout)
+		rctx, done := c.bounded(ctx, false) // a reading changes nothing
 		op, err := c.client.Operation(rctx, id)
 		done()
 		if err != nil {
@@ -65,10 +65,10 @@ func (c *cli) follow(ctx context.Context, id string, cancel bool) (api.Operation
 // cancel asks the daemon to cancel an operation, and says on stderr
 // what came of it; the operation's end says the rest.
 func (c *cli) cancel(ctx context.Context, id string) {
-	rctx, done := context.WithTimeout(ctx, c.timeout)
+	rctx, done := c.bounded(ctx, true) // a cancel changes state
 	defer done()
 	if _, err := c.client.CancelOperation(rctx, id); err != nil {
-		fmt.Fprintf(c.stderr, "error: cannot cancel: %s\n", err)
+		fmt.Fprintf(c.stderr, "error: cannot cancel: %s\n", explain(err))
 		fmt.Fprintf(c.stderr, "waiting for operation %s to end; interrupt again to leave it running\n", id)
 		return
 	}

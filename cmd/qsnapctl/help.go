@@ -86,20 +86,23 @@ func wrap(text, indent string, width int) string {
 // writeHelp prints the global help: the options, then every command
 // with its synopsis.
 func writeHelp(w io.Writer) {
-	fmt.Fprintf(w, `Usage: qsnapctl [--socket PATH] [--json] COMMAND [ARG]...
+	fmt.Fprintf(w, `Usage: qsnapctl [--socket PATH] [--timeout DURATION] [--json] COMMAND [ARG]...
        qsnapctl --version | --help | help [COMMAND]
 
 qsnapctl is the virsh-style client of qsnapd, the snapshot daemon.
 Options may come before or after the arguments; "--" ends the options.
 
 Options:
-  --socket PATH   daemon socket (default $%s, else %s)
-  --json          print the API's JSON instead of text
-  --version       print the version and exit
-  --help, -h      print this help and exit
+  --socket PATH       daemon socket (default $%s, else %s)
+  --timeout DURATION  how long to wait for the daemon's answer, such as 90s or 20m
+                      (default %s for a command that changes state, %s for one
+                      that reads and for each reading while following an operation)
+  --json              print the API's JSON instead of text
+  --version           print the version and exit
+  --help, -h          print this help and exit
 
 Commands:
-`, socketEnv, api.DefaultSocket)
+`, socketEnv, api.DefaultSocket, changeTimeout, answerTimeout)
 	for _, cmd := range commands {
 		fmt.Fprintf(w, "    %-20s %s\n        %s\n", cmd.name, cmd.summary, cmd.synopsis())
 	}

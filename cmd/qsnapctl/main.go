@@ -18,14 +18,24 @@ import (
 // socketEnv names the variable that sets the socket, after --socket.
 const socketEnv = "QSNAPD_SOCKET"
 
-// requestTimeout bounds a whole command: a snapshot that fails may
-// have to roll back, which takes a while.
-const requestTimeout = 10 * time.Minute
+// How long a command waits for the daemon's answer, unless --timeout
+// says otherwise.
+const (
+	// changeTimeout bounds a command that changes state: a snapshot
+	// that fails may have to roll back, which takes a while.
+	changeTimeout = 10 * time.Minute
+	// answerTimeout bounds a command that only reads, and each reading
+	// of a followed operation: a live daemon answers those at once, so
+	// a longer wait is a socket that no daemon serves (systemd holds it
+	// for a daemon that failed to start, and the kernel queues the
+	// connection).
+	answerTimeout = 30 * time.Second
+)
 
 func main() {
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
-	c := &cli{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, loc: time.Local, timeout: requestTimeout,
+	c := &cli{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, loc: time.Local,
 		signals: signals, tty: stdoutIsTerminal(), poll: pollInterval}
 	code := c.main(context.Background(), os.Args[1:])
 	signal.Stop(signals)
@@ -38,7 +48,9 @@ type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	loc            *time.Location // of printed times
-	timeout        time.Duration  // of a command; of each reading while one follows an operation
+	// timeout, if set (--timeout), bounds every command and request
+	// in place of changeTimeout and answerTimeout.
+	timeout time.Duration
 	// signals are SIGINT and SIGTERM: they end a command, unless it
 	// follows an operation, which handles them itself.
 	signals <-chan os.Signal
@@ -90,6 +102,9 @@ func (c *cli) run(ctx context.Context, argv []string) error {
 		return nil
 	}
 	c.json = g.json || a.json
+	if g.timeout > 0 {
+		c.timeout = g.timeout
+	}
 	c.client = api.NewClient(g.socket)
 	defer c.client.Close()
 	if c.poll <= 0 {
@@ -97,7 +112,7 @@ func (c *cli) run(ctx context.Context, argv []string) error {
 	}
 	if !cmd.follows(a) {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		ctx, cancel = c.bounded(ctx, cmd.changes(a))
 		defer cancel()
 		var stop func()
 		ctx, stop = c.interruptible(ctx)
@@ -108,6 +123,26 @@ func (c *cli) run(ctx context.Context, argv []string) error {
 		return fmt.Errorf("%s: %w", cause(ctx), err)
 	}
 	return err
+}
+
+// bound is how long a command or a request waits for the daemon's
+// answer: --timeout if given, else changeTimeout if it changes state,
+// else answerTimeout.
+func (c *cli) bound(changes bool) time.Duration {
+	switch {
+	case c.timeout > 0:
+		return c.timeout
+	case changes:
+		return changeTimeout
+	}
+	return answerTimeout
+}
+
+// bounded returns ctx ended once the bound passes, with a boundError as
+// its cause: a request that gets no answer in time says so plainly.
+func (c *cli) bounded(ctx context.Context, changes bool) (context.Context, context.CancelFunc) {
+	b := c.bound(changes)
+	return context.WithTimeoutCause(ctx, b, &boundError{bound: b, changes: changes})
 }
 
 // interruptible returns ctx ended by a signal as well, as Ctrl-C ends a

@@ -19,6 +19,9 @@ func TestCommandLine(t *testing.T) {
 		{name: "version names Go", argv: []string{"--version"}, wantOut: " (" + runtime.Version() + ")\n"},
 		{name: "help", argv: []string{"--help"}, wantOut: "snapshot-create-as <domain> [<name>] [<description>]"},
 		{name: "-h", argv: []string{"-h"}, wantOut: "Usage: qsnapctl"},
+		{name: "help names --timeout and the defaults", argv: []string{"--help"},
+			wantOut: "  --timeout DURATION  how long to wait for the daemon's answer, such as 90s or 20m\n" +
+				"                      (default 10m0s for a command that changes state, 30s for one\n"},
 		{name: "help lists flags", argv: []string{"help"}, wantOut: "[--diskspec <spec>]..."},
 		{name: "help VERB", argv: []string{"help", "snapshot-list"}, wantOut: "    --tree "},
 		{name: "VERB --help", argv: []string{"domfsfreeze", "--help"}, wantOut: "domfsfreeze <domain> [--mountpoint <path>]... [--timeout <duration>]"},

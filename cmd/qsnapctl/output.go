@@ -199,7 +199,7 @@ func writeMergeSummary(w io.Writer, res api.DeleteSnapshotResponse) error {
 func (c *cli) report(err error) {
 	var ae *api.Error
 	if !errors.As(err, &ae) {
-		fmt.Fprintf(c.stderr, "error: %s\n", err)
+		fmt.Fprintf(c.stderr, "error: %s\n", explain(err))
 		var lost *lostOpError
 		if errors.As(err, &lost) {
 			fmt.Fprintf(c.stderr, "error: operation %s may still finish in the daemon; see 'qsnapctl operation %s'\n", lost.opID, lost.opID)

@@ -28,11 +28,19 @@ type command struct {
 	details string
 	opts    []option
 	run     func(ctx context.Context, c *cli, a *args) error
+	// changes says whether the command changes the daemon's state: then
+	// it waits changeTimeout for the answer, else answerTimeout. Every
+	// command says; always and never serve those whose options do not
+	// decide it.
+	changes func(a *args) bool
 	// following, if set, says whether the command follows an operation
 	// to its end: then it has no overall timeout, and handles
 	// interrupts itself.
 	following func(a *args) bool
 }
+
+func always(*args) bool { return true }
+func never(*args) bool  { return false }
 
 func (cmd *command) follows(a *args) bool { return cmd.following != nil && cmd.following(a) }
 
@@ -88,22 +96,26 @@ var commands = []*command{
 		opts: []option{optDomain,
 			{name: "qmp", kind: kindString, required: true, metavar: "path", help: "QMP socket of the QEMU process"},
 			{name: "agent", kind: kindString, metavar: "path", help: "guest agent socket"}},
-		run: runAttach,
+		run:     runAttach,
+		changes: always,
 	},
 	{
 		name: "detach", summary: "Forget a domain",
-		opts: []option{optDomain},
-		run:  runDetach,
+		opts:    []option{optDomain},
+		run:     runDetach,
+		changes: always,
 	},
 	{
 		name: "list", summary: "List domains",
-		opts: []option{{name: "name", help: "list domain names only"}},
-		run:  runList,
+		opts:    []option{{name: "name", help: "list domain names only"}},
+		run:     runList,
+		changes: never,
 	},
 	{
 		name: "domblklist", summary: "List the block devices of a domain",
-		opts: []option{optDomain, {name: "details", help: "additionally display the type and device value"}},
-		run:  runDomblklist,
+		opts:    []option{optDomain, {name: "details", help: "additionally display the type and device value"}},
+		run:     runDomblklist,
+		changes: never,
 	},
 	{
 		name: "snapshot-create-as", summary: "Create a snapshot from a set of args",
@@ -114,7 +126,8 @@ var commands = []*command{
 			optsCreateFlags, optsCreateCommon,
 			[]option{{name: "diskspec", kind: kindList, argv: true, metavar: "spec",
 				help: "disk attributes: disk[,snapshot=external|no][,driver=type][,stype=file|block][,file=name]"}}),
-		run: runSnapshotCreateAs,
+		run:     runSnapshotCreateAs,
+		changes: always,
 	},
 	{
 		name: "snapshot-create", summary: "Create a snapshot from XML",
@@ -123,7 +136,8 @@ var commands = []*command{
 			{name: "redefine", help: "redefine metadata for existing snapshot"},
 			{name: "current", help: "with redefine, set current snapshot"}},
 			optsCreateFlags, optsCreateCommon),
-		run: runSnapshotCreate,
+		run:     runSnapshotCreate,
+		changes: always,
 	},
 	{
 		name: "snapshot-list", summary: "List snapshots for a domain",
@@ -134,19 +148,22 @@ var commands = []*command{
 			{name: "tree", help: "list snapshots in a tree"},
 			{name: "name", help: "list snapshot names only"},
 			{name: "topological", help: "sort list topologically rather than by name"}},
-		run: runSnapshotList,
+		run:     runSnapshotList,
+		changes: never,
 	},
 	{
 		name: "snapshot-dumpxml", summary: "Dump XML for a domain snapshot",
-		opts: []option{optDomain, optSnapshot},
-		run:  runSnapshotDumpxml,
+		opts:    []option{optDomain, optSnapshot},
+		run:     runSnapshotDumpxml,
+		changes: never,
 	},
 	{
 		name: "snapshot-current", summary: "Get or set the current snapshot",
 		opts: []option{optDomain,
 			{name: "name", help: "list the name, rather than the full xml"},
 			{name: "snapshotname", kind: kindString, positional: true, metavar: "snapshot", help: "name of existing snapshot to make current"}},
-		run: runSnapshotCurrent,
+		run:     runSnapshotCurrent,
+		changes: func(a *args) bool { return a.has("snapshotname") },
 	},
 	{
 		name: "snapshot-delete", summary: "Delete a domain snapshot, merging its overlays back",
@@ -165,6 +182,7 @@ var commands = []*command{
 			{name: "no-wait", help: "print the operation id and return; follow it with 'operation <id> --wait'"},
 			{name: "operation", kind: kindString, metavar: "id", help: "operation id (X-Operation-ID), to read the outcome later with 'operation'"}},
 		run:       runSnapshotDelete,
+		changes:   always,
 		following: func(a *args) bool { return !a.flag("no-wait") },
 	},
 	{
@@ -172,17 +190,20 @@ var commands = []*command{
 		opts: []option{optDomain,
 			{name: "mountpoint", kind: kindList, argv: true, metavar: "path", help: "mountpoint path to be frozen (all if none)"},
 			{name: "timeout", kind: kindString, metavar: "duration", help: "thaw automatically after this long (at most the daemon's --max-freeze), e.g. 5s"}},
-		run: runDomfsfreeze,
+		run:     runDomfsfreeze,
+		changes: always,
 	},
 	{
 		name: "domfsthaw", summary: "Thaw a domain's mounted filesystems",
-		opts: []option{optDomain},
-		run:  runDomfsthaw,
+		opts:    []option{optDomain},
+		run:     runDomfsthaw,
+		changes: always,
 	},
 	{
 		name: "domfsstatus", summary: "Show whether a domain's filesystems are frozen",
-		opts: []option{optDomain},
-		run:  runDomfsstatus,
+		opts:    []option{optDomain},
+		run:     runDomfsstatus,
+		changes: never,
 	},
 	{
 		name: "operation", summary: "Show, follow or cancel an operation",
@@ -192,11 +213,13 @@ var commands = []*command{
 			{name: "wait", help: "follow the operation, with its progress, until it ends; interrupt to stop following"},
 			{name: "cancel", help: "cancel the operation (a merge, before its point of no return)"}},
 		run:       runOperation,
+		changes:   func(a *args) bool { return a.flag("cancel") },
 		following: func(a *args) bool { return a.flag("wait") },
 	},
 	{
 		name: "version", summary: "Show the client and daemon versions",
-		run: runVersion,
+		run:     runVersion,
+		changes: never,
 	},
 }
 
@@ -543,7 +566,7 @@ func runSnapshotDelete(ctx context.Context, c *cli, a *args) error {
 		return err
 	}
 	domain, name := a.str("domain"), a.str("snapshotname")
-	rctx, done := context.WithTimeout(ctx, c.timeout)
+	rctx, done := c.bounded(ctx, true) // starting the delete changes state
 	defer done()
 	if name == "" {
 		if !a.flag("current") {
@@ -664,7 +687,7 @@ func runDomfsstatus(ctx context.Context, c *cli, a *args) error {
 func runOperation(ctx context.Context, c *cli, a *args) error {
 	id := a.str("id")
 	if a.flag("cancel") {
-		rctx, done := context.WithTimeout(ctx, c.timeout)
+		rctx, done := c.bounded(ctx, true) // a cancel changes state
 		defer done()
 		if _, err := c.client.CancelOperation(rctx, id); err != nil {
 			return err
