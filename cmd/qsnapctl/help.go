@@ -87,7 +87,7 @@ func wrap(text, indent string, width int) string {
 // with its synopsis.
 func writeHelp(w io.Writer) {
 	fmt.Fprintf(w, `Usage: qsnapctl [--socket PATH] [--timeout DURATION] [--json] COMMAND [ARG]...
-       qsnapctl --version | --help | help [COMMAND]
+  or:  qsnapctl --version | --help | help [COMMAND]
 
 qsnapctl is the virsh-style client of qsnapd, the snapshot daemon.
 Options may come before or after the arguments; "--" ends the options.

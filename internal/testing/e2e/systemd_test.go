@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -46,13 +45,13 @@ func TestServiceUnderSystemd(t *testing.T) {
 		t.Fatalf("container root: %v", err)
 	}
 	base := srvDir(t)
-	debDir, vmDir, apiDir := filepath.Join(base, "deb"), filepath.Join(base, "vm"), filepath.Join(base, "api")
-	for _, d := range []string{debDir, vmDir, apiDir} {
+	vmDir, apiDir := filepath.Join(base, "vm"), filepath.Join(base, "api")
+	for _, d := range []string{vmDir, apiDir} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	deb := buildDeb(t, debDir)
+	deb := packageDeb(t)
 	vm := qemutest.Start(t, qemutest.Options{Disks: 1, Style: qemutest.Blockdev, SecondMonitor: true, Dir: vmDir})
 	agent, err := agentfake.Start(filepath.Join(vmDir, "qga.sock"))
 	if err != nil {
@@ -60,7 +59,7 @@ func TestServiceUnderSystemd(t *testing.T) {
 	}
 	defer agent.Close()
 
-	c := nspawn.Boot(t, root, nspawn.Options{Binds: []string{debDir, vmDir, vmDir + ":" + vmRun, apiDir + ":/run/qsnapd"}})
+	c := nspawn.Boot(t, root, nspawn.Options{Binds: []string{filepath.Dir(deb), vmDir, vmDir + ":" + vmRun, apiDir + ":/run/qsnapd"}})
 	s := &systemTest{t: t, ctx: ctx, c: c}
 
 	s.step("dpkg -i")
@@ -287,18 +286,4 @@ func srvDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
-}
-
-// buildDeb runs make deb into dir and returns the package's path.
-func buildDeb(t *testing.T, dir string) string {
-	t.Helper()
-	out, err := exec.Command("make", "-C", "../../..", "deb", "DEB_DIR="+dir).CombinedOutput()
-	if err != nil {
-		t.Fatalf("make deb: %v\n%s", err, out)
-	}
-	debs, _ := filepath.Glob(filepath.Join(dir, "qsnapd_*_amd64.deb"))
-	if len(debs) != 1 {
-		t.Fatalf("make deb made %v\n%s", debs, out)
-	}
-	return debs[0]
 }
