@@ -60,6 +60,10 @@ func explain(err error) string {
 		case errors.Is(err, syscall.EAGAIN):
 			// A socket held for a daemon that never accepts fills up.
 			why = "its queue of connections is full: no daemon takes them"
+		case errors.Is(err, fs.ErrPermission):
+			// Not the service's fault: the hint is who may connect.
+			return fmt.Sprintf("cannot connect to qsnapd on %s: permission denied (the read-write socket is for root "+
+				"and members of group qsnapd; anyone may read through --socket %s)", dial.Addr, api.DefaultSocketRO)
 		}
 		if why != "" {
 			return fmt.Sprintf("cannot connect to qsnapd on %s: %s (%s)", dial.Addr, why, serviceHint)

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -523,6 +524,19 @@ func TestNoDaemon(t *testing.T) {
 				t.Errorf("%q on %s: exit %d, stdout %q, stderr %q; want 1 and %q", argv, tc.socket, code, stdout, stderr, want)
 			}
 		}
+	}
+}
+
+// TestPermissionDenied: a socket the user may not connect to says who
+// may, and where reads go instead. Tests run as root, whom no mode
+// stops, so the dial error is made here.
+func TestPermissionDenied(t *testing.T) {
+	err := &net.OpError{Op: "dial", Net: "unix", Addr: &net.UnixAddr{Name: "/run/qsnapd/qsnapd.sock", Net: "unix"},
+		Err: os.NewSyscallError("connect", syscall.EACCES)}
+	want := "cannot connect to qsnapd on /run/qsnapd/qsnapd.sock: permission denied (the read-write socket is for root " +
+		"and members of group qsnapd; anyone may read through --socket /run/qsnapd/qsnapd-ro.sock)"
+	if got := explain(fmt.Errorf("qsnapd: %w", err)); got != want {
+		t.Errorf("explain(EACCES) = %q, want %q", got, want)
 	}
 }
 

@@ -159,6 +159,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.SocketRO, "socket-ro", cfg.SocketRO, "read-only API socket")
 	fs.Var(&intList{p: &cfg.AllowUIDs}, "allow-uid", "uid allowed on the read-write socket besides root (repeatable)")
 	fs.Var(&intList{p: &cfg.AllowGIDs}, "allow-gid", "gid allowed on the read-write socket (repeatable)")
+	fs.Var(&stringList{p: &cfg.AllowGroups}, "allow-group", "group allowed on the read-write socket, by name (repeatable)")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the metadata store and journal")
 	fs.StringVar(&cfg.Transaction, "transaction", cfg.Transaction, "auto: one QMP transaction when QEMU has it; never: disk by disk")
 	fs.Var(&stringList{p: &cfg.AllowedDirs}, "allowed-dir", "directory overlays may be created in (repeatable; default: each disk's image directory)")

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +51,7 @@ type Config struct {
 	SocketRO        string        `toml:"socket_ro"`
 	AllowUIDs       []int         `toml:"allow_uid"`
 	AllowGIDs       []int         `toml:"allow_gid"`
+	AllowGroups     []string      `toml:"allow_group"`
 	StateDir        string        `toml:"state_dir"`
 	Transaction     string        `toml:"transaction"`
 	AllowedDirs     []string      `toml:"allowed_dir"`
@@ -143,6 +146,9 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if _, err := c.groupIDs(); err != nil {
+		return err
+	}
 	for _, kv := range []struct {
 		key string
 		d   Duration
@@ -189,6 +195,30 @@ func (c *Config) Validate() error {
 	}
 	dc := c.DriverConfig()
 	return dc.Validate()
+}
+
+// groupIDs resolves allow_group on this host.
+func (c *Config) groupIDs() ([]int, error) {
+	var gids []int
+	for _, name := range c.AllowGroups {
+		g, err := user.LookupGroup(name)
+		if err != nil {
+			return nil, keyErr("allow_group", "%v", err)
+		}
+		gid, err := strconv.Atoi(g.Gid)
+		if err != nil {
+			return nil, keyErr("allow_group", "group %q has gid %q", name, g.Gid)
+		}
+		gids = append(gids, gid)
+	}
+	return gids, nil
+}
+
+// AllowedGIDs are the groups whose members may use the read-write
+// socket: allow_gid, and allow_group resolved (Validate checked it).
+func (c *Config) AllowedGIDs() []int {
+	gids, _ := c.groupIDs()
+	return append(slices.Clone(c.AllowGIDs), gids...)
 }
 
 // DriverConfig is the driver's part of the configuration.

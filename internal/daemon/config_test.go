@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -17,6 +18,10 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err := c.LoadFile("../../configs/qsnapd.toml"); err != nil {
 		t.Fatal(err)
 	}
+	if !reflect.DeepEqual(c.AllowGroups, []string{"qsnapd"}) {
+		t.Errorf("the example allows groups %q, want the package's qsnapd", c.AllowGroups)
+	}
+	withoutPackageGroup(&c)
 	if err := c.Check(nil); err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +43,7 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err := c.LoadFile(path); err != nil {
 		t.Fatal(err)
 	}
+	withoutPackageGroup(&c)
 	if err := c.Check(nil); err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +54,7 @@ func TestExampleConfigLoads(t *testing.T) {
 		t.Errorf("values: %+v", c)
 	}
 	dc := c.DriverConfig()
-	if dc.MaxFreeze != 10*time.Second || dc.StateDir != "/var/lib/qsnapd" || len(dc.AllowedDirs) != 1 {
+	if dc.MaxFreeze != 10*time.Second || dc.StateDir != "/var/lib/qsnapd" || len(dc.AllowedDirs) != 0 {
 		t.Errorf("driver config: %+v", dc)
 	}
 }
@@ -126,5 +132,30 @@ func writeFile(t *testing.T, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// withoutPackageGroup allows root instead of group qsnapd, which the
+// package creates, when this host has no such group.
+func withoutPackageGroup(c *Config) {
+	if _, err := user.LookupGroup("qsnapd"); err != nil {
+		c.AllowGroups = []string{"root"}
+	}
+}
+
+func TestAllowGroup(t *testing.T) {
+	c := Default()
+	c.AllowGIDs = []int{4242}
+	c.AllowGroups = []string{"root"}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.AllowedGIDs(); !reflect.DeepEqual(got, []int{4242, 0}) {
+		t.Errorf("AllowedGIDs = %v, want [4242 0]", got)
+	}
+	c.AllowGroups = []string{"root", "no-such-group-here"}
+	var ke *KeyError
+	if err := c.Validate(); !errors.As(err, &ke) || ke.Key != "allow_group" || !strings.Contains(err.Error(), "no-such-group-here") {
+		t.Errorf("an unknown group: %v, want an allow_group error naming it", err)
 	}
 }

@@ -67,9 +67,12 @@ func TestDebLintian(t *testing.T) {
 		t.Fatal("lintian is needed: run make deps")
 	}
 	deb := packageDeb(t)
-	out, err := exec.Command("lintian", "--fail-on", "error,warning", "--pedantic", "--show-overrides", deb).CombinedOutput()
-	t.Logf("lintian --pedantic --show-overrides %s:\n%s", filepath.Base(deb), out)
+	out, err := exec.Command("lintian", "--fail-on", "error,warning", "--pedantic", deb).CombinedOutput()
 	if err != nil {
-		t.Errorf("lintian: %v", err)
+		t.Errorf("lintian --fail-on error,warning --pedantic: %v\n%s", err, out)
 	}
+	// Shown, an overridden error counts as a failure: this run is only
+	// for the log.
+	out, _ = exec.Command("lintian", "--pedantic", "--show-overrides", deb).CombinedOutput()
+	t.Logf("lintian --pedantic --show-overrides %s:\n%s", filepath.Base(deb), out)
 }

@@ -64,10 +64,8 @@ func TestServiceUnderSystemd(t *testing.T) {
 
 	s.step("dpkg -i")
 	s.sh("dpkg -i " + deb)
-	// The operator's drop-ins: the image directory, and a watchdog short
-	// enough for a test.
+	// A watchdog short enough for a test; the images drop-in comes later.
 	s.sh("mkdir -p /etc/systemd/system/qsnapd.service.d && " +
-		"printf '[Service]\\nReadWritePaths=-%s\\n' > /etc/systemd/system/qsnapd.service.d/images.conf && " +
 		"printf '[Service]\\nWatchdogSec=2s\\nTimeoutAbortSec=2s\\n' > /etc/systemd/system/qsnapd.service.d/watchdog.conf && " +
 		"systemctl daemon-reload")
 	s.logf("units: %s", s.states("qsnapd.socket", "qsnapd-ro.socket", "qsnapd.service"))
@@ -108,11 +106,41 @@ func TestServiceUnderSystemd(t *testing.T) {
 	s.step("snapshot through the hardened unit")
 	s.sh(fmt.Sprintf("qsnapctl attach vm1 --qmp %s/qmp.sock --agent %s/qga.sock", vmRun, vmRun))
 	overlay := filepath.Join(vmDir, "vda.s1.qcow2")
-	s.logf("%s", s.sh("qsnapctl snapshot-create-as vm1 s1 --disk-only --atomic --diskspec vda,file="+overlay))
+	create := "qsnapctl snapshot-create-as vm1 s1 --disk-only --atomic --diskspec vda,file=" + overlay
+	// Without the images drop-in the image directory is read-only to
+	// the daemon: the snapshot fails and changes nothing.
+	out, err := s.c.Exec(ctx, "sh", "-c", create)
+	s.logf("without images.conf: %v\n%s", err, out)
+	if err == nil || !strings.Contains(string(out), "read-only file system") {
+		t.Errorf("a snapshot without the images drop-in: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(overlay); !os.IsNotExist(err) {
+		t.Errorf("the failed snapshot left its overlay: %v", err)
+	}
+	s.sh("printf '[Service]\\nReadWritePaths=-%s\\n' " + vmDir + " > /etc/systemd/system/qsnapd.service.d/images.conf && " +
+		"systemctl daemon-reload && systemctl restart qsnapd.service")
+	s.logf("with images.conf:\n%s", s.sh(create))
 	if disks := observe(t, vm); disks[0].File != overlay {
 		t.Errorf("QEMU writes to %s, want the overlay %s", disks[0].File, overlay)
 	}
 	s.checkSandbox(vmDir)
+
+	s.step("who may use which socket")
+	// alice is in group qsnapd, bob is not: the read-write socket's mode
+	// and allow_group let alice change things; bob may only read.
+	s.sh("useradd --system --no-create-home --groups qsnapd alice && useradd --system --no-create-home bob")
+	for _, c := range []struct{ who, cmd, want string }{
+		{"alice", "qsnapctl detach no-such-vm", "no-such-vm"},
+		{"bob", "qsnapctl detach no-such-vm", "permission denied"},
+		{"bob", "qsnapctl --socket /run/qsnapd/qsnapd-ro.sock detach no-such-vm", "read-only"},
+		{"bob", "qsnapctl --socket /run/qsnapd/qsnapd-ro.sock snapshot-list vm1 --name", "s1"},
+	} {
+		out, err := s.c.Exec(ctx, "runuser", "-u", c.who, "--", "sh", "-c", c.cmd)
+		s.logf("%s: %s: %s", c.who, c.cmd, strings.TrimSpace(string(out)))
+		if !strings.Contains(strings.ToLower(string(out)), c.want) {
+			t.Errorf("%s: %s: %v: %s; want %q", c.who, c.cmd, err, out, c.want)
+		}
+	}
 
 	s.step("SIGKILL")
 	pid := s.mainPID()
@@ -134,6 +162,17 @@ func TestServiceUnderSystemd(t *testing.T) {
 	}
 	s.logf("main pid %d stopped; watchdog restarted it as %d; %s", pid, newPID, s.states("qsnapd.service"))
 	s.sh("qsnapctl domblklist vm1")
+
+	s.step("upgrade")
+	// dpkg -i over the installed package runs the upgrade path of the
+	// maintainer scripts: the running daemon is restarted.
+	pid = s.mainPID()
+	s.sh("dpkg -i " + deb)
+	newPID = s.waitRestart(pid)
+	s.logf("main pid %d restarted as %d; %s", pid, newPID, s.states("qsnapd.socket", "qsnapd-ro.socket", "qsnapd.service"))
+	if out := s.sh("qsnapctl snapshot-list vm1 --name"); strings.TrimSpace(out) != "s1" {
+		t.Errorf("after the upgrade, snapshots of vm1: %q, want s1", out)
+	}
 
 	s.step("stop thaws")
 	frozeAt := time.Now()
@@ -255,8 +294,9 @@ func (s *systemTest) groupID(name string) uint32 {
 	return uint32(gid)
 }
 
-// checkSandbox reads the daemon's mounts: / is read-only to it, the
-// images drop-in's directory writable.
+// checkSandbox reads the daemon's mounts: / and the VM's socket
+// directory under /run are read-only to it, the images drop-in's
+// directory writable.
 func (s *systemTest) checkSandbox(images string) {
 	s.t.Helper()
 	info := s.sh(fmt.Sprintf("cat /proc/%d/mountinfo", s.mainPID()))
@@ -267,9 +307,11 @@ func (s *systemTest) checkSandbox(images string) {
 			opts[f[4]] = f[5] // mount point: its per-mount options
 		}
 	}
-	s.logf("the daemon's mounts: / %s, %s %s, /run %s", opts["/"], images, opts[images], opts["/run"])
-	if !strings.HasPrefix(opts["/"], "ro") || !strings.HasPrefix(opts[images], "rw") {
-		s.t.Errorf("sandbox: / mounted %q and %s %q for the daemon; want ro and rw", opts["/"], images, opts[images])
+	s.logf("the daemon's mounts: / %s; /run %s; %s %s; %s %s", opts["/"], opts["/run"], vmRun, opts[vmRun], images, opts[images])
+	for _, m := range []struct{ path, want string }{{"/", "ro"}, {"/run", "ro"}, {vmRun, "ro"}, {images, "rw"}} {
+		if !strings.HasPrefix(opts[m.path], m.want+",") {
+			s.t.Errorf("sandbox: %s mounted %q for the daemon, want %s", m.path, opts[m.path], m.want)
+		}
 	}
 }
 
