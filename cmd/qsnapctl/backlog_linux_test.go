@@ -2,8 +2,6 @@ package main
 
 import (
 	"net"
-	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
 )
@@ -12,12 +10,7 @@ import (
 // that systemd holds for a daemon that failed to start ends up after
 // enough tries, refuses at once on Linux; the error says why.
 func TestFullBacklog(t *testing.T) {
-	dir, err := os.MkdirTemp("", "qs") // short: unix socket paths are under 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s")
+	sock := socketPath(t)
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)

@@ -47,15 +47,22 @@ type fakeDaemon struct {
 	counts map[string]int // requests by route
 }
 
-func newFakeDaemon(t *testing.T, routes map[string]fakeReply) *fakeDaemon {
+// socketPath is a path for a test's unix socket in a short directory:
+// unix socket paths must be under 108 bytes, which t.TempDir does not
+// promise.
+func socketPath(t *testing.T) string {
 	t.Helper()
-	// A short directory: unix socket paths must be under 108 bytes.
 	dir, err := os.MkdirTemp("", "qs")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &fakeDaemon{socket: filepath.Join(dir, "s"), routes: routes, counts: map[string]int{}}
+	return filepath.Join(dir, "s")
+}
+
+func newFakeDaemon(t *testing.T, routes map[string]fakeReply) *fakeDaemon {
+	t.Helper()
+	f := &fakeDaemon{socket: socketPath(t), routes: routes, counts: map[string]int{}}
 	l, err := net.Listen("unix", f.socket)
 	if err != nil {
 		t.Fatal(err)

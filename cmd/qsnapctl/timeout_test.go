@@ -3,8 +3,6 @@ package main
 import (
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -71,13 +69,7 @@ func TestCommandBounds(t *testing.T) {
 // connections.
 func silentSocket(t *testing.T, accept bool) string {
 	t.Helper()
-	// A short directory: unix socket paths must be under 108 bytes.
-	dir, err := os.MkdirTemp("", "qs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s")
+	sock := socketPath(t)
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
