@@ -18,6 +18,8 @@ const (
 	CodeOperationInProgress  = "operation-in-progress"
 	CodeSnapshotExists       = "snapshot-exists"
 	CodeNoOperation          = "no-operation"
+	CodeOutcomeUnknown       = "outcome-unknown"
+	CodeOperationIDReused    = "operation-id-reused"
 	CodeOperationAborted     = "operation-aborted"
 	CodeForbidden            = "forbidden"
 	CodeInternalError        = "internal-error"
@@ -39,6 +41,8 @@ const (
 	DBusInternalError        = DBusErrorPrefix + "InternalError"
 	DBusOperationAborted     = DBusErrorPrefix + "OperationAborted"
 	DBusNoOperation          = DBusErrorPrefix + "NoOperation"
+	DBusOutcomeUnknown       = DBusErrorPrefix + "OutcomeUnknown"
+	DBusOperationIDReused    = DBusErrorPrefix + "OperationIDReused"
 )
 
 // ErrorClass is how every front end renders one kind of error: a row of
@@ -71,6 +75,9 @@ var errorTable = []ErrorClass{
 	// The caller cancelled it before its point of no return.
 	{errkind.OperationAborted, CodeOperationAborted, http.StatusConflict, DBusOperationAborted},
 	{errkind.NoOperation, CodeNoOperation, http.StatusNotFound, DBusNoOperation},
+	// The answer is not known yet: the operation's record will have it.
+	{errkind.OutcomeUnknown, CodeOutcomeUnknown, http.StatusGatewayTimeout, DBusOutcomeUnknown},
+	{errkind.OperationIDReused, CodeOperationIDReused, http.StatusConflict, DBusOperationIDReused},
 	// Front ends only. D-Bus leaves access to the bus policy.
 	{errkind.OperationDenied, CodeForbidden, http.StatusForbidden, ""},
 }

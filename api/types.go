@@ -226,6 +226,10 @@ const (
 	OpRunning   = "running"
 	OpSucceeded = "succeeded"
 	OpFailed    = "failed"
+	// OpUnknown is an operation whose QEMU went away mid-switch and has
+	// not come back: recovery completes it (succeeded or failed, with
+	// the disks as they turned out) when QEMU returns.
+	OpUnknown = "unknown"
 )
 
 // Operation kinds: what a mutating request was.

@@ -48,4 +48,8 @@ const (
 	DiskFailed     DiskResult = "failed"      // its switch failed; unchanged
 	DiskRolledBack DiskResult = "rolled-back" // switched, then committed back
 	DiskStuck      DiskResult = "stuck"       // switched, rollback failed: still on the overlay
+	// DiskHoldsGuestWrites is a disk whose QEMU died after the switch:
+	// its overlay holds writes the guest was told were durable, so it is
+	// kept (the overlay's path is in the outcome).
+	DiskHoldsGuestWrites DiskResult = "holds-guest-writes"
 )

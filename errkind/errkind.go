@@ -65,6 +65,11 @@ const (
 	// of operations; an id that names nothing is a bad argument,
 	// VIR_ERR_INVALID_ARG.
 	NoOperation
+	// OutcomeUnknown is an operation whose QEMU went away mid-switch and
+	// did not come back in time: the disks could not be read back. The
+	// operation stays open and recovery completes it when QEMU returns.
+	// libvirt would have waited on its monitor: VIR_ERR_OPERATION_TIMEOUT.
+	OutcomeUnknown
 
 	// The kinds below only front ends report: they are about the
 	// request, not the engine's work.
@@ -73,6 +78,9 @@ const (
 	// socket: VIR_ERR_OPERATION_DENIED, as libvirt refuses writes on a
 	// read-only connection.
 	OperationDenied
+	// OperationIDReused is an operation id sent again with another
+	// request: the caller's mistake, VIR_ERR_INVALID_ARG.
+	OperationIDReused
 
 	numKinds
 )
@@ -99,6 +107,8 @@ var kinds = [numKinds]struct {
 	OperationAborted:     {"OperationAborted", 78},     // VIR_ERR_OPERATION_ABORTED
 	OperationDenied:      {"OperationDenied", 29},      // VIR_ERR_OPERATION_DENIED
 	NoOperation:          {"NoOperation", 8},           // VIR_ERR_INVALID_ARG
+	OutcomeUnknown:       {"OutcomeUnknown", 68},       // VIR_ERR_OPERATION_TIMEOUT
+	OperationIDReused:    {"OperationIDReused", 8},     // VIR_ERR_INVALID_ARG
 }
 
 // Number is the kind's libvirt virErrorNumber; an unknown kind is

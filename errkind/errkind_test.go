@@ -22,6 +22,8 @@ func TestNumbers(t *testing.T) {
 		OperationUnsupported: 84, // VIR_ERR_OPERATION_UNSUPPORTED
 		AgentUnresponsive:    86, // VIR_ERR_AGENT_UNRESPONSIVE
 		NoOperation:          8,  // VIR_ERR_INVALID_ARG
+		OutcomeUnknown:       68, // VIR_ERR_OPERATION_TIMEOUT
+		OperationIDReused:    8,  // VIR_ERR_INVALID_ARG
 		OperationAborted:     78, // VIR_ERR_OPERATION_ABORTED
 	}
 	if len(want) != len(All()) {
