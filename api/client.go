@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -17,6 +18,12 @@ import (
 type Client struct {
 	socket string
 	hc     *http.Client
+	// OperationIDs, if set, names every mutating request that names no
+	// operation itself. A request under an operation id is sent once
+	// more, under the same id, when the connection drops before its
+	// answer: the daemon answers a retry with the first one's outcome
+	// and never runs it twice.
+	OperationIDs func() string
 }
 
 // NewClient returns a client for the daemon socket at path.
@@ -67,35 +74,27 @@ func Code(err error) string {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, body, out any) error {
-	var rd io.Reader
+	var buf []byte
 	if body != nil {
-		buf, err := json.Marshal(body)
-		if err != nil {
+		var err error
+		if buf, err = json.Marshal(body); err != nil {
 			return err
 		}
-		rd = bytes.NewReader(buf)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://qsnapd"+path, rd)
+	if hdr == nil {
+		hdr = http.Header{}
+	}
+	// A cancel names its operation in the path: it is no operation.
+	if method != http.MethodGet && !strings.HasPrefix(path, "/v1/operations/") && hdr.Get(OperationHeader) == "" && c.OperationIDs != nil {
+		hdr.Set(OperationHeader, c.OperationIDs())
+	}
+	resp, data, err := c.send(ctx, method, path, hdr, buf)
+	if err != nil && hdr.Get(OperationHeader) != "" && ctx.Err() == nil {
+		// Lost before the answer: the same request under the same id.
+		resp, data, err = c.send(ctx, method, path, hdr, buf)
+	}
 	if err != nil {
 		return err
-	}
-	for k, v := range hdr {
-		req.Header[k] = v
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil && ctx.Err() != nil {
-		return &NoAnswerError{Socket: c.socket, Request: method + " " + path, Err: context.Cause(ctx)}
-	}
-	if err != nil {
-		return fmt.Errorf("qsnapd at %s: %w", c.socket, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("qsnapd at %s: read reply: %w", c.socket, err)
 	}
 	if resp.StatusCode >= 300 {
 		var eb ErrorBody
@@ -111,6 +110,37 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, b
 		return fmt.Errorf("qsnapd at %s: decode reply: %w", c.socket, err)
 	}
 	return nil
+}
+
+// send sends one request and reads its whole answer.
+func (c *Client) send(ctx context.Context, method, path string, hdr http.Header, body []byte) (*http.Response, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://qsnapd"+path, rd)
+	if err != nil {
+		return nil, nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil && ctx.Err() != nil {
+		return nil, nil, &NoAnswerError{Socket: c.socket, Request: method + " " + path, Err: context.Cause(ctx)}
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("qsnapd at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, nil, fmt.Errorf("qsnapd at %s: read reply: %w", c.socket, err)
+	}
+	return resp, data, nil
 }
 
 func domainPath(name string, rest ...string) string {

@@ -143,7 +143,7 @@ func OpenStore(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDomains, bucketSnapshots, bucketCurrent, bucketOps, bucketFreezes} {
+		for _, b := range [][]byte{bucketDomains, bucketSnapshots, bucketCurrent, bucketOps, bucketFreezes, bucketRequests} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

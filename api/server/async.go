@@ -1,72 +1,15 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
 
-	"go.uber.org/zap"
-
 	"github.com/qsnapd/qsnapd/api"
 	"github.com/qsnapd/qsnapd/driver"
-	"github.com/qsnapd/qsnapd/errkind"
 )
-
-// opRequest is a mutating request, run as an operation.
-type opRequest struct {
-	kind, domain string
-	// async answers 202 with the operation instead of waiting.
-	async bool
-	// status is the answer of a synchronous success; a nil result
-	// answers it without a body.
-	status int
-}
-
-// run runs f as the operation of a mutating request. Without async it
-// waits, as every request always did, and answers o.status with the
-// result. With async it answers 202 Accepted with the operation, still
-// running, and a Location to read it from; f goes on with the request's
-// values but not its end, and Serve waits for it before returning.
-func (s *Server) run(w http.ResponseWriter, r *http.Request, o opRequest, f func(ctx context.Context, id string) (any, error)) {
-	id, err := s.ops.start(r.Header.Get(api.OperationHeader), o.kind, o.domain)
-	if err != nil {
-		s.writeErr(w, err)
-		return
-	}
-	w.Header().Set(api.OperationHeader, id)
-	if !o.async {
-		res, err := f(r.Context(), id)
-		s.ops.finish(id, res, err)
-		switch {
-		case err != nil:
-			s.writeErr(w, err)
-		case res == nil:
-			w.WriteHeader(o.status)
-		default:
-			writeJSON(w, o.status, res)
-		}
-		return
-	}
-	op, _ := s.ops.get(id) // running: it cannot be pruned
-	ctx := context.WithoutCancel(r.Context())
-	s.running.Add(1)
-	go func() {
-		defer s.running.Done()
-		res, err := f(ctx, id)
-		s.ops.finish(id, res, err)
-		if err != nil && kindOf(err) == errkind.InternalError {
-			// Nobody waits for the answer: the log is where it shows.
-			s.log.Error("operation failed with an internal error", zap.String("op", id),
-				zap.String("kind", o.kind), zap.String("domain", o.domain), zap.Error(err))
-		}
-	}()
-	w.Header().Set("Location", opLocation(id))
-	w.Header().Set(api.PreferenceAppliedHeader, api.PreferAsync)
-	writeJSON(w, http.StatusAccepted, op)
-}
 
 func opLocation(id string) string { return "/v1/operations/" + url.PathEscape(id) }
 
@@ -134,7 +77,7 @@ func (s *Server) cancelOperation(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	err := s.drv.CancelOperation(id)
 	if err == nil {
-		op, ok := s.ops.get(id)
+		op, ok := s.operation(id)
 		if !ok { // started by another front end
 			op = api.Operation{ID: id, State: api.OpRunning}
 		}
@@ -152,7 +95,7 @@ func (s *Server) cancelOperation(w http.ResponseWriter, r *http.Request) {
 // notCancellable says why an operation the driver does not run cannot
 // be cancelled; notRunning (no-operation) if the id names nothing.
 func (s *Server) notCancellable(id string, notRunning error) error {
-	if op, ok := s.ops.get(id); ok {
+	if op, ok := s.operation(id); ok {
 		if op.State == api.OpRunning {
 			return fmt.Errorf("%w: operation '%s' (%s) cannot be cancelled now: only a merge can, while it copies data",
 				driver.ErrOperationInvalid, id, op.Kind)

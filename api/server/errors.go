@@ -18,6 +18,9 @@ var errForbidden = errors.New("forbidden")
 // errNoOperation marks an unknown operation id.
 var errNoOperation = errors.New("no such operation")
 
+// errIDReused is an operation id sent again with another request.
+var errIDReused = errors.New("operation id reused")
+
 // kinds are the server's own errors, found before the driver is asked;
 // they come before the driver's.
 var kinds = []struct {
@@ -27,6 +30,7 @@ var kinds = []struct {
 	{errForbidden, errkind.OperationDenied},
 	{errBadRequest, errkind.InvalidArg},
 	{errNoOperation, errkind.NoOperation},
+	{errIDReused, errkind.OperationIDReused},
 }
 
 // kindOf sorts an error into the kind api's error table renders.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/qsnapd/qsnapd/api"
 	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/errkind"
 	"github.com/qsnapd/qsnapd/internal/version"
 	"github.com/qsnapd/qsnapd/transaction"
 )
@@ -55,7 +56,7 @@ func New(drv *driver.Driver, cfg Config, log *zap.Logger) *Server {
 	if cfg.Drain <= 0 {
 		cfg.Drain = 5 * time.Minute
 	}
-	return &Server{drv: drv, cfg: cfg, log: log, ops: newOpRegistry(cfg.OpRetention)}
+	return &Server{drv: drv, cfg: cfg, log: log, ops: newOpRegistry(drv.Store(), cfg.OpRetention)}
 }
 
 // Serve serves until ctx ends, then stops accepting, lets running
@@ -195,12 +196,27 @@ func (s *Server) routes(mux *http.ServeMux) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
+	writeBody(w, status, encodeJSON(v))
+}
+
+// encodeJSON is a body as writeJSON sends it.
+func encodeJSON(v any) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
-	// The status is sent: a client that hung up has nobody to tell.
+	// Only the API's own types come here: they always encode.
 	_ = enc.Encode(v)
+	return buf.Bytes()
+}
+
+// writeBody sends a status and a JSON body, or no body if it is empty.
+func writeBody(w http.ResponseWriter, status int, body []byte) {
+	if len(body) > 0 {
+		w.Header().Set("Content-Type", "application/json")
+	}
+	w.WriteHeader(status)
+	// The status is sent: a client that hung up has nobody to tell.
+	_, _ = w.Write(body)
 }
 
 func (s *Server) writeErr(w http.ResponseWriter, err error) {
@@ -218,7 +234,11 @@ func decodeAsync(r *http.Request, v any, asyncField *bool) (bool, error) {
 	if err := decode(r, v); err != nil {
 		return false, err
 	}
-	return asyncOf(r, *asyncField)
+	async := *asyncField
+	// How to answer is not part of what is asked: the operation's
+	// fingerprint leaves it out.
+	*asyncField = false
+	return asyncOf(r, async)
 }
 
 // decode reads a JSON object body strictly: one object, nothing after
@@ -277,7 +297,7 @@ func (s *Server) attachDomain(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	s.run(w, r, opRequest{kind: api.OpDomainAttach, domain: req.Name, async: async, status: http.StatusCreated},
+	s.run(w, r, opRequest{kind: api.OpDomainAttach, domain: req.Name, request: req, async: async, status: http.StatusCreated},
 		func(ctx context.Context, _ string) (any, error) {
 			info, err := s.drv.AttachDomain(ctx, driver.DomainConfig{Name: req.Name, QMP: req.QMP, Agent: req.Agent})
 			if err != nil {
@@ -328,7 +348,7 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	s.run(w, r, opRequest{kind: api.OpSnapshotCreate, domain: domain, async: async, status: http.StatusCreated},
+	s.run(w, r, opRequest{kind: api.OpSnapshotCreate, domain: domain, request: req, async: async, status: http.StatusCreated},
 		func(ctx context.Context, id string) (any, error) {
 			res, err := s.drv.CreateSnapshot(ctx, domain, driver.CreateRequest{
 				XML: req.XML, Flags: driver.CreateFlags(req.Flags), Quiesce: driver.QuiesceMode(req.Quiesce), OpID: id,
@@ -463,7 +483,7 @@ func (s *Server) setCurrent(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	s.run(w, r, opRequest{kind: api.OpSnapshotCurrent, domain: domain, async: async, status: http.StatusOK},
+	s.run(w, r, opRequest{kind: api.OpSnapshotCurrent, domain: domain, request: req, async: async, status: http.StatusOK},
 		func(ctx context.Context, _ string) (any, error) {
 			if err := s.drv.SetCurrent(ctx, domain, req.Name); err != nil {
 				return nil, err
@@ -582,7 +602,8 @@ func (s *Server) fsFreeze(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	s.run(w, r, opRequest{kind: api.OpFSFreeze, domain: domain, async: async, status: http.StatusOK},
+	req.Async = false // not part of what is asked
+	s.run(w, r, opRequest{kind: api.OpFSFreeze, domain: domain, request: req, async: async, status: http.StatusOK},
 		func(ctx context.Context, _ string) (any, error) {
 			n, err := s.drv.FSFreeze(ctx, domain, req.Mountpoints, hold)
 			return api.FreezeResponse{Count: n}, err
@@ -614,42 +635,55 @@ func (s *Server) fsStatus(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if op, ok := s.ops.get(id); ok {
-		s.withProgress(&op)
-		writeJSON(w, http.StatusOK, op)
-		return
-	}
-	// Operations from before a restart are in the journal.
-	rec, err := s.drv.Store().Op(id)
-	if err != nil {
+	op, ok := s.operation(id)
+	if !ok {
 		s.writeErr(w, fmt.Errorf("%w: %s", errNoOperation, id))
 		return
 	}
+	writeJSON(w, http.StatusOK, op)
+}
+
+// journalOperation shows an engine journal entry as an operation, and
+// the status its request answered (or would have): for an operation
+// no request record knows, or one whose request could not wait for its
+// end. A snapshot's result is rebuilt from the journal and the
+// metadata; its timings and indications are not kept.
+func (s *Server) journalOperation(rec *driver.OpRecord) (api.Operation, int) {
 	op := api.Operation{ID: rec.ID, Kind: opKind(rec.Kind), Domain: rec.Domain, Started: rec.Started, Ended: rec.Updated}
 	switch phase := rec.Phase(); {
 	case phase.Active():
 		op.State, op.Ended = api.OpRunning, time.Time{}
-		s.withProgress(&op)
+		return op, 0
 	case rec.Merge != nil:
 		// A delete: its result or error, as the delete itself answered.
 		res, err := rec.DeleteOutcome()
 		if err != nil {
 			op.State = api.OpFailed
-			_, info := errorInfo(err)
+			status, info := errorInfo(err)
 			op.Error = &info
-			break
+			return op, status
 		}
 		op.State = api.OpSucceeded
-		op.Result, _ = json.Marshal(deleteResponse(res, rec.ID))
+		op.Result = encodeJSON(deleteResponse(res, rec.ID))
+		return op, http.StatusOK
 	case phase == transaction.PhaseDone:
 		op.State = api.OpSucceeded
-	default:
-		op.State = api.OpFailed
-		info := api.ErrorInfo{Code: api.CodeOperationFailed, Message: rec.Error}
+		resp := api.CreateSnapshotResponse{Name: rec.Snapshot, Operation: rec.ID, Quiesced: rec.Flags&driver.FlagQuiesce != 0,
+			Disks: []api.DiskOutcome{}, Indications: []api.Indication{}}
 		if rec.Plan != nil {
-			info.Details = &api.ErrorDetails{Operation: rec.ID, Disks: outcomes(rec.Plan.Outcomes())}
+			resp.Mode, resp.Disks = string(rec.Plan.Mode), outcomes(rec.Plan.Outcomes())
 		}
-		op.Error = &info
+		if snap, err := s.drv.Store().Snapshot(rec.Domain, rec.Snapshot); err == nil {
+			resp.XML = snap.XML
+		}
+		op.Result = encodeJSON(resp)
+		return op, http.StatusCreated
 	}
-	writeJSON(w, http.StatusOK, op)
+	op.State = api.OpFailed
+	info := api.ErrorInfo{Code: api.CodeOperationFailed, Message: rec.Error}
+	if rec.Plan != nil {
+		info.Details = &api.ErrorDetails{Operation: rec.ID, Disks: outcomes(rec.Plan.Outcomes())}
+	}
+	op.Error = &info
+	return op, api.ClassOf(errkind.OperationFailed).Status
 }

@@ -166,9 +166,16 @@ func checkOperationOutcomeOutlivesTheRequest(t *testing.T) {
 			t.Errorf("failed but %d snapshots", len(snaps))
 		}
 	}
-	// A chosen id that is taken is refused.
-	if _, err := d.client.CreateSnapshot(ctx(t), "vm1", req, id); api.Code(err) != api.CodeInvalidArg {
-		t.Errorf("reused operation id: %v", err)
+	// The same request under the same id gets the same outcome and does
+	// nothing again; another request under it is refused.
+	_, err = d.client.CreateSnapshot(ctx(t), "vm1", req, id)
+	if again, _ := d.drv.Snapshots("vm1"); len(again) != len(snaps) || (err == nil) != (op.State == api.OpSucceeded) {
+		t.Errorf("a retry of operation %s (%s): %v, %d snapshots (were %d)", id, op.State, err, len(again), len(snaps))
+	}
+	other := req
+	other.XML = "<domainsnapshot><name>other</name></domainsnapshot>"
+	if _, err := d.client.CreateSnapshot(ctx(t), "vm1", other, id); api.Code(err) != api.CodeOperationIDReused {
+		t.Errorf("another request under operation id %s: %v, want %s", id, err, api.CodeOperationIDReused)
 	}
 }
 

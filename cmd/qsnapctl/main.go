@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/internal/opid"
 	"github.com/qsnapd/qsnapd/internal/version"
 )
 
@@ -106,6 +107,9 @@ func (c *cli) run(ctx context.Context, argv []string) error {
 		c.timeout = g.timeout
 	}
 	c.client = api.NewClient(g.socket)
+	// Every change goes under an operation id, so that a connection lost
+	// before the answer is retried once without running anything twice.
+	c.client.OperationIDs = opid.New
 	defer c.client.Close()
 	if c.poll <= 0 {
 		c.poll = pollInterval

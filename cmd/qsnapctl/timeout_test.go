@@ -170,3 +170,38 @@ func TestTimeoutOption(t *testing.T) {
 		}
 	}
 }
+
+// TestChangesCarryAnOperationID: every request that changes state goes
+// under an operation id, a fresh one for each command, so that the
+// client may send it again after a lost connection without running it
+// twice; reads go without one.
+func TestChangesCarryAnOperationID(t *testing.T) {
+	seen := map[string]bool{}
+	for _, argv := range [][]string{
+		{"attach", "vm1", "--qmp", "/run/vm1.qmp"},
+		{"detach", "vm1"},
+		{"snapshot-create-as", "vm1", "s1", "--disk-only"},
+		{"snapshot-current", "vm1", "s1"},
+		{"snapshot-delete", "vm1", "s1", "--no-wait"},
+		{"domfsfreeze", "vm1"},
+		{"domfsthaw", "vm1"},
+		{"list"},
+	} {
+		f := newFakeDaemon(t, nil) // every answer is an error: only the request counts
+		runCLI(t, append([]string{"--socket", f.socket}, argv...)...)
+		reqs := f.requests()
+		if len(reqs) == 0 {
+			t.Fatalf("%v: nothing sent", argv)
+		}
+		r := reqs[0]
+		switch {
+		case r.method == http.MethodGet && r.opID != "":
+			t.Errorf("%v: a read under operation id %q", argv, r.opID)
+		case r.method != http.MethodGet && r.opID == "":
+			t.Errorf("%v: %s %s under no operation id", argv, r.method, r.path)
+		case r.method != http.MethodGet && seen[r.opID]:
+			t.Errorf("%v: operation id %s used before", argv, r.opID)
+		}
+		seen[r.opID] = true
+	}
+}

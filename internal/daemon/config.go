@@ -59,6 +59,7 @@ type Config struct {
 	MaxFreeze       Duration      `toml:"max_freeze"`
 	ThawTimeout     Duration      `toml:"thaw_timeout"`
 	RollbackTimeout Duration      `toml:"rollback_timeout"`
+	OpRetention     Duration      `toml:"operation_retention"`
 	Quiesce         string        `toml:"quiesce"`
 	MetricsListen   string        `toml:"metrics_listen"`
 	DBus            string        `toml:"dbus"`
@@ -83,6 +84,7 @@ func Default() Config {
 		MaxFreeze:       Duration(dc.MaxFreeze),
 		ThawTimeout:     Duration(dc.ThawTimeout),
 		RollbackTimeout: Duration(dc.RollbackTimeout),
+		OpRetention:     Duration(dc.OpRetention),
 		Quiesce:         string(dc.Quiesce),
 		MetricsListen:   "127.0.0.1:9477",
 		DBus:            "none",
@@ -152,7 +154,8 @@ func (c *Config) Validate() error {
 	for _, kv := range []struct {
 		key string
 		d   Duration
-	}{{"agent_timeout", c.AgentTimeout}, {"max_freeze", c.MaxFreeze}, {"thaw_timeout", c.ThawTimeout}, {"rollback_timeout", c.RollbackTimeout}} {
+	}{{"agent_timeout", c.AgentTimeout}, {"max_freeze", c.MaxFreeze}, {"thaw_timeout", c.ThawTimeout}, {"rollback_timeout", c.RollbackTimeout},
+		{"operation_retention", c.OpRetention}} {
 		if kv.d < 0 {
 			return keyErr(kv.key, "%v is negative", time.Duration(kv.d))
 		}
@@ -231,6 +234,7 @@ func (c *Config) DriverConfig() driver.Config {
 		MaxFreeze:       time.Duration(c.MaxFreeze),
 		ThawTimeout:     time.Duration(c.ThawTimeout),
 		RollbackTimeout: time.Duration(c.RollbackTimeout),
+		OpRetention:     time.Duration(c.OpRetention),
 		Quiesce:         driver.QuiesceMode(c.Quiesce),
 	}
 }

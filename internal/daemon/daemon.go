@@ -121,7 +121,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		drv.Close()
 		return err
 	}
-	srv := server.New(drv, server.Config{Access: server.Access{UIDs: cfg.AllowUIDs, GIDs: cfg.AllowedGIDs()}}, log)
+	srv := server.New(drv, server.Config{Access: server.Access{UIDs: cfg.AllowUIDs, GIDs: cfg.AllowedGIDs()},
+		OpRetention: time.Duration(cfg.OpRetention)}, log)
 	serveCtx, stopServing := context.WithCancel(context.Background())
 	defer stopServing()
 	served := make(chan error, 1)
