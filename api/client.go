@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -223,8 +225,8 @@ func (c *Client) CreateSnapshotAsync(ctx context.Context, domain string, req Cre
 	return out, err
 }
 
-// Snapshots lists a domain's snapshots; query may hold tree, roots or
-// leaves.
+// Snapshots lists a domain's snapshots; query may hold tree, roots,
+// leaves, limit and after (QueryTree and the others).
 func (c *Client) Snapshots(ctx context.Context, domain string, query url.Values) (SnapshotList, error) {
 	var out SnapshotList
 	p := domainPath(domain, "snapshots")
@@ -233,6 +235,46 @@ func (c *Client) Snapshots(ctx context.Context, domain string, query url.Values)
 	}
 	err := c.do(ctx, http.MethodGet, p, nil, nil, &out)
 	return out, err
+}
+
+// SnapshotPages lists a domain's snapshots page by page, limit at a
+// time (1 to MaxPageLimit), in the listing's order; query may hold
+// roots or leaves, not tree or after. It stops at the first error,
+// which it yields: a snapshot that ends a page and is deleted before
+// the next page is read ends the listing with no-domain-snapshot.
+func (c *Client) SnapshotPages(ctx context.Context, domain string, query url.Values, limit int) iter.Seq2[SnapshotList, error] {
+	return func(yield func(SnapshotList, error) bool) {
+		q := url.Values{}
+		for k, v := range query {
+			q[k] = v
+		}
+		q.Set(QueryLimit, strconv.Itoa(limit))
+		q.Del(QueryAfter)
+		for {
+			page, err := c.Snapshots(ctx, domain, q)
+			if err == nil && page.Next != "" && (len(page.Snapshots) == 0 || page.Next == q.Get(QueryAfter)) {
+				err = fmt.Errorf("qsnapd at %s: the page after %q names %q as next: it would never end", c.socket, q.Get(QueryAfter), page.Next)
+			}
+			if !yield(page, err) || err != nil || page.Next == "" {
+				return
+			}
+			q.Set(QueryAfter, page.Next)
+		}
+	}
+}
+
+// AllSnapshots lists a domain's snapshots as Snapshots does, reading
+// them limit at a time with SnapshotPages: a long listing does not
+// hold the daemon in one request.
+func (c *Client) AllSnapshots(ctx context.Context, domain string, query url.Values, limit int) ([]Snapshot, error) {
+	out := []Snapshot{}
+	for page, err := range c.SnapshotPages(ctx, domain, query, limit) {
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page.Snapshots...)
+	}
+	return out, nil
 }
 
 // Snapshot returns one snapshot with its XML.

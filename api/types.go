@@ -189,11 +189,17 @@ type MergeInterruption struct {
 	Disks     []string  `json:"disks"`
 }
 
-// SnapshotList answers GET /v1/domains/{name}/snapshots. Tree is set with
-// ?tree.
+// SnapshotList answers GET /v1/domains/{name}/snapshots (QueryLimit and
+// the others say how). Tree is set with ?tree. A deep tree nests as
+// deep: JSON decoders limit nesting (Go's to 10 000 levels, two a
+// node), so a client of long chains builds it from the listing's pages
+// with SnapshotTree instead, as qsnapctl does.
 type SnapshotList struct {
 	Snapshots []Snapshot      `json:"snapshots"`
 	Tree      []*SnapshotNode `json:"tree,omitempty"`
+	// Next, on a page that more snapshots follow, names its last
+	// snapshot: QueryAfter of the next page.
+	Next string `json:"next,omitempty"`
 }
 
 // SnapshotNode is one node of the snapshot tree.

@@ -7,8 +7,9 @@ import (
 	"github.com/qsnapd/qsnapd/qmp"
 )
 
-// Snapshots lists a domain's snapshot records, oldest first. The domain
-// need not be connected: metadata is the daemon's own.
+// Snapshots returns a domain's snapshot records, oldest first, XML
+// included; ListSnapshots lists them for a reader. The domain need not
+// be connected: metadata is the daemon's own.
 func (d *Driver) Snapshots(domain string) ([]SnapshotRecord, error) {
 	if _, err := d.domain(domain); err != nil {
 		return nil, err
@@ -22,6 +23,34 @@ func (d *Driver) Snapshot(domain, name string) (SnapshotRecord, error) {
 		return SnapshotRecord{}, err
 	}
 	return d.store.Snapshot(domain, name)
+}
+
+// SnapshotInfo returns one snapshot with its children and XML, reading
+// no other snapshot's record.
+func (d *Driver) SnapshotInfo(domain, name string) (SnapshotInfo, error) {
+	if _, err := d.domain(domain); err != nil {
+		return SnapshotInfo{}, err
+	}
+	return d.store.SnapshotInfo(domain, name)
+}
+
+// CurrentInfo returns the domain's current snapshot with its children
+// and XML; ErrNoSnapshot if none.
+func (d *Driver) CurrentInfo(domain string) (SnapshotInfo, error) {
+	if _, err := d.domain(domain); err != nil {
+		return SnapshotInfo{}, err
+	}
+	return d.store.CurrentInfo(domain)
+}
+
+// ListSnapshots lists a domain's snapshots, or a page of them, in
+// creation order (ListQuery says what that is), without their XML, at
+// a cost that grows with the page, not with the domain's snapshots.
+func (d *Driver) ListSnapshots(domain string, q ListQuery) (SnapshotPage, error) {
+	if _, err := d.domain(domain); err != nil {
+		return SnapshotPage{}, err
+	}
+	return d.store.ListSnapshots(domain, q)
 }
 
 // Current returns the domain's current snapshot; ErrNoSnapshot if none.

@@ -199,6 +199,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	writeBody(w, status, encodeJSON(v))
 }
 
+// writeCompactJSON writes v without indentation, for an answer whose
+// nesting grows with the data.
+func writeCompactJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	// Only the API's own types come here: they always encode.
+	_ = json.NewEncoder(&buf).Encode(v)
+	writeBody(w, status, buf.Bytes())
+}
+
 // encodeJSON is a body as writeJSON sends it.
 func encodeJSON(v any) []byte {
 	var buf bytes.Buffer
@@ -370,109 +379,91 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// listSnapshots lists a domain's snapshots, or a page of them
+// (?limit, ?after), with the filters ?roots and ?leaves, and with ?tree
+// the whole tree as well.
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
-	domain := r.PathValue("name")
-	recs, err := s.drv.Snapshots(domain)
+	q, tree, err := listQuery(r.URL.Query())
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	cur, _ := s.drv.Store().Current(domain)
-	all := snapshotsOf(recs, cur, false)
-	q := r.URL.Query()
-	out := api.SnapshotList{Snapshots: []api.Snapshot{}}
-	for _, sn := range all {
-		if q.Has("roots") && sn.Parent != "" || q.Has("leaves") && len(sn.Children) > 0 {
-			continue
-		}
-		out.Snapshots = append(out.Snapshots, sn)
-	}
-	if q.Has("tree") {
-		out.Tree = tree(all)
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-// snapshotsOf converts records, oldest first, filling in children.
-func snapshotsOf(recs []driver.SnapshotRecord, current string, withXML bool) []api.Snapshot {
-	children := map[string][]string{}
-	for _, rec := range recs {
-		if rec.Parent != "" {
-			children[rec.Parent] = append(children[rec.Parent], rec.Name)
-		}
-	}
-	out := make([]api.Snapshot, len(recs))
-	for i, rec := range recs {
-		out[i] = api.Snapshot{
-			Name: rec.Name, Description: rec.Description, CreationTime: time.Unix(rec.CreationTime, 0).UTC(),
-			State: rec.State, Parent: rec.Parent, Current: rec.Name == current, Children: children[rec.Name],
-			MergeInterrupted: mergeInterruption(rec.MergeInterrupted),
-		}
-		if out[i].Children == nil {
-			out[i].Children = []string{}
-		}
-		if withXML {
-			out[i].XML = rec.XML
-		}
-	}
-	return out
-}
-
-func tree(all []api.Snapshot) []*api.SnapshotNode {
-	nodes := map[string]*api.SnapshotNode{}
-	for _, sn := range all {
-		nodes[sn.Name] = &api.SnapshotNode{Name: sn.Name, Children: []*api.SnapshotNode{}}
-	}
-	var roots []*api.SnapshotNode
-	for _, sn := range all {
-		n := nodes[sn.Name]
-		if p, ok := nodes[sn.Parent]; ok {
-			p.Children = append(p.Children, n)
-		} else {
-			roots = append(roots, n)
-		}
-	}
-	return roots
-}
-
-func (s *Server) snapshotResponse(w http.ResponseWriter, domain string, rec driver.SnapshotRecord, err error) {
+	page, err := s.drv.ListSnapshots(r.PathValue("name"), q)
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	sn, err := s.snapshotOf(domain, rec.Name)
+	out := api.SnapshotList{Snapshots: make([]api.Snapshot, len(page.Snapshots)), Next: page.Next}
+	for i, info := range page.Snapshots {
+		out.Snapshots[i] = snapshotOf(info)
+	}
+	if tree {
+		out.Tree = api.SnapshotTree(out.Snapshots)
+	}
+	// Not indented: indentation doubles the time a long listing takes,
+	// and a chain's tree would take space that grows with the square of
+	// its depth.
+	writeCompactJSON(w, http.StatusOK, out)
+}
+
+// listQuery reads a listing's query parameters: the filters (present
+// means set, as they always have been), ?tree, and a page's ?limit and
+// ?after, each at most once.
+func listQuery(q url.Values) (driver.ListQuery, bool, error) {
+	lq := driver.ListQuery{Roots: q.Has(api.QueryRoots), Leaves: q.Has(api.QueryLeaves)}
+	tree := q.Has(api.QueryTree)
+	for _, key := range []string{api.QueryLimit, api.QueryAfter} {
+		if n := len(q[key]); n > 1 {
+			return lq, false, fmt.Errorf("%w: %s given %d times", errBadRequest, key, n)
+		}
+	}
+	if q.Has(api.QueryLimit) {
+		n, err := strconv.Atoi(q.Get(api.QueryLimit))
+		if err != nil || n < 1 || n > api.MaxPageLimit {
+			return lq, false, fmt.Errorf("%w: limit must be a number of snapshots from 1 to %d, not %q", errBadRequest, api.MaxPageLimit, q.Get(api.QueryLimit))
+		}
+		lq.Limit = n
+	}
+	if q.Has(api.QueryAfter) {
+		if lq.After = q.Get(api.QueryAfter); lq.After == "" {
+			return lq, false, fmt.Errorf("%w: after must name a snapshot: the last one of the page before", errBadRequest)
+		}
+	}
+	if tree && (lq.Limit != 0 || lq.After != "") {
+		return lq, false, fmt.Errorf("%w: the tree cannot be paged: page the listing without tree; its snapshots name their parent and children", errBadRequest)
+	}
+	return lq, tree, nil
+}
+
+// snapshotOf is a snapshot for the wire.
+func snapshotOf(info driver.SnapshotInfo) api.Snapshot {
+	sn := api.Snapshot{
+		Name: info.Name, Description: info.Description, CreationTime: time.Unix(info.CreationTime, 0).UTC(),
+		State: info.State, Parent: info.Parent, Current: info.Current, Children: info.Children, XML: info.XML,
+		MergeInterrupted: mergeInterruption(info.MergeInterrupted),
+	}
+	if sn.Children == nil {
+		sn.Children = []string{}
+	}
+	return sn
+}
+
+func (s *Server) snapshotResponse(w http.ResponseWriter, info driver.SnapshotInfo, err error) {
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, sn)
-}
-
-// snapshotOf is one snapshot with its children, parent and XML.
-func (s *Server) snapshotOf(domain, name string) (api.Snapshot, error) {
-	recs, err := s.drv.Snapshots(domain)
-	if err != nil {
-		return api.Snapshot{}, err
-	}
-	cur, _ := s.drv.Store().Current(domain)
-	for _, sn := range snapshotsOf(recs, cur, true) {
-		if sn.Name == name {
-			return sn, nil
-		}
-	}
-	return api.Snapshot{}, fmt.Errorf("%w: snapshot '%s' vanished", driver.ErrNoSnapshot, name)
+	writeJSON(w, http.StatusOK, snapshotOf(info))
 }
 
 func (s *Server) getSnapshot(w http.ResponseWriter, r *http.Request) {
-	domain := r.PathValue("name")
-	rec, err := s.drv.Snapshot(domain, r.PathValue("snap"))
-	s.snapshotResponse(w, domain, rec, err)
+	info, err := s.drv.SnapshotInfo(r.PathValue("name"), r.PathValue("snap"))
+	s.snapshotResponse(w, info, err)
 }
 
 func (s *Server) getCurrent(w http.ResponseWriter, r *http.Request) {
-	domain := r.PathValue("name")
-	rec, err := s.drv.Current(domain)
-	s.snapshotResponse(w, domain, rec, err)
+	info, err := s.drv.CurrentInfo(r.PathValue("name"))
+	s.snapshotResponse(w, info, err)
 }
 
 func (s *Server) setCurrent(w http.ResponseWriter, r *http.Request) {
@@ -488,11 +479,11 @@ func (s *Server) setCurrent(w http.ResponseWriter, r *http.Request) {
 			if err := s.drv.SetCurrent(ctx, domain, req.Name); err != nil {
 				return nil, err
 			}
-			rec, err := s.drv.Current(domain)
+			info, err := s.drv.CurrentInfo(domain)
 			if err != nil {
 				return nil, err
 			}
-			return s.snapshotOf(domain, rec.Name)
+			return snapshotOf(info), nil
 		})
 }
 

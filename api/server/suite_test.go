@@ -24,6 +24,7 @@ var checks = []qemutest.Check{
 	{Name: "BadInputChangesNothing", Run: checkBadInputChangesNothing},
 	{Name: "OperationOutcomeOutlivesTheRequest", Run: checkOperationOutcomeOutlivesTheRequest},
 	{Name: "SnapshotListingAndTree", Run: checkSnapshotListingAndTree},
+	{Name: "SnapshotPaging", Run: checkSnapshotPaging},
 	{Name: "DetachRefusedWhileBusy", Run: checkDetachRefusedWhileBusy},
 	{Name: "ClientGoneMidSwitch", Run: checkClientGoneMidSwitch},
 	{Name: "Hammer", Run: checkHammer},

@@ -191,12 +191,12 @@ func TestWireJSONUnchanged(t *testing.T) {
 // merge, as the wire shows it; none, nothing.
 func TestMergeInterruptedOnTheWire(t *testing.T) {
 	at := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
-	recs := []driver.SnapshotRecord{
-		{Name: "s1", State: "disk-snapshot", CreationTime: at.Unix(),
+	infos := []driver.SnapshotInfo{
+		{Name: "s1", State: "disk-snapshot", CreationTime: at.Unix(), Children: []string{"s2"},
 			MergeInterrupted: &driver.MergeInterruption{OpID: "op1", Time: at, Disks: []string{"vda", "vdb"}}},
-		{Name: "s2", State: "disk-snapshot", CreationTime: at.Unix(), Parent: "s1"},
+		{Name: "s2", State: "disk-snapshot", CreationTime: at.Unix(), Parent: "s1", Current: true},
 	}
-	b, err := json.Marshal(snapshotsOf(recs, "s2", false))
+	b, err := json.Marshal([]api.Snapshot{snapshotOf(infos[0]), snapshotOf(infos[1])})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -428,6 +428,9 @@ func (c *cli) createSnapshot(ctx context.Context, a *args, req api.CreateSnapsho
 	return nil
 }
 
+// listPageSize is how many snapshots snapshot-list reads at a time.
+const listPageSize = 500
+
 func runSnapshotList(ctx context.Context, c *cli, a *args) error {
 	for _, pair := range [][2]string{{"tree", "name"}, {"parent", "roots"}, {"parent", "tree"}, {"roots", "tree"}, {"leaves", "tree"}} {
 		if err := a.exclusive(pair[0], pair[1]); err != nil {
@@ -435,14 +438,21 @@ func runSnapshotList(ctx context.Context, c *cli, a *args) error {
 		}
 	}
 	q := url.Values{}
-	for _, f := range []string{"roots", "leaves", "tree"} {
+	for _, f := range []string{api.QueryRoots, api.QueryLeaves} {
 		if a.flag(f) {
 			q.Set(f, "true")
 		}
 	}
-	list, err := c.client.Snapshots(ctx, a.str("domain"), q)
+	// Page by page, and the tree from the pages: a long list holds the
+	// daemon for one page at a time, and a deep tree would nest too
+	// deep for a JSON decoder.
+	all, err := c.client.AllSnapshots(ctx, a.str("domain"), q, listPageSize)
 	if err != nil {
 		return err
+	}
+	list := api.SnapshotList{Snapshots: all}
+	if a.flag("tree") {
+		list.Tree = api.SnapshotTree(all)
 	}
 	if c.json {
 		return writeJSON(c.stdout, list)
