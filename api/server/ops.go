@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/qsnapd/qsnapd/api"
+	"github.com/qsnapd/qsnapd/errkind"
 	"github.com/qsnapd/qsnapd/internal/opid"
 )
 
@@ -58,6 +59,11 @@ func (r *opRegistry) finish(id string, result any, err error) {
 	op.Ended = time.Now().UTC()
 	if err != nil {
 		op.State = api.OpFailed
+		if kindOf(err) == errkind.OutcomeUnknown {
+			// Recovery completes it when QEMU returns: getOperation
+			// reads the outcome from the journal then.
+			op.State, op.Ended = api.OpUnknown, time.Time{}
+		}
 		_, info := errorInfo(err)
 		op.Error = &info
 		return

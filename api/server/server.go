@@ -614,19 +614,27 @@ func (s *Server) fsStatus(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if op, ok := s.ops.get(id); ok {
+	op, ok := s.ops.get(id)
+	if ok && op.State != api.OpUnknown {
 		s.withProgress(&op)
 		writeJSON(w, http.StatusOK, op)
 		return
 	}
-	// Operations from before a restart are in the journal.
+	// Operations from before a restart are in the journal, and so is
+	// the outcome recovery found for one answered outcome-unknown.
 	rec, err := s.drv.Store().Op(id)
-	if err != nil {
+	switch {
+	case ok && (err != nil || rec.State() == driver.OpUnknown):
+		writeJSON(w, http.StatusOK, op)
+		return
+	case err != nil:
 		s.writeErr(w, fmt.Errorf("%w: %s", errNoOperation, id))
 		return
 	}
-	op := api.Operation{ID: rec.ID, Kind: opKind(rec.Kind), Domain: rec.Domain, Started: rec.Started, Ended: rec.Updated}
+	op = api.Operation{ID: rec.ID, Kind: opKind(rec.Kind), Domain: rec.Domain, Started: rec.Started, Ended: rec.Updated}
 	switch phase := rec.Phase(); {
+	case phase.Active() && rec.OutcomeUnknown:
+		op.State, op.Ended = api.OpUnknown, time.Time{}
 	case phase.Active():
 		op.State, op.Ended = api.OpRunning, time.Time{}
 		s.withProgress(&op)
@@ -646,8 +654,9 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
 	default:
 		op.State = api.OpFailed
 		info := api.ErrorInfo{Code: api.CodeOperationFailed, Message: rec.Error}
-		if rec.Plan != nil {
-			info.Details = &api.ErrorDetails{Operation: rec.ID, Disks: outcomes(rec.Plan.Outcomes())}
+		if _, err := rec.CreateOutcome(); err != nil {
+			// A snapshot: its kind, step and every disk's outcome.
+			_, info = errorInfo(err)
 		}
 		op.Error = &info
 	}

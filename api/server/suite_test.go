@@ -34,4 +34,5 @@ var checks = []qemutest.Check{
 	{Name: "DeleteMerge", Run: checkDeleteMerge},
 	{Name: "MergeProgressAndCancel", Run: checkMergeProgressAndCancel},
 	{Name: "DeleteOutcomesAfterRestart", Run: checkDeleteOutcomesAfterRestart},
+	{Name: "DefinitiveAnswersOverHTTP", Run: checkDefinitiveAnswersOverHTTP},
 }

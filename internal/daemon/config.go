@@ -59,6 +59,7 @@ type Config struct {
 	MaxFreeze       Duration      `toml:"max_freeze"`
 	ThawTimeout     Duration      `toml:"thaw_timeout"`
 	RollbackTimeout Duration      `toml:"rollback_timeout"`
+	ReconnectWait   Duration      `toml:"reconnect_wait"`
 	Quiesce         string        `toml:"quiesce"`
 	MetricsListen   string        `toml:"metrics_listen"`
 	DBus            string        `toml:"dbus"`
@@ -83,6 +84,7 @@ func Default() Config {
 		MaxFreeze:       Duration(dc.MaxFreeze),
 		ThawTimeout:     Duration(dc.ThawTimeout),
 		RollbackTimeout: Duration(dc.RollbackTimeout),
+		ReconnectWait:   Duration(dc.ReconnectWait),
 		Quiesce:         string(dc.Quiesce),
 		MetricsListen:   "127.0.0.1:9477",
 		DBus:            "none",
@@ -152,7 +154,8 @@ func (c *Config) Validate() error {
 	for _, kv := range []struct {
 		key string
 		d   Duration
-	}{{"agent_timeout", c.AgentTimeout}, {"max_freeze", c.MaxFreeze}, {"thaw_timeout", c.ThawTimeout}, {"rollback_timeout", c.RollbackTimeout}} {
+	}{{"agent_timeout", c.AgentTimeout}, {"max_freeze", c.MaxFreeze}, {"thaw_timeout", c.ThawTimeout}, {"rollback_timeout", c.RollbackTimeout},
+		{"reconnect_wait", c.ReconnectWait}} {
 		if kv.d < 0 {
 			return keyErr(kv.key, "%v is negative", time.Duration(kv.d))
 		}
@@ -231,6 +234,7 @@ func (c *Config) DriverConfig() driver.Config {
 		MaxFreeze:       time.Duration(c.MaxFreeze),
 		ThawTimeout:     time.Duration(c.ThawTimeout),
 		RollbackTimeout: time.Duration(c.RollbackTimeout),
+		ReconnectWait:   time.Duration(c.ReconnectWait),
 		Quiesce:         driver.QuiesceMode(c.Quiesce),
 	}
 }
