@@ -36,6 +36,10 @@ const (
 	IndHalted            = "halted"
 	IndHaltFailed        = "halt-failed"
 	IndRedefined         = "redefined"
+	// IndQEMUGone: QEMU exited after the switch, and every overlay holds
+	// the guest's writes: the snapshot is recorded, and QEMU must start
+	// on the overlays.
+	IndQEMUGone = "qemu-gone"
 )
 
 // DiskResult is what happened to one disk of an operation.

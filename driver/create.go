@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,6 +34,7 @@ type snapshotOp struct {
 	indications []Indication
 	quiesced    bool
 	rec         SnapshotRecord
+	qemuGone    bool // QEMU exited mid-operation (abandon)
 
 	freezeWindow, freezeCall, thawCall time.Duration
 }
@@ -58,14 +60,19 @@ func atStep(step string, err error) error {
 // create runs a validated snapshot: prepare → freeze → switch → thaw →
 // record. Whatever step fails, the one deferred call undoes the steps
 // before it and reports.
-func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, start time.Time) (_ *CreateResult, err error) {
+//
+// A failure that leaves the disks' state unknown is an *OpError with
+// pending set: the caller releases the domain and waits for recovery
+// (awaitCreate). One whose QEMU exited ends here (abandon), and may yet
+// be a snapshot.
+func (d *Driver) create(ctx context.Context, dom *Domain, spec *createSpec, start time.Time) (res *CreateResult, err error) {
 	s, err := d.beginSnapshot(dom, spec, start)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			err = s.fail(ctx, err)
+			res, err = s.fail(ctx, err)
 		}
 	}()
 	if err := s.prepare(ctx); err != nil {
@@ -241,6 +248,11 @@ func (s *snapshotOp) record() error {
 	if err := s.d.hook(HookSwitched); err != nil {
 		return atStep(StepSwitch, err)
 	}
+	return s.recordMetadata()
+}
+
+// recordMetadata is record past its hook point.
+func (s *snapshotOp) recordMetadata() error {
 	if err := s.exec.SyncDirs(s.plan); err != nil {
 		return atStep(StepRecord, fmt.Errorf("%w: %w", ErrOperationFailed, err))
 	}
@@ -272,7 +284,7 @@ func (s *snapshotOp) finish(ctx context.Context) *CreateResult {
 	if res.XML == "" { // NO_METADATA: still show what was taken
 		res.XML, _ = snapshotXML(&s.rec)
 	}
-	if s.spec.flags&FlagHalt != 0 {
+	if s.spec.flags&FlagHalt != 0 && !s.qemuGone {
 		if err := s.dom.client.Quit(ctx); err != nil {
 			res.Indications = append(res.Indications, Indication{Code: IndHaltFailed, Message: err.Error()})
 		} else {
@@ -290,10 +302,11 @@ func (s *snapshotOp) finish(ctx context.Context) *CreateResult {
 }
 
 // fail is the one owner of a failed snapshot's end: it undoes what the
-// steps did, unless the disks' state is unknown, closes the journal
-// entry or leaves it open for recovery, and reports every disk's
-// outcome.
-func (s *snapshotOp) fail(ctx context.Context, cause error) error {
+// steps did, unless the disks' state is unknown, and reports every
+// disk's outcome. With the state unknown, the journal entry stays open
+// for recovery and the *OpError is pending: the caller waits for
+// recovery's outcome, unless QEMU exited, which abandon settles here.
+func (s *snapshotOp) fail(ctx context.Context, cause error) (*CreateResult, error) {
 	// Whatever the steps and their undo left, the next operation reads
 	// the chains from QEMU.
 	s.dom.forgetChains()
@@ -307,23 +320,87 @@ func (s *snapshotOp) fail(ctx context.Context, cause error) error {
 		// Deleting files QEMU may use would be worse than leaving them:
 		// the journal keeps the operation for recovery.
 		s.undo.Release()
-		err, unknown = fmt.Errorf("%w: %w; recovery will reconcile the disks", ErrOperationFailed, cause), true
+		unknown = true
 	} else if rerr := s.undo.Fail(ctx); rerr != nil {
 		err = fmt.Errorf("%w; undo: %w", cause, rerr)
 		// QEMU went away, or stopped answering, before the undo
 		// finished: recovery finishes it.
 		unknown = errors.Is(rerr, qmp.ErrDisconnected) || errors.Is(rerr, transaction.ErrStateUnknown)
 	}
+	if unknown && s.dom.qemuGone() {
+		return s.abandon(ctx, step, err)
+	}
 	s.plan.Phase = transaction.PhaseFailed
 	if unknown {
+		err = fmt.Errorf("%w: %w; recovery will reconcile the disks", ErrOperationFailed, err)
 		s.plan.Phase = transaction.PhaseSwitching
 		s.dom.requestRecovery()
 	}
-	s.op.Error = err.Error()
+	s.op.Error, s.op.Step, s.op.ErrorKind = err.Error(), step, Kind(err).String()
 	if serr := s.d.store.SaveOp(s.op); serr != nil {
 		s.log.Error("journal of failed operation not saved", zap.Error(serr))
 	}
 	s.log.Info("snapshot failed", zap.String("step", step), zap.String("mode", string(s.plan.Mode)),
-		zap.Int("stuck", len(s.plan.Stuck())))
-	return &OpError{OpID: s.op.ID, Step: step, Disks: s.plan.Outcomes(), Err: err}
+		zap.Int("stuck", len(s.plan.Stuck())), zap.Bool("unknown", unknown))
+	return nil, &OpError{OpID: s.op.ID, Step: step, Disks: s.plan.Outcomes(), Err: err, pending: unknown}
+}
+
+// abandon ends a snapshot whose QEMU exited in the middle of it: there
+// is nothing to roll back with and nothing to wait for. The overlays
+// that hold no data go, those that hold the guest's writes stay
+// (transaction.Executor.Abandon), the freeze is forgotten and the
+// journal entry closed, so that nothing is left for recovery to trip on
+// when QEMU returns.
+//
+// If every disk's overlay holds guest writes, every disk switched: the
+// snapshot happened, as libvirt would have it, and is recorded and
+// answered as taken, with the indication qemu-gone (QEMU must start on
+// the overlays). It is not if its required quiesce did not hold. Any
+// other mix fails, naming the overlays that hold writes.
+func (s *snapshotOp) abandon(ctx context.Context, step string, cause error) (*CreateResult, error) {
+	s.qemuGone = true
+	s.undo.Release()
+	s.d.guestGone(s.dom)
+	aerr := s.exec.Abandon(s.plan)
+	held := s.plan.HoldingGuestWrites()
+	s.log.Warn("QEMU exited mid-snapshot", zap.String("step", step), zap.Error(cause),
+		zap.Int("holding_guest_writes", len(held)), zap.NamedError("abandon", aerr))
+	whole := aerr == nil && len(held) == len(s.plan.Disks)
+	var note string
+	switch {
+	case whole && s.spec.quiesce == QuiesceRequire && !s.quiesced:
+		note = "the snapshot is not recorded: its required quiesce did not hold"
+	case whole:
+		s.indications = append(s.indications, Indication{Code: IndQEMUGone,
+			Message: "QEMU exited after the switch, and every overlay holds writes of the guest's: the snapshot is recorded; start QEMU on the overlays"})
+		err := s.recordMetadata()
+		if err == nil {
+			return s.finish(ctx), nil
+		}
+		note = "the snapshot could not be recorded: " + err.Error()
+	case len(held) > 0:
+		note = "the snapshot is not recorded: not every disk switched"
+	}
+	var paths []string
+	for _, pd := range held {
+		paths = append(paths, pd.Target+" "+pd.Overlay)
+	}
+	msg := fmt.Sprintf("QEMU exited during the %s step; disks: %s", step, transaction.Describe(s.plan.Outcomes()))
+	if len(paths) > 0 {
+		msg += fmt.Sprintf("; these overlays hold writes the guest was told were durable and are kept: start QEMU on them, not on their backing images: %s",
+			strings.Join(paths, ", "))
+	}
+	if note != "" {
+		msg += "; " + note
+	}
+	err := fmt.Errorf("%w: %s", ErrOperationFailed, msg)
+	if aerr != nil {
+		err = fmt.Errorf("%w; %w", err, aerr)
+	}
+	s.plan.Phase = transaction.PhaseFailed
+	s.op.Error, s.op.Step, s.op.ErrorKind = err.Error(), step, Kind(err).String()
+	if serr := s.d.store.SaveOp(s.op); serr != nil {
+		s.log.Error("journal of abandoned operation not saved", zap.Error(serr))
+	}
+	return nil, &OpError{OpID: s.op.ID, Step: step, Disks: s.plan.Outcomes(), Err: err}
 }

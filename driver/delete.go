@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -89,6 +90,10 @@ type DeleteError struct {
 	Deleted []string
 	Disks   []MergeOutcome
 	Err     error
+
+	// pending: QEMU's word is missing and the journal entry open for
+	// recovery, whose outcome the caller waits for (awaitDelete).
+	pending bool
 }
 
 func (e *DeleteError) Error() string { return e.Err.Error() }
@@ -173,6 +178,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, domain, name string, req De
 	if err != nil {
 		return nil, cancelledOr(wctx, err)
 	}
+	release = sync.OnceFunc(release)
 	defer release()
 	dp, err := d.planDelete(wctx, dom, name, req.Flags)
 	if err != nil {
@@ -193,6 +199,12 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, domain, name string, req De
 	d.cfg.Events.OperationsInFlight(1)
 	defer d.cfg.Events.OperationsInFlight(-1)
 	res, err := d.merge(context.WithoutCancel(ctx), mctx, dom, dp, opID, req, run, start)
+	if de := (*DeleteError)(nil); errors.As(err, &de) && de.pending {
+		// QEMU may answer again: wait for recovery's outcome, which no
+		// cancel changes any more.
+		run.setCancel(nil)
+		res, err = d.awaitDelete(ctx, dom, de, release)
+	}
 	d.cfg.Events.SnapshotDeleted(deleteEvent(domain, opID, dp, res, err, time.Since(start)))
 	return res, err
 }
@@ -838,7 +850,7 @@ func (o *deleteOp) fail(ctx context.Context, cause error) error {
 	}
 	o.log.Info("snapshot delete failed", zap.String("step", step), zap.Bool("unknown", unknown),
 		zap.Strings("deleted", o.deleted), zap.Error(err))
-	return &DeleteError{OpID: o.op.ID, Step: step, Deleted: o.deleted, Disks: outcomes(o.plan, unknown), Err: err}
+	return &DeleteError{OpID: o.op.ID, Step: step, Deleted: o.deleted, Disks: outcomes(o.plan, unknown), Err: err, pending: unknown}
 }
 
 // interruptedNote says which snapshots ch marks merge-interrupted, and

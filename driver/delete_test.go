@@ -608,7 +608,8 @@ func checkDeleteDuringCreate(t *testing.T) {
 // checkDeleteFaultsBeforeTheFinalize: QEMU refuses a commit or a
 // complete: every job is cancelled and nothing changes. A connection
 // that drops at the complete (past the point of no return) leaves the
-// merge to recovery, which finishes it.
+// merge to recovery, which finishes it once the daemon reconnected, and
+// the delete answers with that: merged.
 func checkDeleteFaultsBeforeTheFinalize(t *testing.T) {
 	fail := qmpproxy.Fail{Class: "GenericError", Desc: "injected"}
 	for _, tc := range []struct {
@@ -619,7 +620,7 @@ func checkDeleteFaultsBeforeTheFinalize(t *testing.T) {
 		{"block-commit of the middle", "s2", "block-commit", fail, "start commit of disk vdb: qmp block-commit: GenericError: injected"},
 		{"block-commit of the current", "s3", "block-commit", fail, "start commit of disk vdb: qmp block-commit: GenericError: injected"},
 		{"job-complete", "s3", "job-complete", fail, "complete commit of disk vdb: qmp job-complete: GenericError: injected"},
-		{"connection lost at job-complete", "s3", "job-complete", qmpproxy.CloseConn{}, "recovery will reconcile the disks"},
+		{"connection lost at job-complete", "s3", "job-complete", qmpproxy.CloseConn{}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy, proxy: true})
@@ -628,7 +629,22 @@ func checkDeleteFaultsBeforeTheFinalize(t *testing.T) {
 			}
 			before := e.world()
 			e.proxy.Add(qmpproxy.Rule{Command: tc.command, Nth: 2, Times: 1, Action: tc.action})
-			_, err := e.delete(tc.snap, 0)
+			res, err := e.delete(tc.snap, 0)
+			if _, ok := tc.action.(qmpproxy.CloseConn); ok {
+				// The same request answers once recovery finished the
+				// merge: no polling.
+				if err != nil || !slices.Equal(res.Deleted, []string{"s3"}) {
+					t.Fatalf("got %+v, %v; want s3 merged by recovery", res, err)
+				}
+				if w := e.world(); w.Active != 0 {
+					t.Errorf("%d open operations after the answer", w.Active)
+				}
+				e.wantTree("<-s1 s1<-s2 current=s2")
+				e.wantChains(map[string][]string{"vda": {"vda.s2", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s2", "vdb.s1", "vdb.qcow2"}})
+				e.wantGone("vda.s3", "vdb.s3")
+				e.wantNoStrayNodes()
+				return
+			}
 			var de *DeleteError
 			if !errors.As(err, &de) || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("got %v, want %q", err, tc.msg)
@@ -640,14 +656,6 @@ func checkDeleteFaultsBeforeTheFinalize(t *testing.T) {
 				if o.Result == MergeMerged || o.FileDeleted {
 					t.Errorf("disk %s: %+v", o.Target, o)
 				}
-			}
-			if _, ok := tc.action.(qmpproxy.CloseConn); ok {
-				waitFor(t, func() bool { return e.connected() && e.world().Active == 0 }, "recovery after reconnect")
-				e.wantTree("<-s1 s1<-s2 current=s2")
-				e.wantChains(map[string][]string{"vda": {"vda.s2", "vda.s1", "vda.qcow2"}, "vdb": {"vdb.s2", "vdb.s1", "vdb.qcow2"}})
-				e.wantGone("vda.s3", "vdb.s3")
-				e.wantNoStrayNodes()
-				return
 			}
 			if o := de.Disks[1]; o.Result != MergeFailed || !strings.Contains(o.Error, "injected") {
 				t.Errorf("vdb: %+v, want failed with QEMU's message", o)
@@ -1024,7 +1032,8 @@ func (e *env) restartQEMU(active map[string]string) {
 // a commit below the active layer, the image above names the base in
 // its header, and the merge is recorded. Either way the metadata
 // agrees with the chains, no file QEMU needs is gone, and the data is
-// intact.
+// intact. The delete itself, with QEMU away past the reconnect wait,
+// answers outcome-unknown, and recovery resolves it once QEMU is back.
 func checkDeleteQEMUKilledMidMerge(t *testing.T) {
 	for _, tc := range []struct {
 		step, snap string
@@ -1035,7 +1044,10 @@ func checkDeleteQEMUKilledMidMerge(t *testing.T) {
 		{HookDeleteFinalized, "s2", true},
 	} {
 		t.Run(strings.TrimPrefix(tc.step, "delete:")+"/"+tc.snap, func(t *testing.T) {
-			e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy})
+			evs := newResolvedEvents()
+			e := newEnv(t, envOpts{disks: 2, style: qemutest.Legacy, cfg: func(c *Config) {
+				c.ReconnectWait, c.Events = 300*time.Millisecond, evs
+			}})
 			ps := patterns{}
 			for i, s := range []string{"s1", "s2", "s3"} {
 				e.write(ps, "vda", int64(i)<<20, byte(0x71+i))
@@ -1055,11 +1067,19 @@ func checkDeleteQEMUKilledMidMerge(t *testing.T) {
 				return nil
 			}
 			_, err := e.delete(tc.snap, 0)
-			if !errors.Is(err, ErrDisconnected) && !errors.Is(err, ErrOperationFailed) {
-				t.Fatalf("got %v, want QEMU gone", err)
+			var de *DeleteError
+			if !errors.As(err, &de) || !errors.Is(err, ErrOutcomeUnknown) {
+				t.Fatalf("got %v, want outcome-unknown: QEMU is gone", err)
 			}
 			e.drv.Hooks.AtStep = nil
 			e.restartQEMU(active)
+			want := OpFailed
+			if tc.merged {
+				want = OpSucceeded
+			}
+			if got := evs.wait(t); !slices.Equal(got, []string{e.name + " " + de.OpID + " " + want}) {
+				t.Errorf("OperationResolved: %v, want %s", got, want)
+			}
 			waitFor(t, func() bool { return e.connected() && e.world().Active == 0 }, "recovery after QEMU's restart")
 			if tc.merged {
 				model := newTreeModel()

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,6 +36,9 @@ type Domain struct {
 	stopOnce sync.Once
 	stopCh   chan struct{}
 	wake     chan struct{} // a failed operation asks for recovery now
+	// waiters counts the requests waiting for QEMU to answer again
+	// (awaitRecovery): the supervisor retries sooner meanwhile.
+	waiters atomic.Int32
 
 	mu           sync.Mutex
 	connected    bool
@@ -274,7 +280,13 @@ func (dom *Domain) supervise(ctx context.Context) {
 			cancel()
 			if err != nil {
 				settle()
-				if !sleep(ctx, dom.stopCh, backoff) {
+				wait := backoff
+				if dom.waiters.Load() > 0 {
+					// A request waits for QEMU: do not sleep past its
+					// return for long.
+					wait = min(wait, max(cfg.ReconnectMin, waitedReconnect))
+				}
+				if !sleep(ctx, dom.stopCh, wait) {
 					return
 				}
 				backoff = min(backoff*2, cfg.ReconnectMax)
@@ -311,6 +323,26 @@ func (dom *Domain) supervise(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// waitedReconnect caps the backoff between connection attempts while a
+// request waits for QEMU to answer again.
+const waitedReconnect = 250 * time.Millisecond
+
+// qemuGone reports whether the domain's QEMU has exited: its monitor
+// connection is down and its QMP socket refuses connections or is gone,
+// as a killed QEMU's is (its listening socket closes with it). A socket
+// that accepts may belong to a QEMU that answers again.
+func (dom *Domain) qemuGone() bool {
+	if dom.client.Connected() {
+		return false
+	}
+	conn, err := net.DialTimeout("unix", dom.cfg.QMP, qmp.DefaultHandshakeTimeout)
+	if err == nil {
+		_ = conn.Close() // a probe: nothing was said on it
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
 }
 
 // recoverIfNeeded runs recovery when a connect or a failed operation

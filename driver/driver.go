@@ -38,6 +38,10 @@ type Config struct {
 	// ReconnectMin and ReconnectMax bound the backoff between attempts
 	// to reach a domain's QMP socket.
 	ReconnectMin, ReconnectMax time.Duration
+	// ReconnectWait bounds how long an operation whose QMP connection
+	// dropped in the middle waits for QEMU to answer again and for
+	// recovery to reconcile it, before it answers ErrOutcomeUnknown.
+	ReconnectWait time.Duration
 	// OpRetention is how long finished operations stay readable.
 	OpRetention time.Duration
 	// AgentTimeout bounds connect, sync and ping of the guest agent.
@@ -68,6 +72,7 @@ func DefaultConfig() Config {
 		RollbackTimeout: transaction.DefaultRollbackTimeout,
 		ReconnectMin:    100 * time.Millisecond,
 		ReconnectMax:    30 * time.Second,
+		ReconnectWait:   10 * time.Second,
 		OpRetention:     24 * time.Hour,
 		AgentTimeout:    guestagent.DefaultTimeout,
 		ThawTimeout:     guestagent.DefaultThawTimeout,
@@ -108,6 +113,7 @@ func (c *Config) Validate() error {
 		{"rollback_timeout", &c.RollbackTimeout, def.RollbackTimeout},
 		{"reconnect_min", &c.ReconnectMin, def.ReconnectMin},
 		{"reconnect_max", &c.ReconnectMax, def.ReconnectMax},
+		{"reconnect_wait", &c.ReconnectWait, def.ReconnectWait},
 		{"op_retention", &c.OpRetention, def.OpRetention},
 		{"agent_timeout", &c.AgentTimeout, def.AgentTimeout},
 		{"thaw_timeout", &c.ThawTimeout, def.ThawTimeout},
@@ -157,6 +163,9 @@ type Driver struct {
 	// running are the operations in flight that front ends may watch
 	// and cancel.
 	running opRegistry
+	// waiting are the requests waiting for recovery to reconcile their
+	// operation after QEMU went away (outcome.go).
+	waiting waiters
 
 	thawsSettled chan struct{} // closed after the startup thaws' first attempts
 }

@@ -39,4 +39,10 @@ var (
 	// ErrCancelled: the caller cancelled the operation before its point
 	// of no return; nothing changed.
 	ErrCancelled = errors.New("operation cancelled")
+	// ErrOutcomeUnknown: QEMU went away in the middle of the operation
+	// and did not come back within the reconnect wait, so what it did
+	// to the disks is not known. The journal keeps the operation open;
+	// recovery completes it when QEMU returns and reports it with
+	// Events.OperationResolved.
+	ErrOutcomeUnknown = errors.New("outcome unknown")
 )

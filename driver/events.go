@@ -60,6 +60,12 @@ type Events interface {
 	OperationRecovered(action string) // thawed, rolled_back or cleaned
 	DomainsChanged(connected, disconnected int)
 	OperationsInFlight(delta int)
+	// OperationResolved: recovery completed an operation whose caller
+	// got no definitive answer (outcome-unknown, or the daemon stopped
+	// under it); state is OpSucceeded or OpFailed, and the journal entry
+	// of opID has the outcome. An operation whose waiting caller got
+	// the outcome is not reported again.
+	OperationResolved(domain, opID, state string)
 }
 
 // NopEvents ignores everything; embed it to implement only some events.
@@ -91,6 +97,9 @@ func (NopEvents) DomainsChanged(int, int) {}
 
 // OperationsInFlight does nothing.
 func (NopEvents) OperationsInFlight(int) {}
+
+// OperationResolved does nothing.
+func (NopEvents) OperationResolved(string, string, string) {}
 
 var _ Events = NopEvents{}
 
@@ -160,6 +169,13 @@ func (m MultiEvents) OperationsInFlight(delta int) {
 	}
 }
 
+// OperationResolved implements Events.
+func (m MultiEvents) OperationResolved(domain, opID, state string) {
+	for _, x := range m {
+		x.OperationResolved(domain, opID, state)
+	}
+}
+
 // Hub is a MultiEvents that members can join while the driver runs,
 // such as a D-Bus service that needs the driver before it can listen.
 type Hub struct {
@@ -210,3 +226,8 @@ func (h *Hub) DomainsChanged(connected, disconnected int) {
 
 // OperationsInFlight implements Events.
 func (h *Hub) OperationsInFlight(delta int) { h.all().OperationsInFlight(delta) }
+
+// OperationResolved implements Events.
+func (h *Hub) OperationResolved(domain, opID, state string) {
+	h.all().OperationResolved(domain, opID, state)
+}

@@ -188,7 +188,8 @@ func (d *Driver) retryThaw(dom *Domain, gf *guestFreeze, firstTry ...func()) {
 		}
 	})
 	dom.mu.Lock()
-	if dom.retrying {
+	if dom.retrying || dom.freeze != gf {
+		// Retried already, or forgotten: its guest is gone.
 		dom.mu.Unlock()
 		tried()
 		return
@@ -201,6 +202,15 @@ func (d *Driver) retryThaw(dom *Domain, gf *guestFreeze, firstTry ...func()) {
 		defer tried()
 		backoff := 100 * time.Millisecond
 		for {
+			dom.mu.Lock()
+			gone := dom.freeze != gf
+			if gone && dom.freeze == nil {
+				dom.retrying = false
+			}
+			dom.mu.Unlock()
+			if gone { // forgotten: its QEMU exited (guestGone)
+				return
+			}
 			ctx, cancel := context.WithTimeout(d.ctx, d.cfg.ThawTimeout)
 			err := thawAndCheck(ctx, dom.agent)
 			cancel()
@@ -218,6 +228,24 @@ func (d *Driver) retryThaw(dom *Domain, gf *guestFreeze, firstTry ...func()) {
 			backoff = min(backoff*2, 5*time.Second)
 		}
 	}()
+}
+
+// guestGone forgets the freeze the daemon holds on a guest whose QEMU
+// exited: there is no guest left to thaw, and its record would have the
+// next start thaw a guest that is not frozen. A thaw being retried
+// stops.
+func (d *Driver) guestGone(dom *Domain) {
+	dom.mu.Lock()
+	gf := dom.freeze
+	dom.mu.Unlock()
+	if gf == nil {
+		return
+	}
+	if gf.timer != nil {
+		gf.timer.Stop()
+	}
+	dom.log.Info("freeze forgotten: QEMU exited", zap.String("owner", gf.rec.Owner), zap.String("op", gf.rec.OpID))
+	d.forgetFreeze(dom, gf)
 }
 
 // thawAndCheck thaws and confirms with guest-fsfreeze-status.

@@ -13,6 +13,8 @@ var kinds = []struct {
 	kind errkind.Kind
 	errs []error
 }{
+	// First: an outcome not known yet may follow any failure.
+	{errkind.OutcomeUnknown, []error{ErrOutcomeUnknown}},
 	{errkind.InvalidArg, []error{ErrInvalidArg}},
 	{errkind.NoDomain, []error{ErrNoDomain}},
 	{errkind.NoDomainSnapshot, []error{ErrNoSnapshot}},

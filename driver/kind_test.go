@@ -52,6 +52,11 @@ func TestKind(t *testing.T) {
 			Err: fmt.Errorf("%w: switch: %w", ErrOperationFailed, errors.New("QMP said no"))}, errkind.OperationFailed},
 		{"op error, quiesce", &OpError{OpID: "op1", Step: StepFreeze,
 			Err: fmt.Errorf("%w: freeze: %w", ErrQuiesce, agentErr(guestagent.ErrUnresponsive))}, errkind.AgentUnresponsive},
+		// QEMU away past the reconnect wait: whatever the cause says.
+		{"outcome unknown", &OpError{OpID: "op1", Step: StepSwitch,
+			Err: fmt.Errorf("%w: operation op1: %w", ErrOutcomeUnknown, fmt.Errorf("%w: EOF", ErrDisconnected))}, errkind.OutcomeUnknown},
+		{"outcome unknown, delete", &DeleteError{OpID: "op2", Step: StepFinalize,
+			Err: fmt.Errorf("%w: operation op2: %w", ErrOutcomeUnknown, ErrOperationFailed)}, errkind.OutcomeUnknown},
 		{"joined", errors.Join(errors.New("x"), fmt.Errorf("%w: y", ErrNoDomain)), errkind.NoDomain},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

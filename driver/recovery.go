@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -88,17 +89,29 @@ func (d *Driver) recoverOp(ctx context.Context, dom *Domain, op *OpRecord) error
 			switched++
 		}
 	}
+	// A QEMU restarted since may have left the guest's writes in an
+	// overlay it no longer has: that file is not deleted.
+	kept := transaction.KeepAfterRestart(plan, present)
 	exec := d.executor(dom, op)
 	rbErr := exec.Rollback(ctx, plan)
 	cleanErr := exec.Cleanup(ctx, plan)
 	plan.Phase = transaction.PhaseFailed
-	op.Error = ErrInterrupted.Error()
+	op.Error, op.ErrorKind, op.OutcomeUnknown = ErrInterrupted.Error(), Kind(ErrOperationFailed).String(), false
 	if err := errors.Join(rbErr, cleanErr); err != nil {
 		op.Error += ": " + err.Error()
+	}
+	if len(kept) > 0 {
+		var paths []string
+		for _, pd := range kept {
+			paths = append(paths, pd.Target+" "+pd.Overlay)
+		}
+		op.Error += "; QEMU was restarted since, and these overlays hold writes the guest was told were durable and are kept: " +
+			strings.Join(paths, ", ")
 	}
 	if err := d.store.SaveOp(op); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
+	d.opResolved(op)
 	action := "cleaned"
 	if switched > 0 {
 		action = "rolled_back"
@@ -157,8 +170,12 @@ func (d *Driver) recoverDelete(ctx context.Context, dom *Domain, op *OpRecord) e
 	plan := op.Merge
 	log := dom.log.With(zap.String("op", op.ID))
 	if plan.Round >= len(plan.Rounds) {
-		plan.Phase = transaction.PhaseDone
-		return d.store.SaveOp(op)
+		plan.Phase, op.OutcomeUnknown = transaction.PhaseDone, false
+		if err := d.store.SaveOp(op); err != nil {
+			return err
+		}
+		d.opResolved(op)
+		return nil
 	}
 	r := plan.Rounds[plan.Round]
 	exec := d.executor(dom, op)
@@ -248,7 +265,7 @@ func (d *Driver) recoverDelete(ctx context.Context, dom *Domain, op *OpRecord) e
 			plan.Phase = transaction.PhaseDone
 		}
 	}
-	op.Error, op.ErrorKind = "", ""
+	op.Error, op.ErrorKind, op.OutcomeUnknown = "", "", false
 	if plan.Phase == transaction.PhaseFailed {
 		op.Error = fmt.Sprintf("%s: %s of snapshot '%s'", ErrInterrupted, action, r.Snapshot)
 		if note := interruptedNote(r, ch); note != "" {
@@ -259,6 +276,7 @@ func (d *Driver) recoverDelete(ctx context.Context, dom *Domain, op *OpRecord) e
 	if err := d.store.applyMerge(dom.cfg.Name, ch, op); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
+	d.opResolved(op)
 	d.cfg.Events.OperationRecovered(action)
 	log.Info("recovered interrupted delete", zap.String("action", action), zap.String("snapshot", r.Snapshot),
 		zap.Int("merged", len(ch.gone)), zap.Int("marked", len(ch.interrupted)), zap.String("phase", string(plan.Phase)))

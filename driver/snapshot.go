@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"libvirt.org/go/libvirtxml"
@@ -59,6 +60,10 @@ type OpError struct {
 	Step  string
 	Disks []transaction.Outcome
 	Err   error
+
+	// pending: the disks' state is unknown and the journal entry open
+	// for recovery, whose outcome the caller waits for (awaitCreate).
+	pending bool
 }
 
 func (e *OpError) Error() string { return e.Err.Error() }
@@ -88,18 +93,22 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	if err := dom.awaitFirstAttempt(ctx); err != nil {
 		return nil, err
 	}
-	release, err := dom.acquire(ctx)
+	unlock, err := dom.acquire(ctx)
 	if err != nil {
 		return nil, err
 	}
+	// The agent channel is shared with whoever else manages the guest:
+	// hold it only for the operation, which ends with the domain's lock
+	// (before the wait for recovery, if there is one).
+	release := sync.OnceFunc(func() {
+		dom.agent.Close()
+		unlock()
+	})
 	defer release()
 
 	if req.Flags&FlagRedefine != 0 {
 		return d.redefine(dom, def, req.Flags)
 	}
-	// The agent channel is shared with whoever else manages the guest:
-	// hold it only for the operation.
-	defer dom.agent.Close()
 	spec, err := d.specFor(ctx, dom, def, req, quiesce)
 	if err != nil {
 		return nil, err
@@ -110,6 +119,10 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	d.cfg.Events.OperationsInFlight(1)
 	defer d.cfg.Events.OperationsInFlight(-1)
 	res, err := d.create(context.WithoutCancel(ctx), dom, spec, start)
+	if oe := (*OpError)(nil); errors.As(err, &oe) && oe.pending {
+		// QEMU may answer again: wait for recovery's outcome.
+		res, err = d.awaitCreate(ctx, dom, oe, release)
+	}
 	d.cfg.Events.SnapshotFinished(snapshotEvent(dom.cfg.Name, spec, res, err, time.Since(start)))
 	return res, err
 }

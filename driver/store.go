@@ -109,11 +109,14 @@ type OpRecord struct {
 	// KindSnapshotDelete): its flags and its merge plan.
 	DeleteFlags DeleteFlags            `json:"delete_flags,omitempty"`
 	Merge       *transaction.MergePlan `json:"merge,omitempty"`
-	// Step and ErrorKind are a failed delete's step and kind of failure
-	// (errkind.Kind's name), so that its outcome reads the same from
-	// the journal as from the delete itself.
+	// Step and ErrorKind are a failed operation's step and kind of
+	// failure (errkind.Kind's name), so that its outcome reads the same
+	// from the journal as from the operation itself.
 	Step      string `json:"step,omitempty"`
 	ErrorKind string `json:"error_kind,omitempty"`
+	// OutcomeUnknown is set on an open entry whose caller was answered
+	// ErrOutcomeUnknown; recovery clears it when it completes the entry.
+	OutcomeUnknown bool `json:"outcome_unknown,omitempty"`
 }
 
 // Operation kinds of the journal.
@@ -238,6 +241,30 @@ func (s *Store) Op(id string) (*OpRecord, error) {
 
 var errNoOp = errors.New("no such operation")
 
+// markOutcomeUnknown flags an operation whose caller gives up waiting,
+// read and written in one transaction so that an entry recovery closed
+// meanwhile stays as recovery wrote it. It reports whether the entry
+// was still open, and so flagged.
+func (s *Store) markOutcomeUnknown(id string) (bool, error) {
+	marked := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketOps).Get([]byte(id))
+		if v == nil {
+			return errNoOp
+		}
+		var op OpRecord
+		if err := json.Unmarshal(v, &op); err != nil {
+			return err
+		}
+		if !op.Phase().Active() {
+			return nil
+		}
+		op.OutcomeUnknown, marked = true, true
+		return putOp(tx, &op)
+	})
+	return marked, err
+}
+
 // Ops lists operations, oldest first; with activeOnly, only those that
 // recovery must finish.
 func (s *Store) Ops(activeOnly bool) ([]*OpRecord, error) {
@@ -256,7 +283,8 @@ func (s *Store) Ops(activeOnly bool) ([]*OpRecord, error) {
 }
 
 // PruneOps deletes finished operations older than cutoff, except those
-// that left a disk stuck on its overlay: an operator needs to see them.
+// that left a disk stuck on its overlay, or an overlay holding guest
+// writes after QEMU exited: an operator needs to see them.
 func (s *Store) PruneOps(cutoff time.Time) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketOps)
@@ -266,7 +294,8 @@ func (s *Store) PruneOps(cutoff time.Time) error {
 			if err := json.Unmarshal(v, &op); err != nil {
 				return err
 			}
-			if !op.Phase().Active() && op.Updated.Before(cutoff) && (op.Plan == nil || len(op.Plan.Stuck()) == 0) {
+			if !op.Phase().Active() && op.Updated.Before(cutoff) &&
+				(op.Plan == nil || len(op.Plan.Stuck())+len(op.Plan.HoldingGuestWrites()) == 0) {
 				old = append(old, append([]byte(nil), k...))
 			}
 			return nil

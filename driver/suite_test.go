@@ -60,6 +60,10 @@ var checks = []qemutest.Check{
 	{Name: "ChainRecordSeesHotplug", Run: checkChainRecordSeesHotplug, RealOnly: "device_add, which the fake does not model"},
 
 	{Name: "UnknownStateReconciledWhileConnected", Run: checkUnknownStateReconciledWhileConnected},
+	{Name: "LostConnectionGetsDefinitiveAnswer", Run: checkLostConnectionGetsDefinitiveAnswer},
+	{Name: "QEMUAwayPastTheWait", Run: checkQEMUAwayPastTheWait},
+	{Name: "QEMUKilledMidSwitch", Run: checkQEMUKilledMidSwitch},
+	{Name: "QEMURestartedMidSwitch", Run: checkQEMURestartedMidSwitch, RealOnly: "restarts QEMU on the images, with the guest's data"},
 	{Name: "EnsureDomainTakesChangedPaths", Run: checkEnsureDomainTakesChangedPaths},
 	{Name: "FSFreezeRefusesHoldAboveMaxFreeze", Run: checkFSFreezeRefusesHoldAboveMaxFreeze},
 	{Name: "SnapshotNameWithControlCharacterRefused", Run: checkSnapshotNameWithControlCharacterRefused},

@@ -242,6 +242,10 @@ func (m *Metrics) DomainsChanged(connected, disconnected int) {
 // OperationsInFlight adds delta to the running operations.
 func (m *Metrics) OperationsInFlight(delta int) { m.inFlight.Add(float64(delta)) }
 
+// OperationResolved is not a metric: the recovery behind it is counted
+// by OperationRecovered, and an operation id is no label.
+func (m *Metrics) OperationResolved(string, string, string) {}
+
 // QMPCommand observes a QMP command; pass it to qmp.WithObserver.
 func (m *Metrics) QMPCommand(command string, took time.Duration, err error) {
 	command = commandLabel(command)

@@ -33,7 +33,7 @@ type SwitchError struct {
 }
 
 func (e *SwitchError) Error() string {
-	return fmt.Sprintf("%s switch failed: %v; disks: %s", e.Mode, e.Cause, describe(e.Disks))
+	return fmt.Sprintf("%s switch failed: %v; disks: %s", e.Mode, e.Cause, Describe(e.Disks))
 }
 
 func (e *SwitchError) Unwrap() error { return e.Cause }
@@ -55,7 +55,7 @@ type RollbackError struct {
 }
 
 func (e *RollbackError) Error() string {
-	return fmt.Sprintf("%v: disks: %s", e.Err, describe(e.Disks))
+	return fmt.Sprintf("%v: disks: %s", e.Err, Describe(e.Disks))
 }
 
 func (e *RollbackError) Unwrap() error { return e.Err }

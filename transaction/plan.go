@@ -54,10 +54,17 @@ const (
 	DiskFailed     DiskState = "failed"      // its switch failed; unchanged
 	DiskRolledBack DiskState = "rolled-back" // switched, then committed back
 	DiskStuck      DiskState = "stuck"       // switched, rollback failed: still on the overlay
+	// DiskHoldsGuestWrites is a disk whose QEMU exited after its switch:
+	// its overlay holds writes the guest was told were durable, so it is
+	// kept, and the disk's data is the overlay on its original image.
+	DiskHoldsGuestWrites DiskState = "holds-guest-writes"
 )
 
-// OnOverlay reports whether the disk's active image is the overlay.
-func (s DiskState) OnOverlay() bool { return s == DiskSwitched || s == DiskStuck }
+// OnOverlay reports whether the disk's active image is the overlay (or,
+// once QEMU exited, whether its latest data is there).
+func (s DiskState) OnOverlay() bool {
+	return s == DiskSwitched || s == DiskStuck || s == DiskHoldsGuestWrites
+}
 
 // Disk is one disk of a plan, with what the daemon did to it so far.
 type Disk struct {
@@ -152,8 +159,20 @@ func (p *Plan) Stuck() []*Disk {
 	return stuck
 }
 
-// describe renders outcomes as "vda rolled-back, vdb failed (why)".
-func describe(outcomes []Outcome) string {
+// HoldingGuestWrites lists the disks whose overlay was kept after QEMU
+// exited because it holds the guest's writes.
+func (p *Plan) HoldingGuestWrites() []*Disk {
+	var out []*Disk
+	for _, d := range p.Disks {
+		if d.State == DiskHoldsGuestWrites {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// Describe renders outcomes as "vda rolled-back, vdb failed (why)".
+func Describe(outcomes []Outcome) string {
 	parts := make([]string, len(outcomes))
 	for i, o := range outcomes {
 		parts[i] = o.Target + " " + string(o.Result)

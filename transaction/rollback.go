@@ -21,7 +21,9 @@ func (e *Executor) Rollback(ctx context.Context, p *Plan) error {
 	ctx = context.WithoutCancel(ctx)
 	var todo []*Disk
 	for i := len(p.Disks) - 1; i >= 0; i-- {
-		if p.Disks[i].State.OnOverlay() {
+		// A disk whose overlay holds the writes of a QEMU that exited
+		// has nothing to commit into: it stays as it is.
+		if s := p.Disks[i].State; s.OnOverlay() && s != DiskHoldsGuestWrites {
 			todo = append(todo, p.Disks[i])
 		}
 	}

@@ -30,13 +30,22 @@ type daemon struct {
 	vms      map[string]*qemutest.VM
 	stop     context.CancelFunc
 	done     chan error
+	// tune, if set, changes the driver's configuration.
+	tune func(*driver.Config)
 }
 
 func startDaemon(t *testing.T, access server.Access) *daemon {
 	t.Helper()
+	return startDaemonWith(t, access, nil)
+}
+
+// startDaemonWith is startDaemon with the driver's configuration
+// changed by tune.
+func startDaemonWith(t *testing.T, access server.Access, tune func(*driver.Config)) *daemon {
+	t.Helper()
 	dir := qemutest.TempDir(t)
 	d := &daemon{t: t, dir: dir, rw: filepath.Join(dir, "rw.sock"), ro: filepath.Join(dir, "ro.sock"), access: access,
-		vms: map[string]*qemutest.VM{}}
+		vms: map[string]*qemutest.VM{}, tune: tune}
 	d.start()
 	t.Cleanup(d.close)
 	return d
@@ -45,7 +54,11 @@ func startDaemon(t *testing.T, access server.Access) *daemon {
 // start opens a driver on d's state and serves it.
 func (d *daemon) start() {
 	d.t.Helper()
-	drv, err := driver.Open(driver.Config{StateDir: filepath.Join(d.dir, "state")}, nil)
+	cfg := driver.Config{StateDir: filepath.Join(d.dir, "state")}
+	if d.tune != nil {
+		d.tune(&cfg)
+	}
+	drv, err := driver.Open(cfg, nil)
 	if err != nil {
 		d.t.Fatal(err)
 	}

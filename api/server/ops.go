@@ -81,7 +81,10 @@ func (r *opRegistry) finish(op *liveOp, state string, status int, body []byte, f
 		err = r.store.ForgetRequest(op.rec.ID)
 	} else {
 		rec := op.rec
-		rec.State, rec.Ended, rec.Status, rec.Response = state, time.Now().UTC(), status, body
+		rec.State, rec.Status, rec.Response = state, status, body
+		if state != driver.RequestUnknown { // unknown has not ended
+			rec.Ended = time.Now().UTC()
+		}
 		err = r.store.FinishRequest(rec)
 	}
 	r.mu.Lock()
@@ -355,7 +358,7 @@ func (s *Server) fromJournal(rec driver.RequestRecord) (driver.RequestRecord, bo
 		return rec, true
 	}
 	op, status := s.journalOperation(jop)
-	if op.State == api.OpRunning {
+	if op.State == api.OpRunning || op.State == api.OpUnknown {
 		return rec, false
 	}
 	rec.State, rec.Ended, rec.Status = op.State, op.Ended, status

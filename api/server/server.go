@@ -25,7 +25,6 @@ import (
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/errkind"
 	"github.com/qsnapd/qsnapd/internal/version"
-	"github.com/qsnapd/qsnapd/transaction"
 )
 
 // Config configures a Server.
@@ -637,15 +636,20 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request) {
 // journalOperation shows an engine journal entry as an operation, and
 // the status its request answered (or would have): for an operation
 // no request record knows, or one whose request could not wait for its
-// end. A snapshot's result is rebuilt from the journal and the
-// metadata; its timings and indications are not kept.
+// end (the daemon stopped, or QEMU stayed away: outcome-unknown). A
+// snapshot's result is rebuilt from the journal and the metadata; its
+// timings and indications are not kept.
 func (s *Server) journalOperation(rec *driver.OpRecord) (api.Operation, int) {
 	op := api.Operation{ID: rec.ID, Kind: opKind(rec.Kind), Domain: rec.Domain, Started: rec.Started, Ended: rec.Updated}
-	switch phase := rec.Phase(); {
-	case phase.Active():
+	switch rec.State() {
+	case driver.OpUnknown:
+		op.State, op.Ended = api.OpUnknown, time.Time{}
+		return op, 0
+	case driver.OpRunning:
 		op.State, op.Ended = api.OpRunning, time.Time{}
 		return op, 0
-	case rec.Merge != nil:
+	}
+	if rec.Merge != nil {
 		// A delete: its result or error, as the delete itself answered.
 		res, err := rec.DeleteOutcome()
 		if err != nil {
@@ -657,24 +661,30 @@ func (s *Server) journalOperation(rec *driver.OpRecord) (api.Operation, int) {
 		op.State = api.OpSucceeded
 		op.Result = encodeJSON(deleteResponse(res, rec.ID))
 		return op, http.StatusOK
-	case phase == transaction.PhaseDone:
-		op.State = api.OpSucceeded
-		resp := api.CreateSnapshotResponse{Name: rec.Snapshot, Operation: rec.ID, Quiesced: rec.Flags&driver.FlagQuiesce != 0,
-			Disks: []api.DiskOutcome{}, Indications: []api.Indication{}}
-		if rec.Plan != nil {
-			resp.Mode, resp.Disks = string(rec.Plan.Mode), outcomes(rec.Plan.Outcomes())
-		}
-		if snap, err := s.drv.Store().Snapshot(rec.Domain, rec.Snapshot); err == nil {
-			resp.XML = snap.XML
-		}
-		op.Result = encodeJSON(resp)
-		return op, http.StatusCreated
 	}
-	op.State = api.OpFailed
-	info := api.ErrorInfo{Code: api.CodeOperationFailed, Message: rec.Error}
-	if rec.Plan != nil {
-		info.Details = &api.ErrorDetails{Operation: rec.ID, Disks: outcomes(rec.Plan.Outcomes())}
+	res, err := rec.CreateOutcome()
+	switch {
+	case err != nil:
+		// A snapshot: its kind, step and every disk's outcome.
+		op.State = api.OpFailed
+		status, info := errorInfo(err)
+		op.Error = &info
+		return op, status
+	case res == nil:
+		op.State = api.OpFailed
+		op.Error = &api.ErrorInfo{Code: api.CodeOperationFailed, Message: rec.Error}
+		return op, api.ClassOf(errkind.OperationFailed).Status
 	}
-	op.Error = &info
-	return op, api.ClassOf(errkind.OperationFailed).Status
+	op.State = api.OpSucceeded
+	resp := api.CreateSnapshotResponse{Name: res.Name, Operation: rec.ID, Mode: string(res.Mode),
+		Quiesced: rec.Flags&driver.FlagQuiesce != 0, Disks: outcomes(res.Disks), Indications: indications(res.Indications),
+		Timings: api.Timings{TotalMS: ms(res.Total), SwitchMS: ms(res.Switch)}}
+	if resp.Disks == nil {
+		resp.Disks = []api.DiskOutcome{}
+	}
+	if snap, err := s.drv.Store().Snapshot(rec.Domain, rec.Snapshot); err == nil {
+		resp.XML = snap.XML
+	}
+	op.Result = encodeJSON(resp)
+	return op, http.StatusCreated
 }

@@ -36,4 +36,5 @@ var checks = []qemutest.Check{
 	{Name: "MergeProgressAndCancel", Run: checkMergeProgressAndCancel},
 	{Name: "DeleteOutcomesAfterRestart", Run: checkDeleteOutcomesAfterRestart},
 	{Name: "IdempotentOperations", Run: checkIdempotentOperations},
+	{Name: "DefinitiveAnswersOverHTTP", Run: checkDefinitiveAnswersOverHTTP},
 }

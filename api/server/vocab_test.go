@@ -81,6 +81,7 @@ func TestIndicationsAgree(t *testing.T) {
 		{driver.IndHalted, api.IndHalted},
 		{driver.IndHaltFailed, api.IndHaltFailed},
 		{driver.IndRedefined, api.IndRedefined},
+		{driver.IndQEMUGone, api.IndQEMUGone},
 	} {
 		if tc[0] != tc[1] {
 			t.Errorf("api says %q, the driver %q", tc[1], tc[0])
@@ -98,6 +99,7 @@ func TestDiskResultsAgree(t *testing.T) {
 		{transaction.DiskFailed, api.DiskFailed},
 		{transaction.DiskRolledBack, api.DiskRolledBack},
 		{transaction.DiskStuck, api.DiskStuck},
+		{transaction.DiskHoldsGuestWrites, api.DiskHoldsGuestWrites},
 	} {
 		if string(tc.engine) != string(tc.wire) {
 			t.Errorf("api says %q, the engine %q", tc.wire, tc.engine)

@@ -168,6 +168,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Var(durationFlag{&cfg.ThawTimeout}, "thaw-timeout", "ceiling of one thaw attempt (failed thaws are retried)")
 	fs.Var(durationFlag{&cfg.RollbackTimeout}, "rollback-timeout", "bound on rolling back one disk")
 	fs.Var(durationFlag{&cfg.OpRetention}, "operation-retention", "how long an operation's answer stays readable and a retry under its id gets it again")
+	fs.Var(durationFlag{&cfg.ReconnectWait}, "reconnect-wait", "how long a request whose QEMU connection dropped waits for QEMU and recovery before it answers outcome-unknown")
 	fs.StringVar(&cfg.Quiesce, "quiesce", cfg.Quiesce, "quiesce for snapshots without QUIESCE: require, prefer or skip")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "address of the Prometheus /metrics endpoint; empty turns it off")
 	fs.StringVar(&cfg.DBus, "dbus", cfg.DBus, "export the API on D-Bus: none, system or session")

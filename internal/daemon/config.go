@@ -60,6 +60,7 @@ type Config struct {
 	ThawTimeout     Duration      `toml:"thaw_timeout"`
 	RollbackTimeout Duration      `toml:"rollback_timeout"`
 	OpRetention     Duration      `toml:"operation_retention"`
+	ReconnectWait   Duration      `toml:"reconnect_wait"`
 	Quiesce         string        `toml:"quiesce"`
 	MetricsListen   string        `toml:"metrics_listen"`
 	DBus            string        `toml:"dbus"`
@@ -85,6 +86,7 @@ func Default() Config {
 		ThawTimeout:     Duration(dc.ThawTimeout),
 		RollbackTimeout: Duration(dc.RollbackTimeout),
 		OpRetention:     Duration(dc.OpRetention),
+		ReconnectWait:   Duration(dc.ReconnectWait),
 		Quiesce:         string(dc.Quiesce),
 		MetricsListen:   "127.0.0.1:9477",
 		DBus:            "none",
@@ -155,7 +157,7 @@ func (c *Config) Validate() error {
 		key string
 		d   Duration
 	}{{"agent_timeout", c.AgentTimeout}, {"max_freeze", c.MaxFreeze}, {"thaw_timeout", c.ThawTimeout}, {"rollback_timeout", c.RollbackTimeout},
-		{"operation_retention", c.OpRetention}} {
+		{"operation_retention", c.OpRetention}, {"reconnect_wait", c.ReconnectWait}} {
 		if kv.d < 0 {
 			return keyErr(kv.key, "%v is negative", time.Duration(kv.d))
 		}
@@ -235,6 +237,7 @@ func (c *Config) DriverConfig() driver.Config {
 		ThawTimeout:     time.Duration(c.ThawTimeout),
 		RollbackTimeout: time.Duration(c.RollbackTimeout),
 		OpRetention:     time.Duration(c.OpRetention),
+		ReconnectWait:   time.Duration(c.ReconnectWait),
 		Quiesce:         driver.QuiesceMode(c.Quiesce),
 	}
 }

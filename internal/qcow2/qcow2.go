@@ -1,7 +1,8 @@
 // Package qcow2 writes empty qcow2 overlay images in-process, byte-compatible
 // with what qemu-img create makes, so that preparing a snapshot costs no
 // process spawn; it also reads an image's virtual size from its header
-// and tells whether an image still holds no data of its own.
+// and tells whether an image still holds no data of its own and whether
+// a process (QEMU) holds it locked.
 //
 // Layout as qemu-img 7.2 makes it (QEMU docs/interop/qcow2.txt): header,
 // refcount table, refcount block(s), L1 table. The bytes equal qemu-img's

@@ -28,7 +28,7 @@ const (
 )
 
 // Action is what a rule does to a command it fires on: one of Fail, Delay,
-// Drop, DropReply, Hook or CloseConn.
+// Drop, DropReply, Hook, CloseConn, CloseAfterSend or CloseAfterReply.
 type Action interface{ action() }
 
 // Fail answers the command with a QMP error instead of forwarding it; the
@@ -58,12 +58,23 @@ type Hook func()
 // CloseConn closes the client and QEMU connections instead of forwarding.
 type CloseConn struct{}
 
-func (Fail) action()      {}
-func (Delay) action()     {}
-func (Drop) action()      {}
-func (DropReply) action() {}
-func (Hook) action()      {}
-func (CloseConn) action() {}
+// CloseAfterSend forwards the command, then closes both connections at
+// once: QEMU has the command, the client gets EOF and no reply.
+type CloseAfterSend struct{}
+
+// CloseAfterReply forwards the command and, when QEMU's reply comes,
+// swallows it and closes both connections: QEMU did the command, and the
+// client gets EOF instead of the reply.
+type CloseAfterReply struct{}
+
+func (Fail) action()            {}
+func (Delay) action()           {}
+func (Drop) action()            {}
+func (DropReply) action()       {}
+func (Hook) action()            {}
+func (CloseConn) action()       {}
+func (CloseAfterSend) action()  {}
+func (CloseAfterReply) action() {}
 
 // Rule picks commands and says what to do with them.
 //
@@ -95,9 +106,12 @@ type Proxy struct {
 	stop     sync.Once
 	done     chan struct{} // closed by Close; every connection watches it
 
-	mu    sync.Mutex
-	rules []*rule
-	cmds  []string
+	mu      sync.Mutex
+	rules   []*rule
+	cmds    []string
+	conns   map[*conn]struct{}
+	down    bool // SetDown: clients are hung up on at once
+	refused bool // Refuse: the listener is closed
 }
 
 // Start listens on the unix socket listenPath and proxies each client to a
@@ -107,9 +121,45 @@ func Start(listenPath, upstreamPath string) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qmpproxy: listen on %s: %w", listenPath, err)
 	}
-	p := &Proxy{ln: ln, path: listenPath, upstream: upstreamPath, done: make(chan struct{})}
+	p := &Proxy{ln: ln, path: listenPath, upstream: upstreamPath, done: make(chan struct{}), conns: map[*conn]struct{}{}}
 	p.g.Go(p.serve)
 	return p, nil
+}
+
+// SetDown hangs up on every client, if down, and from then on accepts
+// each new one only to close it at once, without a connection to QEMU:
+// a QEMU that cannot be reached, although its socket is there. With
+// down false it proxies new clients again.
+func (p *Proxy) SetDown(down bool) {
+	p.mu.Lock()
+	p.down = down
+	var open []*conn
+	if down {
+		for c := range p.conns {
+			open = append(open, c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range open {
+		c.close()
+	}
+}
+
+// Refuse stops listening but leaves the socket file, so that a client's
+// connect fails with ECONNREFUSED, as it does on the socket of a QEMU
+// that was killed. Connections already open stay: they end when QEMU's
+// end does.
+func (p *Proxy) Refuse() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.refused {
+		return
+	}
+	p.refused = true
+	if ul, ok := p.ln.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+	}
+	_ = p.ln.Close() // serve sees net.ErrClosed and ends
 }
 
 // Path returns the socket path clients should dial.
@@ -140,7 +190,12 @@ func (p *Proxy) Commands() []string {
 // goroutines and returns the first unexpected error they met.
 func (p *Proxy) Close() error {
 	var lerr error
-	p.stop.Do(func() { close(p.done); lerr = p.ln.Close() })
+	p.stop.Do(func() {
+		close(p.done)
+		if lerr = p.ln.Close(); errors.Is(lerr, net.ErrClosed) {
+			lerr = nil // closed by Refuse
+		}
+	})
 	return cmp.Or(p.g.Wait(), lerr) // the first non-nil
 }
 
@@ -160,17 +215,40 @@ func (p *Proxy) serve() error {
 
 // handle proxies one client connection until either side goes away.
 func (p *Proxy) handle(client net.Conn) error {
+	p.mu.Lock()
+	down := p.down
+	p.mu.Unlock()
+	if down {
+		client.Close()
+		return nil
+	}
 	qemu, err := net.DialTimeout("unix", p.upstream, dialTimeout)
 	if err != nil {
 		// QEMU is gone (maybe killed by a Hook): the client sees EOF, as on a crash.
 		client.Close()
 		return nil
 	}
-	c := &conn{p: p, client: client, qemu: qemu, done: make(chan struct{}), swallow: map[string]int{}}
+	c := &conn{p: p, client: client, qemu: qemu, done: make(chan struct{}), swallow: map[string]int{}, closeAfter: map[string]bool{}}
+	p.mu.Lock()
+	if p.down { // SetDown came meanwhile
+		p.mu.Unlock()
+		c.close()
+		return nil
+	}
+	p.conns[c] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.conns, c)
+		p.mu.Unlock()
+	}()
 	var g errgroup.Group
 	g.Go(c.pump(client, "client", c.command))
 	g.Go(c.pump(qemu, "QEMU", func(line []byte) error {
-		if c.swallowed(line) {
+		if swallow, hangUp := c.swallowed(line); swallow {
+			if hangUp {
+				c.close()
+			}
 			return nil
 		}
 		return c.toClient(line)
@@ -214,8 +292,9 @@ type conn struct {
 	once         sync.Once
 	done         chan struct{} // closed by close
 
-	smu     sync.Mutex
-	swallow map[string]int // reply ids (canonical JSON) to swallow, with counts
+	smu        sync.Mutex
+	swallow    map[string]int  // reply ids (canonical JSON) to swallow, with counts
+	closeAfter map[string]bool // reply ids whose swallowing closes the connection
 }
 
 func (c *conn) close() {
@@ -281,6 +360,20 @@ func (c *conn) command(line []byte) error {
 	case CloseConn:
 		c.close()
 		return nil
+	case CloseAfterSend:
+		// A quick QEMU may answer before the close: its reply must not
+		// get through.
+		c.smu.Lock()
+		c.swallow[canonical(cmd.ID)]++
+		c.smu.Unlock()
+		err := c.write(c.qemu, line, "write to QEMU")
+		c.close()
+		return err
+	case CloseAfterReply:
+		c.smu.Lock()
+		c.swallow[canonical(cmd.ID)]++
+		c.closeAfter[canonical(cmd.ID)] = true
+		c.smu.Unlock()
 	case Delay:
 		select {
 		case <-time.After(a.D):
@@ -298,12 +391,13 @@ func (c *conn) command(line []byte) error {
 	return c.write(c.qemu, line, "write to QEMU")
 }
 
-// swallowed reports whether line is a reply DropReply asked to swallow.
-func (c *conn) swallowed(line []byte) bool {
+// swallowed reports whether line is a reply DropReply or CloseAfterReply
+// asked to swallow, and whether the connection is to close after it.
+func (c *conn) swallowed(line []byte) (swallow, hangUp bool) {
 	c.smu.Lock()
 	defer c.smu.Unlock()
 	if len(c.swallow) == 0 {
-		return false // the common case: no need to parse
+		return false, false // the common case: no need to parse
 	}
 	var m struct {
 		Return json.RawMessage `json:"return"`
@@ -311,17 +405,19 @@ func (c *conn) swallowed(line []byte) bool {
 		ID     json.RawMessage `json:"id"`
 	}
 	if json.Unmarshal(line, &m) != nil || (m.Return == nil && m.Error == nil) {
-		return false // events and junk pass
+		return false, false // events and junk pass
 	}
 	k := canonical(m.ID)
 	if c.swallow[k] == 0 {
-		return false
+		return false, false
 	}
 	c.swallow[k]--
 	if c.swallow[k] == 0 {
 		delete(c.swallow, k) // so an empty map means "nothing to parse"
 	}
-	return true
+	hangUp = c.closeAfter[k]
+	delete(c.closeAfter, k)
+	return true, hangUp
 }
 
 // canonical re-encodes an id so the client's spelling and QEMU's echo

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -170,6 +172,70 @@ func TestCloseConn(t *testing.T) {
 	c2 := dial(t, p.Path())
 	if got := c2.status(); got.Status != "prelaunch" {
 		t.Errorf("query-status on new client = %+v, want prelaunch", got)
+	}
+}
+
+func TestCloseAfterSend(t *testing.T) {
+	p, c := setup(t)
+	var sent atomic.Bool
+	p.Add(Rule{Command: "query-status", Times: 1, Action: CloseAfterSend{},
+		Match: func(json.RawMessage) bool { sent.Store(true); return true }})
+	c.send("query-status")
+	c.eof() // no reply: the connection ended after the command went out
+	if !sent.Load() || !slices.Equal(p.Commands(), []string{"qmp_capabilities", "query-status"}) {
+		t.Errorf("commands seen: %v", p.Commands())
+	}
+	// QEMU was released too, so a new client gets through. (QEMU drops
+	// the commands it had not started when a monitor's client hangs
+	// up, so whether it ran this one is QEMU's race.)
+	if got := dial(t, p.Path()).status(); got.Status != "prelaunch" {
+		t.Errorf("query-status on new client = %+v, want prelaunch", got)
+	}
+}
+
+func TestCloseAfterReply(t *testing.T) {
+	p, c := setup(t)
+	c.run("cont")
+	c.event("RESUME")
+	p.Add(Rule{Command: "stop", Times: 1, Action: CloseAfterReply{}})
+	c.send("stop")
+	c.event("STOP") // the command took effect...
+	c.eof()         // ...its reply was swallowed, and the connection closed after it
+	c2 := dial(t, p.Path())
+	if got := c2.status(); got.Status != "paused" {
+		t.Errorf("query-status = %+v, want paused: QEMU did the command", got)
+	}
+}
+
+func TestSetDown(t *testing.T) {
+	p, c := setup(t)
+	p.SetDown(true)
+	c.eof()
+	// New clients get in, and are hung up on before any greeting.
+	conn, err := net.Dial("unix", p.Path())
+	if err != nil {
+		t.Fatalf("dial while down: %v, want a connection", err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(wait))
+	if n, err := conn.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("read while down: %d bytes, %v; want EOF", n, err)
+	}
+	conn.Close()
+	p.SetDown(false)
+	if got := dial(t, p.Path()).status(); got.Status != "prelaunch" {
+		t.Errorf("query-status after down = %+v, want prelaunch", got)
+	}
+}
+
+func TestRefuse(t *testing.T) {
+	p, c := setup(t)
+	p.Refuse()
+	if _, err := net.Dial("unix", p.Path()); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial after Refuse: %v, want ECONNREFUSED", err)
+	}
+	// The open connection still works.
+	if got := c.status(); got.Status != "prelaunch" {
+		t.Errorf("query-status = %+v, want prelaunch", got)
 	}
 }
 
