@@ -330,6 +330,14 @@ func (s *snapshotOp) fail(ctx context.Context, cause error) (*CreateResult, erro
 	if unknown && s.dom.qemuGone() {
 		return s.abandon(ctx, step, err)
 	}
+	var sw *transaction.SwitchError
+	if !unknown && errors.As(cause, &sw) && errors.Is(err, ErrDisconnected) {
+		// The connection dropped at the switch and came back before the
+		// disks were read back and undone: a definitive failure, not an
+		// unreachable QEMU to retry later.
+		err = fmt.Errorf("%w: the connection to QEMU was lost during the %s step and came back; the disks were read back and undone: %s",
+			ErrOperationFailed, step, err.Error())
+	}
 	s.plan.Phase = transaction.PhaseFailed
 	if unknown {
 		err = fmt.Errorf("%w: %w; recovery will reconcile the disks", ErrOperationFailed, err)
