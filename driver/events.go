@@ -49,15 +49,26 @@ type DeleteEvent struct {
 const ResultCancelled = "cancelled"
 
 // Events receives what the driver does, for metrics and D-Bus signals.
-// Calls are synchronous and must return quickly.
+// Calls are synchronous and must return quickly. The driver's event log
+// (eventlog.go) is the one the engine calls: it records each event for
+// the API's stream and passes it on to Config.Events.
 type Events interface {
 	SnapshotFinished(SnapshotEvent)
 	SnapshotDeleted(DeleteEvent)
+	// MergeProgress reports a delete's block-commit jobs, all rounds so
+	// far added up, at every reading; the log passes on at most 4 a
+	// second per operation.
+	MergeProgress(domain, opID string, done, total int64)
 	GuestFrozen(domain, owner string)
 	GuestThawed(domain string, frozenFor time.Duration)
 	FreezeDeadlineExceeded(domain string)
 	RollbackFinished(ok bool)
 	OperationRecovered(action string) // thawed, rolled_back or cleaned
+	// OperationResolved reports the end of an operation the engine
+	// settled on its own, such as one recovery completed after its
+	// caller was told its outcome was unknown: state is succeeded or
+	// failed (the API's operation states).
+	OperationResolved(domain, opID, state string)
 	DomainsChanged(connected, disconnected int)
 	OperationsInFlight(delta int)
 }
@@ -70,6 +81,9 @@ func (NopEvents) SnapshotFinished(SnapshotEvent) {}
 
 // SnapshotDeleted does nothing.
 func (NopEvents) SnapshotDeleted(DeleteEvent) {}
+
+// MergeProgress does nothing.
+func (NopEvents) MergeProgress(string, string, int64, int64) {}
 
 // GuestFrozen does nothing.
 func (NopEvents) GuestFrozen(string, string) {}
@@ -85,6 +99,9 @@ func (NopEvents) RollbackFinished(bool) {}
 
 // OperationRecovered does nothing.
 func (NopEvents) OperationRecovered(string) {}
+
+// OperationResolved does nothing.
+func (NopEvents) OperationResolved(string, string, string) {}
 
 // DomainsChanged does nothing.
 func (NopEvents) DomainsChanged(int, int) {}
@@ -108,6 +125,13 @@ func (m MultiEvents) SnapshotFinished(e SnapshotEvent) {
 func (m MultiEvents) SnapshotDeleted(e DeleteEvent) {
 	for _, x := range m {
 		x.SnapshotDeleted(e)
+	}
+}
+
+// MergeProgress implements Events.
+func (m MultiEvents) MergeProgress(domain, opID string, done, total int64) {
+	for _, x := range m {
+		x.MergeProgress(domain, opID, done, total)
 	}
 }
 
@@ -143,6 +167,13 @@ func (m MultiEvents) RollbackFinished(ok bool) {
 func (m MultiEvents) OperationRecovered(action string) {
 	for _, x := range m {
 		x.OperationRecovered(action)
+	}
+}
+
+// OperationResolved implements Events.
+func (m MultiEvents) OperationResolved(domain, opID, state string) {
+	for _, x := range m {
+		x.OperationResolved(domain, opID, state)
 	}
 }
 
@@ -188,6 +219,11 @@ func (h *Hub) SnapshotFinished(e SnapshotEvent) { h.all().SnapshotFinished(e) }
 // SnapshotDeleted implements Events.
 func (h *Hub) SnapshotDeleted(e DeleteEvent) { h.all().SnapshotDeleted(e) }
 
+// MergeProgress implements Events.
+func (h *Hub) MergeProgress(domain, opID string, done, total int64) {
+	h.all().MergeProgress(domain, opID, done, total)
+}
+
 // GuestFrozen implements Events.
 func (h *Hub) GuestFrozen(domain, owner string) { h.all().GuestFrozen(domain, owner) }
 
@@ -202,6 +238,11 @@ func (h *Hub) RollbackFinished(ok bool) { h.all().RollbackFinished(ok) }
 
 // OperationRecovered implements Events.
 func (h *Hub) OperationRecovered(action string) { h.all().OperationRecovered(action) }
+
+// OperationResolved implements Events.
+func (h *Hub) OperationResolved(domain, opID, state string) {
+	h.all().OperationResolved(domain, opID, state)
+}
 
 // DomainsChanged implements Events.
 func (h *Hub) DomainsChanged(connected, disconnected int) {

@@ -60,6 +60,7 @@ type Config struct {
 	ThawTimeout     Duration      `toml:"thaw_timeout"`
 	RollbackTimeout Duration      `toml:"rollback_timeout"`
 	Quiesce         string        `toml:"quiesce"`
+	EventRing       int           `toml:"event_ring"`
 	MetricsListen   string        `toml:"metrics_listen"`
 	DBus            string        `toml:"dbus"`
 	LogFormat       string        `toml:"log_format"`
@@ -84,6 +85,7 @@ func Default() Config {
 		ThawTimeout:     Duration(dc.ThawTimeout),
 		RollbackTimeout: Duration(dc.RollbackTimeout),
 		Quiesce:         string(dc.Quiesce),
+		EventRing:       dc.EventRing,
 		MetricsListen:   "127.0.0.1:9477",
 		DBus:            "none",
 		LogFormat:       "console",
@@ -156,6 +158,9 @@ func (c *Config) Validate() error {
 		if kv.d < 0 {
 			return keyErr(kv.key, "%v is negative", time.Duration(kv.d))
 		}
+	}
+	if c.EventRing < 1 {
+		return keyErr("event_ring", "%d is not a positive number of events", c.EventRing)
 	}
 	oneOf := func(key, v string, allowed ...string) error {
 		for _, a := range allowed {
@@ -232,6 +237,7 @@ func (c *Config) DriverConfig() driver.Config {
 		ThawTimeout:     time.Duration(c.ThawTimeout),
 		RollbackTimeout: time.Duration(c.RollbackTimeout),
 		Quiesce:         driver.QuiesceMode(c.Quiesce),
+		EventRing:       c.EventRing,
 	}
 }
 
