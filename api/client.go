@@ -98,11 +98,7 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, b
 		return fmt.Errorf("qsnapd at %s: read reply: %w", c.socket, err)
 	}
 	if resp.StatusCode >= 300 {
-		var eb ErrorBody
-		if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
-			eb.Error = ErrorInfo{Code: CodeInternalError, Message: fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(data))}
-		}
-		return &Error{Status: resp.StatusCode, Info: eb.Error}
+		return replyError(resp, data)
 	}
 	if out == nil || len(data) == 0 {
 		return nil
@@ -111,6 +107,15 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, b
 		return fmt.Errorf("qsnapd at %s: decode reply: %w", c.socket, err)
 	}
 	return nil
+}
+
+// replyError is the daemon's error answer, whose body is data.
+func replyError(resp *http.Response, data []byte) error {
+	var eb ErrorBody
+	if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
+		eb.Error = ErrorInfo{Code: CodeInternalError, Message: fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(data))}
+	}
+	return &Error{Status: resp.StatusCode, Info: eb.Error}
 }
 
 func domainPath(name string, rest ...string) string {

@@ -18,6 +18,9 @@ const DefaultOpRetention = 2 * time.Hour
 // a snapshot's id against its journal.
 type opRegistry struct {
 	retention time.Duration
+	// onState, if set, hears each operation's state as it changes (the
+	// driver's operation-state events); it must not wait.
+	onState func(id, kind, domain, state string)
 
 	mu  sync.Mutex
 	ops map[string]*api.Operation
@@ -44,6 +47,7 @@ func (r *opRegistry) start(id, kind, domain string) (string, error) {
 		return "", fmt.Errorf("%w: operation id %q is in use", errBadRequest, id)
 	}
 	r.ops[id] = &api.Operation{ID: id, Kind: kind, Domain: domain, State: api.OpRunning, Started: time.Now().UTC()}
+	r.stateChanged(r.ops[id])
 	return id, nil
 }
 
@@ -56,6 +60,7 @@ func (r *opRegistry) finish(id string, result any, err error) {
 		return
 	}
 	op.Ended = time.Now().UTC()
+	defer r.stateChanged(op) // under mu: an operation's states in order
 	if err != nil {
 		op.State = api.OpFailed
 		_, info := errorInfo(err)
@@ -65,6 +70,12 @@ func (r *opRegistry) finish(id string, result any, err error) {
 	op.State = api.OpSucceeded
 	if result != nil {
 		op.Result, _ = json.Marshal(result)
+	}
+}
+
+func (r *opRegistry) stateChanged(op *api.Operation) {
+	if r.onState != nil {
+		r.onState(op.ID, op.Kind, op.Domain, op.State)
 	}
 }
 

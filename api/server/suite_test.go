@@ -34,4 +34,6 @@ var checks = []qemutest.Check{
 	{Name: "DeleteMerge", Run: checkDeleteMerge},
 	{Name: "MergeProgressAndCancel", Run: checkMergeProgressAndCancel},
 	{Name: "DeleteOutcomesAfterRestart", Run: checkDeleteOutcomesAfterRestart},
+	{Name: "EventStream", Run: checkEventStream},
+	{Name: "SlowEventConsumer", Run: checkSlowEventConsumer},
 }
