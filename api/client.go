@@ -99,11 +99,7 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, b
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var eb ErrorBody
-		if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
-			eb.Error = ErrorInfo{Code: CodeInternalError, Message: fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(data))}
-		}
-		return &Error{Status: resp.StatusCode, Info: eb.Error}
+		return replyError(resp, data)
 	}
 	if out == nil || len(data) == 0 {
 		return nil
@@ -143,6 +139,15 @@ func (c *Client) send(ctx context.Context, method, path string, hdr http.Header,
 		return nil, nil, fmt.Errorf("qsnapd at %s: read reply: %w", c.socket, err)
 	}
 	return resp, data, nil
+}
+
+// replyError is the daemon's error answer, whose body is data.
+func replyError(resp *http.Response, data []byte) error {
+	var eb ErrorBody
+	if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
+		eb.Error = ErrorInfo{Code: CodeInternalError, Message: fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(data))}
+	}
+	return &Error{Status: resp.StatusCode, Info: eb.Error}
 }
 
 func domainPath(name string, rest ...string) string {

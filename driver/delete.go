@@ -622,6 +622,7 @@ func (o *deleteOp) pointOfNoReturn() error {
 // progress reports the jobs' progress, with the rounds before.
 func (o *deleteOp) progress(done, total int64) {
 	o.run.setProgress(o.prevBytes[0]+done, o.prevBytes[1]+total)
+	o.d.cfg.Events.MergeProgress(o.dom.cfg.Name, o.op.ID, o.prevBytes[0]+done, o.prevBytes[1]+total)
 }
 
 // decideFiles says, for each overlay of the round, whether its file may

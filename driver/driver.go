@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/qsnapd/qsnapd/guestagent"
+	"github.com/qsnapd/qsnapd/internal/eventlog"
 	"github.com/qsnapd/qsnapd/internal/opid"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
@@ -58,8 +59,12 @@ type Config struct {
 	QMPOptions []qmp.Option `toml:"-"`
 	// AgentObserver hears every guest agent command, for metrics.
 	AgentObserver func(command string, took time.Duration, err error) `toml:"-"`
-	// Events hears what the driver does, for metrics and D-Bus signals.
+	// Events hears what the driver does, for metrics and D-Bus signals:
+	// the driver's event log passes each event on, as it records it.
 	Events Events `toml:"-"`
+	// EventRing is how many of the latest events the event log keeps
+	// for subscribers that ask for the events they missed.
+	EventRing int
 }
 
 // DefaultConfig is every default of the configuration, written once:
@@ -77,6 +82,7 @@ func DefaultConfig() Config {
 		AgentTimeout:    guestagent.DefaultTimeout,
 		ThawTimeout:     guestagent.DefaultThawTimeout,
 		MaxFreeze:       10 * time.Second,
+		EventRing:       eventlog.DefaultSize,
 	}
 }
 
@@ -126,6 +132,12 @@ func (c *Config) Validate() error {
 			*d.v = d.def
 		}
 	}
+	switch {
+	case c.EventRing < 0:
+		return fmt.Errorf("event_ring must not be negative")
+	case c.EventRing == 0:
+		c.EventRing = def.EventRing
+	}
 	if c.ReconnectMax < c.ReconnectMin {
 		c.ReconnectMax = c.ReconnectMin
 	}
@@ -140,6 +152,9 @@ type Driver struct {
 	cfg   Config
 	store *Store
 	log   *zap.Logger
+	// events is the event log, which cfg.Events is too: the engine's
+	// one source of events (eventlog.go).
+	events *eventLog
 
 	// Hooks.AtStep, when set, runs at each journaled step of a snapshot
 	// (the Hook* constants, and "switch:<disk>" and "rollback:<disk>"
@@ -159,6 +174,11 @@ type Driver struct {
 
 	mu      sync.Mutex
 	domains map[string]*Domain
+
+	// connMu orders the domain-connected and -disconnected events;
+	// connected is the state they last reported, by domain name.
+	connMu    sync.Mutex
+	connected map[string]bool
 
 	// running are the operations in flight that front ends may watch
 	// and cancel.
@@ -183,9 +203,17 @@ func Open(cfg Config, log *zap.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
+	events := newEventLog(cfg.EventRing, opid.New(), cfg.Events)
+	events.kindOf = func(id string) string {
+		if rec, err := store.Op(id); err == nil {
+			return rec.Kind
+		}
+		return ""
+	}
+	cfg.Events = events
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &Driver{cfg: cfg, store: store, log: log, ctx: ctx, cancel: cancel, domains: map[string]*Domain{},
-		thawsSettled: make(chan struct{})}
+	d := &Driver{cfg: cfg, store: store, log: log, events: events, ctx: ctx, cancel: cancel,
+		domains: map[string]*Domain{}, connected: map[string]bool{}, thawsSettled: make(chan struct{})}
 	if err := store.PruneOps(time.Now().Add(-cfg.OpRetention)); err != nil {
 		log.Warn("prune finished operations failed", zap.Error(err))
 	}
@@ -236,9 +264,11 @@ func (d *Driver) Shutdown(ctx context.Context) error {
 }
 
 // Close stops the supervisors and closes every connection and the
-// store. Callers finish their requests first.
+// store, and ends every event subscription. Callers finish their
+// requests first.
 func (d *Driver) Close() error {
 	d.cancel()
+	defer d.events.log.Close()
 	d.mu.Lock()
 	doms := make([]*Domain, 0, len(d.domains))
 	for _, dom := range d.domains {
@@ -296,18 +326,51 @@ func (d *Driver) domain(name string) (*Domain, error) {
 	return dom, nil
 }
 
-// domainsChanged reports how many domains are connected now.
+// domainsChanged reports how many domains are connected now, and each
+// domain whose connection came or went since the last call: a domain
+// first seen disconnected was never reported connected, and a domain
+// detached while connected is reported disconnected.
 func (d *Driver) domainsChanged() {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	type change struct {
+		name      string
+		connected bool
+		ev        DomainStateEvent
+	}
+	var changes []change
 	d.mu.Lock()
 	up, down := 0, 0
-	for _, dom := range d.domains {
-		if dom.Info().Connected {
+	for name, dom := range d.domains {
+		info := dom.Info()
+		if info.Connected {
 			up++
 		} else {
 			down++
 		}
+		if info.Connected != d.connected[name] {
+			changes = append(changes, change{name, info.Connected, DomainStateEvent{QEMUVersion: info.QEMUVersion, Reason: info.Error}})
+		}
+		d.connected[name] = info.Connected
+	}
+	for name, was := range d.connected {
+		if _, ok := d.domains[name]; !ok {
+			if was {
+				changes = append(changes, change{name, false, DomainStateEvent{Reason: "detached"}})
+			}
+			delete(d.connected, name)
+		}
 	}
 	d.mu.Unlock()
+	sort.Slice(changes, func(i, j int) bool { return changes[i].name < changes[j].name })
+	for _, c := range changes {
+		if c.connected {
+			c.ev.Reason = ""
+		} else {
+			c.ev.QEMUVersion = ""
+		}
+		d.events.domainState(c.name, c.connected, c.ev)
+	}
 	d.cfg.Events.DomainsChanged(up, down)
 }
 

@@ -49,23 +49,29 @@ type DeleteEvent struct {
 const ResultCancelled = "cancelled"
 
 // Events receives what the driver does, for metrics and D-Bus signals.
-// Calls are synchronous and must return quickly.
+// Calls are synchronous and must return quickly. The driver's event log
+// (eventlog.go) is the one the engine calls: it records each event for
+// the API's stream and passes it on to Config.Events.
 type Events interface {
 	SnapshotFinished(SnapshotEvent)
 	SnapshotDeleted(DeleteEvent)
+	// MergeProgress reports a delete's block-commit jobs, all rounds so
+	// far added up, at every reading; the log passes on at most 4 a
+	// second per operation.
+	MergeProgress(domain, opID string, done, total int64)
 	GuestFrozen(domain, owner string)
 	GuestThawed(domain string, frozenFor time.Duration)
 	FreezeDeadlineExceeded(domain string)
 	RollbackFinished(ok bool)
 	OperationRecovered(action string) // thawed, rolled_back or cleaned
-	DomainsChanged(connected, disconnected int)
-	OperationsInFlight(delta int)
 	// OperationResolved: recovery completed an operation whose caller
 	// got no definitive answer (outcome-unknown, or the daemon stopped
 	// under it); state is OpSucceeded or OpFailed, and the journal entry
 	// of opID has the outcome. An operation whose waiting caller got
 	// the outcome is not reported again.
 	OperationResolved(domain, opID, state string)
+	DomainsChanged(connected, disconnected int)
+	OperationsInFlight(delta int)
 }
 
 // NopEvents ignores everything; embed it to implement only some events.
@@ -76,6 +82,9 @@ func (NopEvents) SnapshotFinished(SnapshotEvent) {}
 
 // SnapshotDeleted does nothing.
 func (NopEvents) SnapshotDeleted(DeleteEvent) {}
+
+// MergeProgress does nothing.
+func (NopEvents) MergeProgress(string, string, int64, int64) {}
 
 // GuestFrozen does nothing.
 func (NopEvents) GuestFrozen(string, string) {}
@@ -92,14 +101,14 @@ func (NopEvents) RollbackFinished(bool) {}
 // OperationRecovered does nothing.
 func (NopEvents) OperationRecovered(string) {}
 
+// OperationResolved does nothing.
+func (NopEvents) OperationResolved(string, string, string) {}
+
 // DomainsChanged does nothing.
 func (NopEvents) DomainsChanged(int, int) {}
 
 // OperationsInFlight does nothing.
 func (NopEvents) OperationsInFlight(int) {}
-
-// OperationResolved does nothing.
-func (NopEvents) OperationResolved(string, string, string) {}
 
 var _ Events = NopEvents{}
 
@@ -117,6 +126,13 @@ func (m MultiEvents) SnapshotFinished(e SnapshotEvent) {
 func (m MultiEvents) SnapshotDeleted(e DeleteEvent) {
 	for _, x := range m {
 		x.SnapshotDeleted(e)
+	}
+}
+
+// MergeProgress implements Events.
+func (m MultiEvents) MergeProgress(domain, opID string, done, total int64) {
+	for _, x := range m {
+		x.MergeProgress(domain, opID, done, total)
 	}
 }
 
@@ -155,6 +171,13 @@ func (m MultiEvents) OperationRecovered(action string) {
 	}
 }
 
+// OperationResolved implements Events.
+func (m MultiEvents) OperationResolved(domain, opID, state string) {
+	for _, x := range m {
+		x.OperationResolved(domain, opID, state)
+	}
+}
+
 // DomainsChanged implements Events.
 func (m MultiEvents) DomainsChanged(connected, disconnected int) {
 	for _, x := range m {
@@ -166,13 +189,6 @@ func (m MultiEvents) DomainsChanged(connected, disconnected int) {
 func (m MultiEvents) OperationsInFlight(delta int) {
 	for _, x := range m {
 		x.OperationsInFlight(delta)
-	}
-}
-
-// OperationResolved implements Events.
-func (m MultiEvents) OperationResolved(domain, opID, state string) {
-	for _, x := range m {
-		x.OperationResolved(domain, opID, state)
 	}
 }
 
@@ -204,6 +220,11 @@ func (h *Hub) SnapshotFinished(e SnapshotEvent) { h.all().SnapshotFinished(e) }
 // SnapshotDeleted implements Events.
 func (h *Hub) SnapshotDeleted(e DeleteEvent) { h.all().SnapshotDeleted(e) }
 
+// MergeProgress implements Events.
+func (h *Hub) MergeProgress(domain, opID string, done, total int64) {
+	h.all().MergeProgress(domain, opID, done, total)
+}
+
 // GuestFrozen implements Events.
 func (h *Hub) GuestFrozen(domain, owner string) { h.all().GuestFrozen(domain, owner) }
 
@@ -219,6 +240,11 @@ func (h *Hub) RollbackFinished(ok bool) { h.all().RollbackFinished(ok) }
 // OperationRecovered implements Events.
 func (h *Hub) OperationRecovered(action string) { h.all().OperationRecovered(action) }
 
+// OperationResolved implements Events.
+func (h *Hub) OperationResolved(domain, opID, state string) {
+	h.all().OperationResolved(domain, opID, state)
+}
+
 // DomainsChanged implements Events.
 func (h *Hub) DomainsChanged(connected, disconnected int) {
 	h.all().DomainsChanged(connected, disconnected)
@@ -226,8 +252,3 @@ func (h *Hub) DomainsChanged(connected, disconnected int) {
 
 // OperationsInFlight implements Events.
 func (h *Hub) OperationsInFlight(delta int) { h.all().OperationsInFlight(delta) }
-
-// OperationResolved implements Events.
-func (h *Hub) OperationResolved(domain, opID, state string) {
-	h.all().OperationResolved(domain, opID, state)
-}

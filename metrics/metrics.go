@@ -242,8 +242,12 @@ func (m *Metrics) DomainsChanged(connected, disconnected int) {
 // OperationsInFlight adds delta to the running operations.
 func (m *Metrics) OperationsInFlight(delta int) { m.inFlight.Add(float64(delta)) }
 
-// OperationResolved is not a metric: the recovery behind it is counted
-// by OperationRecovered, and an operation id is no label.
+// MergeProgress is not a metric: qsnapd_merged_bytes_total counts a
+// merge's bytes once it ends.
+func (m *Metrics) MergeProgress(string, string, int64, int64) {}
+
+// OperationResolved is not a metric: OperationRecovered counts what
+// recovery did.
 func (m *Metrics) OperationResolved(string, string, string) {}
 
 // QMPCommand observes a QMP command; pass it to qmp.WithObserver.

@@ -24,9 +24,9 @@ import (
 // outcome.
 func checkDefinitiveAnswersOverHTTP(t *testing.T) {
 	const wait = 700 * time.Millisecond
-	d := startDaemonWith(t, server.Access{}, func(c *driver.Config) {
+	d := startDaemonWith(t, daemonOpts{tune: func(c *driver.Config) {
 		c.ReconnectWait, c.ReconnectMin, c.ReconnectMax = wait, 20*time.Millisecond, 200*time.Millisecond
-	})
+	}})
 	vm := qemutest.Start(t, qemutest.Options{Backend: qemutest.SuiteBackend(t), Disks: 2, Style: qemutest.Blockdev, SecondMonitor: true})
 	p, err := qmpproxy.Start(filepath.Join(vm.Dir, "proxy.sock"), vm.QMP)
 	if err != nil {

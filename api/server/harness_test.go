@@ -30,35 +30,63 @@ type daemon struct {
 	vms      map[string]*qemutest.VM
 	stop     context.CancelFunc
 	done     chan error
+	opts     daemonOpts
+	srv      *server.Server
+}
+
+// daemonOpts tune a daemon for a test.
+type daemonOpts struct {
+	cfg server.Config // Access is startDaemon's
+	// sendBuffer, if set, is every accepted connection's socket send
+	// buffer (SO_SNDBUF): a client that does not read blocks the
+	// server's writes sooner.
+	sendBuffer int
+	// server, if set, adjusts the server before it serves.
+	server func(*server.Server)
 	// tune, if set, changes the driver's configuration.
 	tune func(*driver.Config)
 }
 
 func startDaemon(t *testing.T, access server.Access) *daemon {
 	t.Helper()
-	return startDaemonWith(t, access, nil)
+	return startDaemonWith(t, daemonOpts{cfg: server.Config{Access: access}})
 }
 
-// startDaemonWith is startDaemon with the driver's configuration
-// changed by tune.
-func startDaemonWith(t *testing.T, access server.Access, tune func(*driver.Config)) *daemon {
+func startDaemonWith(t *testing.T, o daemonOpts) *daemon {
 	t.Helper()
 	dir := qemutest.TempDir(t)
-	d := &daemon{t: t, dir: dir, rw: filepath.Join(dir, "rw.sock"), ro: filepath.Join(dir, "ro.sock"), access: access,
-		vms: map[string]*qemutest.VM{}, tune: tune}
+	d := &daemon{t: t, dir: dir, rw: filepath.Join(dir, "rw.sock"), ro: filepath.Join(dir, "ro.sock"), access: o.cfg.Access,
+		vms: map[string]*qemutest.VM{}, opts: o}
 	d.start()
 	t.Cleanup(d.close)
 	return d
 }
 
+// smallSendBuffers sets each accepted connection's send buffer.
+type smallSendBuffers struct {
+	net.Listener
+	size int
+}
+
+func (l smallSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if uc, ok := c.(*net.UnixConn); ok && err == nil {
+		if err := uc.SetWriteBuffer(l.size); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, err
+}
+
 // start opens a driver on d's state and serves it.
 func (d *daemon) start() {
 	d.t.Helper()
-	cfg := driver.Config{StateDir: filepath.Join(d.dir, "state")}
-	if d.tune != nil {
-		d.tune(&cfg)
+	dcfg := driver.Config{StateDir: filepath.Join(d.dir, "state")}
+	if d.opts.tune != nil {
+		d.opts.tune(&dcfg)
 	}
-	drv, err := driver.Open(cfg, nil)
+	drv, err := driver.Open(dcfg, nil)
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -71,9 +99,18 @@ func (d *daemon) start() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
+	if d.opts.sendBuffer > 0 {
+		rwl, rol = smallSendBuffers{rwl, d.opts.sendBuffer}, smallSendBuffers{rol, d.opts.sendBuffer}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stop, d.done = cancel, make(chan error, 1)
-	srv := server.New(drv, server.Config{Access: d.access}, nil)
+	cfg := d.opts.cfg
+	cfg.Access = d.access
+	srv := server.New(drv, cfg, nil)
+	if d.opts.server != nil {
+		d.opts.server(srv)
+	}
+	d.srv = srv
 	go func() { d.done <- srv.Serve(ctx, rwl, rol) }()
 	d.client, d.roClient = api.NewClient(d.rw), api.NewClient(d.ro)
 }

@@ -32,6 +32,11 @@ type opRegistry struct {
 	store     *driver.Store
 	retention time.Duration
 
+	// onState, if set, hears each state an operation enters (running,
+	// then succeeded, failed or unknown), for the event stream. It must
+	// not block.
+	onState func(id, kind, domain, state string)
+
 	mu        sync.Mutex
 	running   map[string]*liveOp
 	lastPrune time.Time
@@ -68,7 +73,14 @@ func (r *opRegistry) begin(rec driver.RequestRecord) (*liveOp, *driver.RequestRe
 	rec.State = driver.RequestRunning
 	op := &liveOp{rec: rec, done: make(chan struct{})}
 	r.running[rec.ID] = op
+	r.tell(rec, driver.RequestRunning)
 	return op, nil, nil
+}
+
+func (r *opRegistry) tell(rec driver.RequestRecord, state string) {
+	if r.onState != nil {
+		r.onState(rec.ID, rec.Kind, rec.Domain, state)
+	}
 }
 
 // finish stores the answer of a running operation and wakes its waiters.
@@ -90,6 +102,9 @@ func (r *opRegistry) finish(op *liveOp, state string, status int, body []byte, f
 	r.mu.Lock()
 	delete(r.running, op.rec.ID)
 	r.mu.Unlock()
+	if !forget {
+		r.tell(op.rec, state)
+	}
 	close(op.done)
 	return err
 }

@@ -35,6 +35,9 @@ type Config struct {
 	OpRetention time.Duration
 	// Drain bounds how long shutdown waits for running requests.
 	Drain time.Duration
+	// EventBuffer is how many events wait for an event stream's client
+	// before the stream ends with overflow; api.EventBuffer if unset.
+	EventBuffer int
 }
 
 // Server serves the API on a read-write and a read-only listener.
@@ -45,6 +48,19 @@ type Server struct {
 	ops *opRegistry
 	// running counts the asynchronous operations in flight.
 	running sync.WaitGroup
+
+	// streamsDone is closed when Serve stops: event streams end.
+	streamsDone chan struct{}
+	endStreams  func()
+	// The graces of an event stream's blocked write (events.go), and
+	// the HTTP timeouts, which tests shorten.
+	overflowGrace, shutdownGrace time.Duration
+	timeouts                     httpTimeouts
+}
+
+// httpTimeouts are an http.Server's.
+type httpTimeouts struct {
+	readHeader, read, write, idle time.Duration
 }
 
 // New returns a server over drv.
@@ -55,7 +71,24 @@ func New(drv *driver.Driver, cfg Config, log *zap.Logger) *Server {
 	if cfg.Drain <= 0 {
 		cfg.Drain = 5 * time.Minute
 	}
-	return &Server{drv: drv, cfg: cfg, log: log, ops: newOpRegistry(drv.Store(), cfg.OpRetention)}
+	if cfg.EventBuffer <= 0 {
+		cfg.EventBuffer = api.EventBuffer
+	}
+	s := &Server{drv: drv, cfg: cfg, log: log, ops: newOpRegistry(drv.Store(), cfg.OpRetention), streamsDone: make(chan struct{}),
+		overflowGrace: overflowGrace, shutdownGrace: shutdownGrace,
+		timeouts: httpTimeouts{
+			readHeader: 10 * time.Second,
+			read:       30 * time.Second,
+			// A snapshot is bounded by its freeze deadline and QMP
+			// ceilings; a rollback by the rollback timeout. An event
+			// stream lifts the write timeout for itself (and net/http
+			// the read timeout, once a request's header is read).
+			write: 10 * time.Minute,
+			idle:  2 * time.Minute,
+		}}
+	s.endStreams = sync.OnceFunc(func() { close(s.streamsDone) })
+	s.ops.onState = drv.OperationStateChanged
+	return s
 }
 
 // Serve serves until ctx ends, then stops accepting, lets running
@@ -74,25 +107,27 @@ func (s *Server) Serve(ctx context.Context, rw, ro net.Listener) error {
 		hs := &http.Server{
 			Handler:           s.Handler(l.readOnly),
 			ConnContext:       withPeer,
-			ReadHeaderTimeout: 10 * time.Second,
-			ReadTimeout:       30 * time.Second,
-			// A snapshot is bounded by its freeze deadline and QMP
-			// ceilings; a rollback by the rollback timeout.
-			WriteTimeout: 10 * time.Minute,
-			IdleTimeout:  2 * time.Minute,
-			ErrorLog:     zap.NewStdLog(s.log.Named("http")),
+			ReadHeaderTimeout: s.timeouts.readHeader,
+			ReadTimeout:       s.timeouts.read,
+			WriteTimeout:      s.timeouts.write,
+			IdleTimeout:       s.timeouts.idle,
+			ErrorLog:          zap.NewStdLog(s.log.Named("http")),
 		}
 		servers = append(servers, hs)
 		go func(ln net.Listener) { errc <- hs.Serve(ln) }(l.ln)
 	}
 	select {
 	case err := <-errc:
+		s.endStreams()
 		for _, hs := range servers {
 			hs.Close()
 		}
 		return err
 	case <-ctx.Done():
 	}
+	// Event streams last until their client leaves: end them, or the
+	// shutdown waits for them.
+	s.endStreams()
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.Drain)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -192,6 +227,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/domains/{name}/fsfreeze", s.fsStatus)
 	mux.HandleFunc("GET /v1/operations/{id}", s.getOperation)
 	mux.HandleFunc("DELETE /v1/operations/{id}", s.cancelOperation)
+	mux.HandleFunc("GET "+api.EventsPath, s.events)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

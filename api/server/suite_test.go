@@ -37,4 +37,6 @@ var checks = []qemutest.Check{
 	{Name: "DeleteOutcomesAfterRestart", Run: checkDeleteOutcomesAfterRestart},
 	{Name: "IdempotentOperations", Run: checkIdempotentOperations},
 	{Name: "DefinitiveAnswersOverHTTP", Run: checkDefinitiveAnswersOverHTTP},
+	{Name: "EventStream", Run: checkEventStream},
+	{Name: "SlowEventConsumer", Run: checkSlowEventConsumer},
 }

@@ -317,3 +317,26 @@ func TestErrorInfo(t *testing.T) {
 		t.Errorf("delete details %+v", info.Details)
 	}
 }
+
+// TestEventTypesAgree: the wire names every type of the driver's event
+// log, and has only its own stream messages besides.
+func TestEventTypesAgree(t *testing.T) {
+	wire := map[string]bool{}
+	for _, typ := range api.EventTypes {
+		wire[typ] = true
+	}
+	for _, typ := range driver.EventTypes {
+		if !wire[typ] {
+			t.Errorf("the driver's event type %q has no name on the wire", typ)
+		}
+		delete(wire, typ)
+	}
+	if len(wire) != 2 || !wire[api.EventOverflow] || !wire[api.EventEventsLost] {
+		t.Errorf("wire types the driver has not: %v, want overflow and events-lost", wire)
+	}
+	for _, r := range []string{driver.ResultSuccess, driver.ResultFailure, driver.ResultRolledBack, driver.ResultPartial, driver.ResultCancelled} {
+		if eventResults[r] == "" {
+			t.Errorf("the driver's result %q has no name on the wire", r)
+		}
+	}
+}

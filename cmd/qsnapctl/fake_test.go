@@ -27,6 +27,8 @@ type fakeReply struct {
 	// fn, if set, answers from the requests received so far, this one
 	// included.
 	fn func(reqs []fakeRequest) fakeReply
+	// serve, if set, answers instead, as it likes: a stream.
+	serve http.HandlerFunc
 }
 
 // fakeRequest is what the fake daemon received.
@@ -97,6 +99,10 @@ func (f *fakeDaemon) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if reply.hang {
 		<-r.Context().Done()
+		return
+	}
+	if reply.serve != nil {
+		reply.serve(w, r)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -36,6 +36,7 @@ func TestCommandBounds(t *testing.T) {
 		{[]string{"domfsstatus", "vm1"}, answerTimeout},
 		{[]string{"operation", "op-1"}, answerTimeout},
 		{[]string{"operation", "op-1", "--cancel"}, changeTimeout},
+		{[]string{"event", "--loop"}, answerTimeout}, // for the answer; the stream has no bound
 		{[]string{"version"}, answerTimeout},
 	}
 	seen := map[string]bool{}

@@ -217,6 +217,23 @@ var commands = []*command{
 		following: func(a *args) bool { return a.flag("wait") },
 	},
 	{
+		name: "event", summary: "Wait for the daemon's events and print them",
+		details: "As virsh's event: it prints the first event that passes the filters and exits, or with --loop " +
+			"every event until interrupted or --timeout, then the number received; it fails if none came. " +
+			"Types: " + strings.Join(api.EventTypes, ", ") + ". --since replays the events after a sequence " +
+			"number that the daemon still keeps, first saying so if some are no longer kept.",
+		opts: []option{
+			{name: "domain", kind: kindString, metavar: "domain", help: "only the events of this domain"},
+			{name: "type", kind: kindList, metavar: "type", help: "only events of this type (repeatable, or comma-separated)"},
+			{name: "loop", help: "print every event, not only the first"},
+			{name: "timeout", kind: kindString, metavar: "seconds", help: "stop waiting after this many seconds (or a duration such as 90s)"},
+			{name: "since", kind: kindString, metavar: "seq", help: "first the events after this sequence number that the daemon still keeps"},
+			{name: "timestamp", help: "show the time of each event"}},
+		run:       runEvent,
+		changes:   never,
+		following: always, // a stream: no overall bound; interrupts end it
+	},
+	{
 		name: "version", summary: "Show the client and daemon versions",
 		run:     runVersion,
 		changes: never,

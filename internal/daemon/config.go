@@ -62,6 +62,7 @@ type Config struct {
 	OpRetention     Duration      `toml:"operation_retention"`
 	ReconnectWait   Duration      `toml:"reconnect_wait"`
 	Quiesce         string        `toml:"quiesce"`
+	EventRing       int           `toml:"event_ring"`
 	MetricsListen   string        `toml:"metrics_listen"`
 	DBus            string        `toml:"dbus"`
 	LogFormat       string        `toml:"log_format"`
@@ -88,6 +89,7 @@ func Default() Config {
 		OpRetention:     Duration(dc.OpRetention),
 		ReconnectWait:   Duration(dc.ReconnectWait),
 		Quiesce:         string(dc.Quiesce),
+		EventRing:       dc.EventRing,
 		MetricsListen:   "127.0.0.1:9477",
 		DBus:            "none",
 		LogFormat:       "console",
@@ -161,6 +163,9 @@ func (c *Config) Validate() error {
 		if kv.d < 0 {
 			return keyErr(kv.key, "%v is negative", time.Duration(kv.d))
 		}
+	}
+	if c.EventRing < 1 {
+		return keyErr("event_ring", "%d is not a positive number of events", c.EventRing)
 	}
 	oneOf := func(key, v string, allowed ...string) error {
 		for _, a := range allowed {
@@ -239,6 +244,7 @@ func (c *Config) DriverConfig() driver.Config {
 		OpRetention:     time.Duration(c.OpRetention),
 		ReconnectWait:   time.Duration(c.ReconnectWait),
 		Quiesce:         driver.QuiesceMode(c.Quiesce),
+		EventRing:       c.EventRing,
 	}
 }
 

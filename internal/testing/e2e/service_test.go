@@ -310,7 +310,9 @@ func TestDBusAndInhibitor(t *testing.T) {
 			signals <- sc.Text()
 		}
 	}()
-	time.Sleep(200 * time.Millisecond) // let the monitor subscribe
+	// And on the event stream: the signal and the event are one.
+	stream := d.ctlBackground("event", "--domain", "vm1", "--type", "snapshot-created", "--timeout", "30")
+	time.Sleep(200 * time.Millisecond) // let the monitor and the stream subscribe
 	if out := busctl("CreateSnapshot", "ssu", "vm1", "<domainsnapshot><name>viabus</name></domainsnapshot>", "16"); !strings.Contains(out, `"viabus"`) {
 		t.Errorf("CreateSnapshot: %s", out)
 	}
@@ -322,6 +324,9 @@ func TestDBusAndInhibitor(t *testing.T) {
 		case <-timeout:
 			t.Fatal("no SnapshotCreated signal")
 		}
+	}
+	if out, errOut, code := stream(); code != 0 || !strings.HasPrefix(out, "event 'snapshot-created' for domain 'vm1': viabus (op ") {
+		t.Errorf("the event stream of a snapshot made over D-Bus: exit %d\n%s%s", code, out, errOut)
 	}
 	// The snapshot held a delay inhibitor for shutdown and sleep, and let
 	// it go when done.
