@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/qsnapd/qsnapd/api"
-	"github.com/qsnapd/qsnapd/api/server"
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/internal/testing/qmpproxy"
