@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,6 +48,8 @@ type daemon struct {
 	t      *testing.T
 	dir    string
 	socket string
+	args   []string
+	env    []string
 	cmd    *exec.Cmd
 	log    qemutest.LockedBuffer
 	exited chan error
@@ -61,18 +64,11 @@ func startDaemon(t *testing.T, extra ...string) *daemon {
 func startDaemonEnv(t *testing.T, env []string, extra ...string) *daemon {
 	t.Helper()
 	dir := qemutest.TempDir(t)
-	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "rw.sock"), exited: make(chan error, 1)}
-	args := append([]string{"--socket", d.socket, "--socket-ro", filepath.Join(dir, "ro.sock"),
+	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "rw.sock"), env: env, exited: make(chan error, 1)}
+	d.args = append([]string{"--socket", d.socket, "--socket-ro", filepath.Join(dir, "ro.sock"),
 		"--state-dir", filepath.Join(dir, "state"), "--log-format", "json", "--log-level", "debug",
 		"--metrics-listen", ""}, extra...)
-	d.cmd = exec.Command(filepath.Join(binDir, "qsnapd"), args...)
-	d.cmd.Env = append(os.Environ(), env...)
-	d.cmd.Stderr = &d.log
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.exited <- d.cmd.Wait() }()
+	d.launch()
 	t.Cleanup(func() {
 		_ = d.cmd.Process.Signal(syscall.SIGTERM) // fails only if it exited: then d.exited is ready
 		select {
@@ -87,13 +83,54 @@ func startDaemonEnv(t *testing.T, env []string, extra ...string) *daemon {
 			t.Logf("qsnapd log:\n%s", d.log.String())
 		}
 	})
+	d.waitAccepting()
+	return d
+}
+
+// launch starts the process; its exit status goes to d.exited.
+func (d *daemon) launch() {
+	d.t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "qsnapd"), d.args...)
+	cmd.Env = append(os.Environ(), d.env...)
+	cmd.Stderr = &d.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.cmd = cmd
+	go func() { d.exited <- cmd.Wait() }()
+}
+
+// kill SIGKILLs the daemon, as a crash would, and returns its exit
+// status once it has exited. It may run on any goroutine, but not with
+// restart.
+func (d *daemon) kill() error {
+	_ = d.cmd.Process.Kill() // fails only if it exited already
+	return <-d.exited
+}
+
+// restart starts a killed daemon again with the same flags, on the same
+// state directory and sockets, as systemd restarts a crashed service,
+// and waits until it accepts connections.
+func (d *daemon) restart() {
+	d.t.Helper()
+	d.launch()
+	d.waitAccepting()
+}
+
+// waitAccepting waits until the daemon accepts connections on its
+// socket. The file alone proves nothing: it exists from bind() on, a
+// moment before listen(), and a killed daemon leaves it behind.
+func (d *daemon) waitAccepting() {
+	d.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := os.Stat(d.socket); err == nil {
-			return d
+		if conn, err := net.Dial("unix", d.socket); err == nil {
+			conn.Close()
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("qsnapd did not create its socket:\n%s", d.log.String())
+			d.t.Fatalf("qsnapd does not accept on %s:\n%s", d.socket, d.log.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

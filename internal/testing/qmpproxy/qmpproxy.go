@@ -48,8 +48,15 @@ type Delay struct{ D time.Duration }
 // forwarded, so the client sees only a missing reply.
 type Drop struct{}
 
-// DropReply forwards the command but swallows QEMU's reply to it.
-type DropReply struct{}
+// DropReply forwards the command but swallows QEMU's reply to it. Then,
+// if set, runs when that reply arrives (the command has run), before
+// QEMU's next line is read; with Close the proxy then closes the client
+// and QEMU connections, as a monitor connection that broke between the
+// command and its reply.
+type DropReply struct {
+	Then  func()
+	Close bool
+}
 
 // Hook is called synchronously before the command is forwarded; it must
 // return for the connection (and Close) to make progress.
@@ -228,7 +235,7 @@ func (p *Proxy) handle(client net.Conn) error {
 		client.Close()
 		return nil
 	}
-	c := &conn{p: p, client: client, qemu: qemu, done: make(chan struct{}), swallow: map[string]int{}, closeAfter: map[string]bool{}}
+	c := &conn{p: p, client: client, qemu: qemu, done: make(chan struct{}), swallow: map[string][]DropReply{}}
 	p.mu.Lock()
 	if p.down { // SetDown came meanwhile
 		p.mu.Unlock()
@@ -245,13 +252,17 @@ func (p *Proxy) handle(client net.Conn) error {
 	var g errgroup.Group
 	g.Go(c.pump(client, "client", c.command))
 	g.Go(c.pump(qemu, "QEMU", func(line []byte) error {
-		if swallow, hangUp := c.swallowed(line); swallow {
-			if hangUp {
-				c.close()
-			}
-			return nil
+		a, ok := c.swallowed(line)
+		if !ok {
+			return c.toClient(line)
 		}
-		return c.toClient(line)
+		if a.Then != nil {
+			a.Then()
+		}
+		if a.Close {
+			c.close()
+		}
+		return nil
 	}))
 	g.Go(func() error { // Close closes us; closing conns also unblocks Delay
 		select {
@@ -292,9 +303,8 @@ type conn struct {
 	once         sync.Once
 	done         chan struct{} // closed by close
 
-	smu        sync.Mutex
-	swallow    map[string]int  // reply ids (canonical JSON) to swallow, with counts
-	closeAfter map[string]bool // reply ids whose swallowing closes the connection
+	smu     sync.Mutex
+	swallow map[string][]DropReply // by reply id (canonical JSON), in order
 }
 
 func (c *conn) close() {
@@ -364,15 +374,16 @@ func (c *conn) command(line []byte) error {
 		// A quick QEMU may answer before the close: its reply must not
 		// get through.
 		c.smu.Lock()
-		c.swallow[canonical(cmd.ID)]++
+		k := canonical(cmd.ID)
+		c.swallow[k] = append(c.swallow[k], DropReply{})
 		c.smu.Unlock()
 		err := c.write(c.qemu, line, "write to QEMU")
 		c.close()
 		return err
 	case CloseAfterReply:
 		c.smu.Lock()
-		c.swallow[canonical(cmd.ID)]++
-		c.closeAfter[canonical(cmd.ID)] = true
+		k := canonical(cmd.ID)
+		c.swallow[k] = append(c.swallow[k], DropReply{Close: true})
 		c.smu.Unlock()
 	case Delay:
 		select {
@@ -385,19 +396,20 @@ func (c *conn) command(line []byte) error {
 	case DropReply:
 		// Register before forwarding, so the reply cannot come first.
 		c.smu.Lock()
-		c.swallow[canonical(cmd.ID)]++
+		k := canonical(cmd.ID)
+		c.swallow[k] = append(c.swallow[k], a)
 		c.smu.Unlock()
 	}
 	return c.write(c.qemu, line, "write to QEMU")
 }
 
-// swallowed reports whether line is a reply DropReply or CloseAfterReply
-// asked to swallow, and whether the connection is to close after it.
-func (c *conn) swallowed(line []byte) (swallow, hangUp bool) {
+// swallowed reports whether line is a reply DropReply asked to swallow,
+// and with which DropReply.
+func (c *conn) swallowed(line []byte) (DropReply, bool) {
 	c.smu.Lock()
 	defer c.smu.Unlock()
 	if len(c.swallow) == 0 {
-		return false, false // the common case: no need to parse
+		return DropReply{}, false // the common case: no need to parse
 	}
 	var m struct {
 		Return json.RawMessage `json:"return"`
@@ -405,19 +417,19 @@ func (c *conn) swallowed(line []byte) (swallow, hangUp bool) {
 		ID     json.RawMessage `json:"id"`
 	}
 	if json.Unmarshal(line, &m) != nil || (m.Return == nil && m.Error == nil) {
-		return false, false // events and junk pass
+		return DropReply{}, false // events and junk pass
 	}
 	k := canonical(m.ID)
-	if c.swallow[k] == 0 {
-		return false, false
+	q := c.swallow[k]
+	if len(q) == 0 {
+		return DropReply{}, false
 	}
-	c.swallow[k]--
-	if c.swallow[k] == 0 {
+	if len(q) == 1 {
 		delete(c.swallow, k) // so an empty map means "nothing to parse"
+	} else {
+		c.swallow[k] = q[1:]
 	}
-	hangUp = c.closeAfter[k]
-	delete(c.closeAfter, k)
-	return true, hangUp
+	return q[0], true
 }
 
 // canonical re-encodes an id so the client's spelling and QEMU's echo

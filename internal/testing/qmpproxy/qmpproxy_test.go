@@ -143,6 +143,28 @@ func TestDropReply(t *testing.T) {
 	}
 }
 
+// TestDropReplyThenClose: the command runs, Then runs in place of its
+// reply, and the connection breaks; the next client sees the effect.
+func TestDropReplyThenClose(t *testing.T) {
+	p, c := setup(t)
+	c.run("cont")
+	c.event("RESUME")
+	called := make(chan struct{})
+	p.Add(Rule{Command: "stop", Times: 1, Action: DropReply{Then: func() { close(called) }, Close: true}})
+	c.send("stop")
+	c.event("STOP") // the command took effect...
+	c.eof()         // ...and the connection broke where its reply was due
+	select {
+	case <-called:
+	default:
+		t.Error("Then was not called before the connection closed")
+	}
+	c2 := dial(t, p.Path())
+	if got := c2.status(); got.Status != "paused" || got.Running {
+		t.Errorf("query-status on new client = %+v, want paused, not running", got)
+	}
+}
+
 func TestHook(t *testing.T) {
 	p, c := setup(t)
 	called, release := make(chan struct{}), make(chan struct{})
