@@ -317,6 +317,9 @@ func (r *rig) qemuDies() {
 		r.mu.Unlock()
 	}
 	r.vm.Kill()
+	// A dead QEMU's socket refuses connections; so must the proxy in
+	// front of it, or QEMU looks away rather than gone.
+	r.proxy.Refuse()
 }
 
 // onOverlay checks that QEMU has the disk on its overlay.
