@@ -237,10 +237,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeCompactJSON writes v without indentation, for an answer whose
 // nesting grows with the data.
 func writeCompactJSON(w http.ResponseWriter, status int, v any) {
-	var buf bytes.Buffer
-	// Only the API's own types come here: they always encode.
-	_ = json.NewEncoder(&buf).Encode(v)
-	writeBody(w, status, buf.Bytes())
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	// Streamed, not buffered: a long list is megabytes. The status is
+	// sent: a client that hung up has nobody to tell.
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 // encodeJSON is a body as writeJSON sends it.
