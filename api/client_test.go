@@ -18,16 +18,7 @@ import (
 // NoAnswerError that names the socket and the request and keeps the
 // context's cause.
 func TestNoAnswer(t *testing.T) {
-	dir, err := os.MkdirTemp("", "qs") // short: unix socket paths are under 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sock, l := listenUnix(t)
 	t.Cleanup(func() { l.Close() })
 	c := NewClient(sock)
 	defer c.Close()
@@ -74,16 +65,7 @@ func TestRetryUnderTheSameID(t *testing.T) {
 		{"read", http.MethodGet, func() string { return "op-7" }, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir, err := os.MkdirTemp("", "qs")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(dir) })
-			sock := filepath.Join(dir, "s")
-			l, err := net.Listen("unix", sock)
-			if err != nil {
-				t.Fatal(err)
-			}
+			sock, l := listenUnix(t)
 			var mu sync.Mutex
 			var sends []seen
 			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -112,7 +94,7 @@ func TestRetryUnderTheSameID(t *testing.T) {
 			if tc.method != http.MethodGet {
 				body = map[string]string{"name": "s1"}
 			}
-			err = c.do(ctx, tc.method, "/v1/x", nil, body, nil)
+			err := c.do(ctx, tc.method, "/v1/x", nil, body, nil)
 			mu.Lock()
 			defer mu.Unlock()
 			if len(sends) != tc.wantSends {
@@ -127,4 +109,21 @@ func TestRetryUnderTheSameID(t *testing.T) {
 			}
 		})
 	}
+}
+
+// listenUnix listens on a unix socket in a short directory (socket
+// paths must be under 108 bytes), removed when t ends.
+func listenUnix(t *testing.T) (string, net.Listener) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "qs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sock, l
 }

@@ -3,9 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -41,22 +38,13 @@ func TestEventDecodeData(t *testing.T) {
 // TestEventsNoAnswer: a stream the daemon does not answer is a
 // NoAnswerError, as any request's.
 func TestEventsNoAnswer(t *testing.T) {
-	dir, err := os.MkdirTemp("", "qs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sock, l := listenUnix(t)
 	t.Cleanup(func() { l.Close() })
 	c := NewClient(sock)
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err = c.Events(ctx, EventFilter{Types: []string{EventGuestFrozen}})
+	_, err := c.Events(ctx, EventFilter{Types: []string{EventGuestFrozen}})
 	var na *NoAnswerError
 	if !errors.As(err, &na) || na.Request != "GET /v1/events?type=guest-frozen" || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("error %#v (%v)", err, err)

@@ -149,27 +149,7 @@ func (s *Store) Requests(states ...string) ([]RequestRecord, error) {
 
 // PruneRequests deletes records that ended before cutoff.
 func (s *Store) PruneRequests(cutoff time.Time) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRequests)
-		var old [][]byte
-		err := b.ForEach(func(k, v []byte) error {
-			var r RequestRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return err
-			}
-			if r.State != RequestRunning && r.State != RequestUnknown && r.Ended.Before(cutoff) {
-				old = append(old, append([]byte(nil), k...))
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, k := range old {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
+	return pruneBucket(s.db, bucketRequests, func(r *RequestRecord) bool {
+		return r.State != RequestRunning && r.State != RequestUnknown && r.Ended.Before(cutoff)
 	})
 }

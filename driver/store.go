@@ -286,24 +286,32 @@ func (s *Store) Ops(activeOnly bool) ([]*OpRecord, error) {
 // that left a disk stuck on its overlay, or an overlay holding guest
 // writes after QEMU exited: an operator needs to see them.
 func (s *Store) PruneOps(cutoff time.Time) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketOps)
-		var old [][]byte
+	return pruneBucket(s.db, bucketOps, func(op *OpRecord) bool {
+		return !op.Phase().Active() && op.Updated.Before(cutoff) &&
+			(op.Plan == nil || len(op.Plan.Stuck())+len(op.Plan.HoldingGuestWrites()) == 0)
+	})
+}
+
+// pruneBucket deletes, in one transaction, the records of bucket that
+// old says are old.
+func pruneBucket[T any](db *bolt.DB, bucket []byte, old func(*T) bool) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		var gone [][]byte
 		err := b.ForEach(func(k, v []byte) error {
-			var op OpRecord
-			if err := json.Unmarshal(v, &op); err != nil {
+			rec := new(T)
+			if err := json.Unmarshal(v, rec); err != nil {
 				return err
 			}
-			if !op.Phase().Active() && op.Updated.Before(cutoff) &&
-				(op.Plan == nil || len(op.Plan.Stuck())+len(op.Plan.HoldingGuestWrites()) == 0) {
-				old = append(old, append([]byte(nil), k...))
+			if old(rec) {
+				gone = append(gone, append([]byte(nil), k...))
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, k := range old {
+		for _, k := range gone {
 			if err := b.Delete(k); err != nil {
 				return err
 			}
