@@ -60,14 +60,14 @@ test-short:
 
 # bench runs every benchmark against real QEMU (and a real guest for the
 # freeze window), BENCHCOUNT times, into bench.out. Each reports medians.
-# Those that grow chains (quiesce, snapshot depth) run a fixed number of
-# iterations: each iteration adds a layer to every disk. The metadata's
-# (no QEMU) sets up 10 000 snapshots once per process, then runs a fixed
-# number of rounds of its reads.
+# Those that grow chains (quiesce, quiesce scope, snapshot depth) run a
+# fixed number of iterations: each iteration adds a layer to every disk
+# it snapshots. The metadata's (no QEMU) sets up 10 000 snapshots once
+# per process, then runs a fixed number of rounds of its reads.
 bench: deps
 	$(GO) test -timeout 60m -run '^$$' -bench . -skip 'BenchmarkQuiesce|BenchmarkSnapshotDepth|BenchmarkDelete/merge|BenchmarkMetadata' -benchtime 2s -count $(BENCHCOUNT) ./... | tee bench.out
 	$(GO) test -timeout 60m -run '^$$' -bench 'BenchmarkMetadata' -benchtime 4x -count $(BENCHCOUNT) ./api/server/ | tee -a bench.out
-	$(GO) test -timeout 60m -run '^$$' -bench 'BenchmarkQuiesce' -benchtime 24x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
+	$(GO) test -timeout 60m -run '^$$' -bench 'BenchmarkQuiesce$$|BenchmarkQuiesceScope$$' -benchtime 24x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
 	$(GO) test -timeout 60m -run '^$$' -bench 'BenchmarkSnapshotDepth' -benchtime 48x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
 	$(GO) test -timeout 60m -run '^$$' -bench 'BenchmarkDelete/merge' -benchtime 1x -count $(BENCHCOUNT) ./driver/ | tee -a bench.out
 

@@ -141,7 +141,10 @@ type CreateSnapshotRequest struct {
 	XML     string `json:"xml"`
 	Flags   Flags  `json:"flags"`
 	Quiesce string `json:"quiesce,omitempty"` // QuiesceRequire, QuiescePrefer or QuiesceSkip
-	Async   bool   `json:"async,omitempty"`
+	// QuiesceScope is QuiesceScopeAll or QuiesceScopeSnapshotDisks;
+	// empty means the daemon's quiesce_scope.
+	QuiesceScope string `json:"quiesce_scope,omitempty"`
+	Async        bool   `json:"async,omitempty"`
 }
 
 // Timings of an operation, in milliseconds.

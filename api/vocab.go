@@ -13,6 +13,18 @@ const (
 	QuiesceSkip = "skip"
 )
 
+// Quiesce scopes: what a quiesced snapshot freezes, in
+// CreateSnapshotRequest.QuiesceScope.
+const (
+	// QuiesceScopeAll freezes every filesystem of the guest, as
+	// libvirt does.
+	QuiesceScopeAll = "all"
+	// QuiesceScopeSnapshotDisks freezes only the filesystems on the
+	// snapshot's disks, or every one (with the indication
+	// IndQuiesceScopeFallback) when they cannot all be found.
+	QuiesceScopeSnapshotDisks = "snapshot-disks"
+)
+
 // Indication is one fact about how a snapshot was taken.
 type Indication struct {
 	Code    string `json:"code"`
@@ -36,6 +48,13 @@ const (
 	IndHalted            = "halted"
 	IndHaltFailed        = "halt-failed"
 	IndRedefined         = "redefined"
+	// IndQuiesceScoped: only the filesystems on the snapshot's disks
+	// were frozen; the message lists them.
+	IndQuiesceScoped = "quiesce-scoped"
+	// IndQuiesceScopeFallback: the snapshot's disks could not all be
+	// mapped to the guest's filesystems (the message says which, or
+	// what failed), so every filesystem was frozen.
+	IndQuiesceScopeFallback = "quiesce-scope-fallback"
 	// IndQEMUGone: QEMU exited after the switch, and every overlay holds
 	// the guest's writes: the snapshot is recorded, and QEMU must start
 	// on the overlays.

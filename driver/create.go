@@ -151,7 +151,7 @@ func (s *snapshotOp) freeze(ctx context.Context) error {
 	if s.spec.quiesce == QuiesceSkip {
 		return nil
 	}
-	gf, _, err := s.d.freezeGuest(ctx, s.dom, OwnerSnapshot, s.op.ID, nil, s.d.cfg.MaxFreeze)
+	gf, _, err := s.d.freezeGuest(ctx, s.dom, OwnerSnapshot, s.op.ID, s.spec.mountpoints, s.d.cfg.MaxFreeze)
 	if err != nil {
 		if s.spec.quiesce == QuiesceRequire {
 			return atStep(StepFreeze, fmt.Errorf("%w: freeze: %w", ErrQuiesce, agentErr(err)))

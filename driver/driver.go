@@ -55,6 +55,9 @@ type Config struct {
 	// Quiesce is what a snapshot without QUIESCE or a quiesce option
 	// does: "skip" (libvirt's behaviour), "prefer" or "require".
 	Quiesce QuiesceMode
+	// QuiesceScope is what a quiesced snapshot freezes unless its
+	// request says: "all" (libvirt's behaviour) or "snapshot-disks".
+	QuiesceScope QuiesceScope
 	// QMPOptions tune every domain's QMP client (ceilings, observers).
 	QMPOptions []qmp.Option `toml:"-"`
 	// AgentObserver hears every guest agent command, for metrics.
@@ -74,6 +77,7 @@ func DefaultConfig() Config {
 	return Config{
 		Transaction:     "auto",
 		Quiesce:         QuiesceSkip,
+		QuiesceScope:    ScopeAll,
 		RollbackTimeout: transaction.DefaultRollbackTimeout,
 		ReconnectMin:    100 * time.Millisecond,
 		ReconnectMax:    30 * time.Second,
@@ -110,6 +114,13 @@ func (c *Config) Validate() error {
 	case QuiesceSkip, QuiescePrefer, QuiesceRequire:
 	default:
 		return fmt.Errorf("quiesce must be require, prefer or skip, got %q", c.Quiesce)
+	}
+	switch c.QuiesceScope {
+	case "":
+		c.QuiesceScope = def.QuiesceScope
+	case ScopeAll, ScopeSnapshotDisks:
+	default:
+		return fmt.Errorf("quiesce_scope must be all or snapshot-disks, got %q", c.QuiesceScope)
 	}
 	for _, d := range []struct {
 		key string

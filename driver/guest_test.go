@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -264,5 +265,122 @@ func checkGuestDeleteWhileWriting(t *testing.T) {
 		if !strings.Contains(before, hex.EncodeToString(sum[:])+"  "+d.Serial+"/g1") {
 			t.Errorf("%s: /g1 on the image does not match the guest's checksum", d.Serial)
 		}
+	}
+}
+
+// checkGuestQuiesceScope snapshots one of three data disks with the
+// snapshot-disks scope while a writer in the guest appends to a file on
+// each: only that disk's file system stops for the freeze (a hook holds
+// the guest frozen for a second), the others keep writing. The control,
+// scope all, stops them all. With the disk's file system unmounted, the
+// snapshot falls back to freezing all, and says why.
+func checkGuestQuiesceScope(t *testing.T) {
+	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1", "data2", "data3"}, SecondMonitor: true})
+	drv := guestDriver(t, g, nil)
+	ctx := testCtx(t)
+	const hold = time.Second
+	drv.Hooks.AtStep = func(step string) error {
+		if step == HookFrozen {
+			time.Sleep(hold)
+		}
+		return nil
+	}
+	sh := func(script string) string {
+		t.Helper()
+		res, err := g.Run(ctx, "sh", "-c", script)
+		if err != nil || res.ExitCode != 0 {
+			t.Fatalf("guest: %s: %v, exit %d: %s", script, err, res.ExitCode, res.Stderr)
+		}
+		return res.Stdout
+	}
+	// beats runs a snapshot of data1 while each disk gets a line with
+	// the guest's uptime (in 10 ms) as often as the shell can write it,
+	// and returns each disk's beats.
+	beats := func(name string, scope QuiesceScope) (*CreateResult, [3][]int) {
+		t.Helper()
+		sh("rm -f /tmp/stop /tmp/stopped-*; for d in data1 data2 data3; do " +
+			"(exec 3>/mnt/$d/beat; while [ ! -e /tmp/stop ]; do read up _ </proc/uptime; echo ${up%.*}${up#*.} >&3; done; touch /tmp/stopped-$d) " +
+			"</dev/null >/dev/null 2>&1 & done")
+		time.Sleep(300 * time.Millisecond)
+		xml := snapXML(name, diskXML("data1", "", ""), diskXML("data2", "no", ""), diskXML("data3", "no", ""))
+		res, err := drv.CreateSnapshot(ctx, "guest", CreateRequest{XML: xml, Flags: FlagDiskOnly | FlagAtomic | FlagQuiesce, QuiesceScope: scope})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		sh("touch /tmp/stop; while [ ! -e /tmp/stopped-data1 ] || [ ! -e /tmp/stopped-data2 ] || [ ! -e /tmp/stopped-data3 ]; do sleep 0.1; done")
+		var out [3][]int
+		for i, d := range []string{"data1", "data2", "data3"} {
+			for _, f := range strings.Fields(sh("cat /mnt/" + d + "/beat")) {
+				n, err := strconv.Atoi(f)
+				if err != nil {
+					t.Fatalf("%s: beat %q", d, f)
+				}
+				out[i] = append(out[i], n)
+			}
+		}
+		return res, out
+	}
+	// gap is the longest pause between beats, in 10 ms.
+	gap := func(b []int) (from, to int) {
+		for i := 1; i < len(b); i++ {
+			if b[i]-b[i-1] > to-from {
+				from, to = b[i-1], b[i]
+			}
+		}
+		return from, to
+	}
+	within := func(b []int, from, to int) (n int) {
+		for _, x := range b {
+			if x > from && x < to {
+				n++
+			}
+		}
+		return n
+	}
+	held := int(hold / (10 * time.Millisecond))
+
+	res, b := beats("scoped", ScopeSnapshotDisks)
+	ind, ok := indication(res, IndQuiesceScoped)
+	if !res.Quiesced || !ok || !strings.HasSuffix(ind.Message, ": /mnt/data1 (data1)") {
+		t.Errorf("scoped: quiesced %v, indications %+v", res.Quiesced, res.Indications)
+	}
+	from, to := gap(b[0])
+	t.Logf("scoped: data1 stopped for %d0 ms; meanwhile data2 wrote %d times, data3 %d; freeze window %v",
+		to-from, within(b[1], from, to), within(b[2], from, to), res.Freeze)
+	if to-from < held*8/10 {
+		t.Errorf("data1 stopped for %d0 ms at most, not for the %v the guest was held frozen", to-from, hold)
+	}
+	for i := 1; i < 3; i++ {
+		if n := within(b[i], from, to); n < 3 {
+			t.Errorf("data%d wrote %d times while data1 was frozen: frozen too", i+1, n)
+		}
+	}
+
+	// The control: scope all stops every disk.
+	res, b = beats("all", ScopeAll)
+	if _, ok := indication(res, IndQuiesceScoped); ok || !res.Quiesced {
+		t.Errorf("all: quiesced %v, indications %+v", res.Quiesced, res.Indications)
+	}
+	for i := range 3 {
+		if from, to := gap(b[i]); to-from < held*8/10 {
+			t.Errorf("scope all: data%d stopped for %d0 ms at most", i+1, to-from)
+		}
+	}
+
+	// A disk without a mounted file system cannot be mapped.
+	drv.Hooks.AtStep = nil
+	sh("umount /mnt/data3")
+	res, err := drv.CreateSnapshot(ctx, "guest", CreateRequest{XML: snapXML("fallback", diskXML("data1", "no", ""), diskXML("data2", "no", ""), diskXML("data3", "", "")),
+		Flags: FlagDiskOnly | FlagAtomic | FlagQuiesce, QuiesceScope: ScopeSnapshotDisks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ind, ok = indication(res, IndQuiesceScopeFallback)
+	if !res.Quiesced || !ok || !strings.Contains(ind.Message, "disk 'data3' could not be mapped") {
+		t.Errorf("fallback: quiesced %v, indications %+v", res.Quiesced, res.Indications)
+	}
+	if status := agentStatus(t, g); status != "thawed" {
+		t.Errorf("guest after the snapshots: %s", status)
 	}
 }

@@ -39,6 +39,13 @@ const (
 	IndHalted            = "halted"
 	IndHaltFailed        = "halt-failed"
 	IndRedefined         = "redefined"
+	// IndQuiesceScoped: the snapshot-disks scope froze only the
+	// filesystems on the snapshot's disks, which the message lists.
+	IndQuiesceScoped = "quiesce-scoped"
+	// IndQuiesceScopeFallback: the snapshot-disks scope could not map
+	// the snapshot's disks to the guest's filesystems (the message says
+	// which disk or what failed), so every filesystem was frozen.
+	IndQuiesceScopeFallback = "quiesce-scope-fallback"
 	// IndQEMUGone: QEMU exited after the switch, and every overlay holds
 	// the guest's writes: the snapshot is recorded, and QEMU must start
 	// on the overlays.

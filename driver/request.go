@@ -25,6 +25,9 @@ type CreateRequest struct {
 	// Quiesce overrides the QUIESCE flag's "require" or the daemon's
 	// default; empty means neither is overridden.
 	Quiesce QuiesceMode
+	// QuiesceScope overrides the daemon's scope of a quiesced snapshot;
+	// empty means it is not overridden.
+	QuiesceScope QuiesceScope
 	// OpID names the operation in the journal; empty means a new random
 	// id. It must not name an operation the journal holds.
 	OpID string
@@ -41,6 +44,7 @@ type createSpec struct {
 	mode        transaction.Mode
 	opID        string
 	quiesce     QuiesceMode  // what the switch gets: require, prefer or skip
+	mountpoints []string     // what the freeze covers (quiesce scope); nil: every filesystem
 	indications []Indication // facts learned before anything changed
 }
 

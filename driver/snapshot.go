@@ -86,6 +86,9 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	if err != nil {
 		return nil, err
 	}
+	if req.QuiesceScope, err = resolveScope(req.QuiesceScope, d.cfg.QuiesceScope); err != nil {
+		return nil, err
+	}
 	def, err := parseSnapshotXML(req.XML)
 	if err != nil {
 		return nil, err
@@ -170,6 +173,11 @@ func (d *Driver) specFor(ctx context.Context, dom *Domain, def *libvirtxml.Domai
 		}
 		spec.quiesce = QuiesceSkip
 		spec.indications = append(spec.indications, *ind)
+	}
+	if spec.quiesce != QuiesceSkip && req.QuiesceScope == ScopeSnapshotDisks {
+		var ind Indication
+		spec.mountpoints, ind = d.scopeFreeze(ctx, dom, client, spec)
+		spec.indications = append(spec.indications, ind)
 	}
 	return spec, nil
 }

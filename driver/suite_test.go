@@ -48,6 +48,9 @@ var checks = []qemutest.Check{
 	{Name: "ThawFailureIsRetried", Run: checkThawFailureIsRetried},
 	{Name: "FSFreezeOwnership", Run: checkFSFreezeOwnership},
 	{Name: "FrozenGuestThawedAfterRestart", Run: checkFrozenGuestThawedAfterRestart},
+	{Name: "QuiesceScopeFreezesOnlyTheSnapshotDisks", Run: checkQuiesceScopeFreezesOnlyTheSnapshotDisks},
+	{Name: "QuiesceScopeFallsBack", Run: checkQuiesceScopeFallsBack},
+	{Name: "QuiesceScopeRefusesBadValue", Run: checkQuiesceScopeRefusesBadValue},
 
 	{Name: "RecoveryAfterKill", Run: checkRecoveryAfterKill},
 	{Name: "RecoveryWaitsForQEMU", Run: checkRecoveryWaitsForQEMU},
@@ -90,4 +93,5 @@ var checks = []qemutest.Check{
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFailingFreezeHook", Run: checkGuestFailingFreezeHook, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestDeleteWhileWriting", Run: checkGuestDeleteWhileWriting, RealOnly: "boots a Linux guest with qemu-ga"},
+	{Name: "GuestQuiesceScope", Run: checkGuestQuiesceScope, RealOnly: "boots a Linux guest with qemu-ga"},
 }

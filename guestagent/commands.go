@@ -83,3 +83,48 @@ func (c *Client) Thaw(ctx context.Context) (int, error) {
 	err := c.Execute(ctx, "guest-fsfreeze-thaw", nil, &n)
 	return n, err
 }
+
+// Filesystem is one filesystem of guest-get-fsinfo: where it is
+// mounted and the disks it lies on.
+type Filesystem struct {
+	Name       string        `json:"name"`
+	Mountpoint string        `json:"mountpoint"`
+	Type       string        `json:"type"`
+	Disks      []DiskAddress `json:"disk"`
+}
+
+// DiskAddress is how the guest sees one disk (GuestDiskAddress).
+type DiskAddress struct {
+	// PCIController is the PCI function of the disk's controller: of
+	// the disk itself for virtio-blk; every field is -1 when unknown.
+	PCIController PCIAddress `json:"pci-controller"`
+	BusType       string     `json:"bus-type"`
+	Bus           int        `json:"bus"`
+	Target        int        `json:"target"`
+	Unit          int        `json:"unit"`
+	// Serial is the disk's serial, where the guest knows it (on Linux,
+	// from udev's database); Dev the device node, such as /dev/vda1.
+	Serial string `json:"serial,omitempty"`
+	Dev    string `json:"dev,omitempty"`
+}
+
+// PCIAddress is a PCI function as the guest numbers it.
+type PCIAddress struct {
+	Domain   int `json:"domain"`
+	Bus      int `json:"bus"`
+	Slot     int `json:"slot"`
+	Function int `json:"function"`
+}
+
+// Valid reports whether the guest gave a PCI address at all.
+func (p PCIAddress) Valid() bool {
+	return p.Domain >= 0 && p.Bus >= 0 && p.Slot >= 0 && p.Function >= 0
+}
+
+// FSInfo runs guest-get-fsinfo: the guest's mounted filesystems, whose
+// mountpoints guest-fsfreeze-freeze-list takes.
+func (c *Client) FSInfo(ctx context.Context) ([]Filesystem, error) {
+	var fss []Filesystem
+	err := c.Execute(ctx, "guest-get-fsinfo", nil, &fss)
+	return fss, err
+}

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -530,5 +532,27 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestQueryPCIBehindABridge decodes what QEMU 7.2 answered query-pci
+// once SeaBIOS had numbered the bus behind a root port: an anonymous
+// virtio-blk on bus 1.
+func TestQueryPCIBehindABridge(t *testing.T) {
+	ret, err := os.ReadFile("testdata/query-pci-bridge.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := startFake(t)
+	srv.Handle("query-pci", func(c *qmpfake.Conn, cmd qmpfake.Command) error { return c.Reply(cmd, json.RawMessage(ret)) })
+	pci, err := dial(t, srv.Path).QueryPCI(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := qmp.PCI{Roots: []int{0}, Devices: []qmp.PCIDevice{
+		{Slot: 0}, {Slot: 1, QdevID: "vda"}, {Slot: 16, QdevID: "rp1", Bridge: true, Secondary: 1},
+		{Bus: 1}, {Slot: 31}, {Slot: 31, Function: 2}, {Slot: 31, Function: 3}}}
+	if !reflect.DeepEqual(pci, want) {
+		t.Errorf("got  %+v\nwant %+v", pci, want)
 	}
 }

@@ -335,3 +335,31 @@ func TestQEMUQuitDisconnects(t *testing.T) {
 		t.Error("reconnect to an exited QEMU succeeded")
 	}
 }
+
+// TestQEMUPCI lists the disks' PCI functions with their device ids, and
+// a bridge with the number of the bus behind it: none in a VM that has
+// not run its firmware, which numbers that bus.
+func TestQEMUPCI(t *testing.T) {
+	vm := qemutest.Start(t, qemutest.Options{Disks: 2, Style: qemutest.Blockdev, Extra: []string{
+		"-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x10"}})
+	c := dial(t, vm.QMP)
+	pci, err := c.QueryPCI(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]qmp.PCIDevice{}
+	for _, d := range pci.Devices {
+		if d.QdevID != "" {
+			byID[d.QdevID] = d
+		}
+	}
+	// q35 with -nodefaults: the disks take the first free slots in order.
+	for _, want := range []qmp.PCIDevice{{Slot: 1, QdevID: "vda"}, {Slot: 2, QdevID: "vdb"}, {Slot: 0x10, QdevID: "rp1", Bridge: true}} {
+		if got := byID[want.QdevID]; got != want {
+			t.Errorf("got %+v, want %+v", got, want)
+		}
+	}
+	if len(pci.Roots) != 1 || pci.Roots[0] != 0 || len(pci.Devices) != 7 { // host bridge, 2 disks, root port, LPC, SATA, SMBus
+		t.Errorf("got %+v", pci)
+	}
+}

@@ -47,8 +47,6 @@ func checkQuiesceThroughTheAPI(t *testing.T) {
 		t.Errorf("agent: calls %v, frozen %v; want a freeze and a thaw, thawed", calls, agent.Frozen())
 	}
 
-	// The freeze verbs: a hold above max-freeze is refused before the
-	// agent hears of it.
 	wantErr := func(what string, err error, status int, code string) {
 		t.Helper()
 		var ae *api.Error
@@ -56,6 +54,32 @@ func checkQuiesceThroughTheAPI(t *testing.T) {
 			t.Errorf("%s: got %v (%+v), want %d %s", what, err, ae, status, code)
 		}
 	}
+	// The snapshot-disks scope: the guest's filesystem on vdb (PCI slot
+	// 2) is the one frozen for a snapshot of vdb alone; a scope it does
+	// not know is refused.
+	agent.SetFilesystems([]agentfake.Filesystem{{Name: "vda", Mountpoint: "/a", Disks: []agentfake.Disk{{PCI: [4]int{0, 0, 1, 0}}}},
+		{Name: "vdb", Mountpoint: "/b", Disks: []agentfake.Disk{{PCI: [4]int{0, 0, 2, 0}}}}})
+	scoped := quiesced
+	scoped.XML = "<domainsnapshot><name>q-scoped</name><disks><disk name='vda' snapshot='no'/><disk name='vdb'/></disks></domainsnapshot>"
+	scoped.QuiesceScope = api.QuiesceScopeSnapshotDisks
+	if res, err := d.client.CreateSnapshot(ctx(t), "vm1", scoped, ""); err != nil || !res.Quiesced ||
+		!slices.ContainsFunc(res.Indications, func(i api.Indication) bool { return i.Code == api.IndQuiesceScoped }) {
+		t.Errorf("scoped snapshot: %+v, %v", res, err)
+	}
+	if lists := agent.FreezeLists(); len(lists) != 1 || !slices.Equal(lists[0], []string{"/b"}) {
+		t.Errorf("scoped snapshot froze %q, want /b", lists)
+	}
+	scoped.QuiesceScope = "some"
+	scoped.XML = "<domainsnapshot><name>q-bad-scope</name></domainsnapshot>"
+	before := d.state("vm1")
+	_, err = d.client.CreateSnapshot(ctx(t), "vm1", scoped, "")
+	wantErr("a snapshot with an unknown quiesce scope", err, http.StatusBadRequest, api.CodeInvalidArg)
+	if after := d.state("vm1"); after != before {
+		t.Errorf("a refused scope changed the domain:\nbefore %s\nafter  %s", before, after)
+	}
+
+	// The freeze verbs: a hold above max-freeze is refused before the
+	// agent hears of it.
 	_, err = d.client.FSFreeze(ctx(t), "vm1", api.FreezeRequest{Timeout: "1h"})
 	wantErr("fsfreeze above max-freeze", err, http.StatusBadRequest, api.CodeInvalidArg)
 	if agent.Frozen() {
@@ -70,7 +94,7 @@ func checkQuiesceThroughTheAPI(t *testing.T) {
 	// A QUIESCE snapshot of a guest someone froze is refused, and does
 	// not thaw it.
 	quiesced.XML = "<domainsnapshot><name>q2</name></domainsnapshot>"
-	before := d.state("vm1")
+	before = d.state("vm1")
 	_, err = d.client.CreateSnapshot(ctx(t), "vm1", quiesced, "")
 	wantErr("quiesced snapshot of a frozen guest", err, http.StatusConflict, api.CodeOperationInvalid)
 	if !agent.Frozen() {

@@ -396,7 +396,8 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	s.run(w, r, opRequest{kind: api.OpSnapshotCreate, domain: domain, request: req, async: async, status: http.StatusCreated},
 		func(ctx context.Context, id string) (any, error) {
 			res, err := s.drv.CreateSnapshot(ctx, domain, driver.CreateRequest{
-				XML: req.XML, Flags: driver.CreateFlags(req.Flags), Quiesce: driver.QuiesceMode(req.Quiesce), OpID: id,
+				XML: req.XML, Flags: driver.CreateFlags(req.Flags), Quiesce: driver.QuiesceMode(req.Quiesce),
+				QuiesceScope: driver.QuiesceScope(req.QuiesceScope), OpID: id,
 			})
 			if err != nil {
 				return nil, err

@@ -65,6 +65,20 @@ func TestQuiesceModesAgree(t *testing.T) {
 	}
 }
 
+func TestQuiesceScopesAgree(t *testing.T) {
+	for _, tc := range []struct {
+		engine driver.QuiesceScope
+		wire   string
+	}{
+		{driver.ScopeAll, api.QuiesceScopeAll},
+		{driver.ScopeSnapshotDisks, api.QuiesceScopeSnapshotDisks},
+	} {
+		if string(tc.engine) != tc.wire {
+			t.Errorf("api says %q, the driver %q", tc.wire, tc.engine)
+		}
+	}
+}
+
 func TestIndicationsAgree(t *testing.T) {
 	for _, tc := range [][2]string{
 		{driver.IndQuiesced, api.IndQuiesced},
@@ -82,6 +96,8 @@ func TestIndicationsAgree(t *testing.T) {
 		{driver.IndHaltFailed, api.IndHaltFailed},
 		{driver.IndRedefined, api.IndRedefined},
 		{driver.IndQEMUGone, api.IndQEMUGone},
+		{driver.IndQuiesceScoped, api.IndQuiesceScoped},
+		{driver.IndQuiesceScopeFallback, api.IndQuiesceScopeFallback},
 	} {
 		if tc[0] != tc[1] {
 			t.Errorf("api says %q, the driver %q", tc[1], tc[0])

@@ -85,6 +85,7 @@ var (
 	createFlagNames  = api.KnownFlags.Names()
 	optsCreateCommon = []option{
 		{name: "quiesce-mode", kind: kindString, metavar: "require|prefer|skip", help: "whether to freeze the guest: require, prefer (fall back to crash-consistent) or skip"},
+		{name: "quiesce-scope", kind: kindString, metavar: "all|snapshot-disks", help: "what a freeze covers: every filesystem, or those on the snapshot's disks (all if they cannot be found)"},
 		{name: "operation", kind: kindString, metavar: "id", help: "operation id (X-Operation-ID), to read the outcome later with 'operation'"},
 	}
 )
@@ -341,7 +342,13 @@ func createRequest(a *args) (api.CreateSnapshotRequest, error) {
 	default:
 		return api.CreateSnapshotRequest{}, usagef("--quiesce-mode must be require, prefer or skip, not '%s'", mode)
 	}
-	return api.CreateSnapshotRequest{Flags: flags, Quiesce: mode}, nil
+	scope := a.str("quiesce-scope")
+	switch scope {
+	case "", api.QuiesceScopeAll, api.QuiesceScopeSnapshotDisks:
+	default:
+		return api.CreateSnapshotRequest{}, usagef("--quiesce-scope must be all or snapshot-disks, not '%s'", scope)
+	}
+	return api.CreateSnapshotRequest{Flags: flags, Quiesce: mode, QuiesceScope: scope}, nil
 }
 
 // snapshotXML builds the <domainsnapshot> of snapshot-create-as. As in
@@ -415,7 +422,7 @@ func readXMLFile(path string) (string, error) {
 }
 
 // quietIndications are the indications that need no warning.
-var quietIndications = []string{api.IndQuiesced, api.IndNotRequested, api.IndRedefined, api.IndHalted}
+var quietIndications = []string{api.IndQuiesced, api.IndNotRequested, api.IndRedefined, api.IndHalted, api.IndQuiesceScoped}
 
 // createSnapshot sends the request under an operation id, chosen here
 // if --operation is not given, so that the outcome stays readable if

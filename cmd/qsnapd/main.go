@@ -170,6 +170,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Var(durationFlag{&cfg.OpRetention}, "operation-retention", "how long an operation's answer stays readable and a retry under its id gets it again")
 	fs.Var(durationFlag{&cfg.ReconnectWait}, "reconnect-wait", "how long a request whose QEMU connection dropped waits for QEMU and recovery before it answers outcome-unknown")
 	fs.StringVar(&cfg.Quiesce, "quiesce", cfg.Quiesce, "quiesce for snapshots without QUIESCE: require, prefer or skip")
+	fs.StringVar(&cfg.QuiesceScope, "quiesce-scope", cfg.QuiesceScope, "what a quiesced snapshot freezes unless it asks: all, or snapshot-disks (the filesystems on its disks)")
 	fs.IntVar(&cfg.EventRing, "event-ring", cfg.EventRing, "how many of the latest events GET /v1/events?since= can replay")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "address of the Prometheus /metrics endpoint; empty turns it off")
 	fs.StringVar(&cfg.DBus, "dbus", cfg.DBus, "export the API on D-Bus: none, system or session")

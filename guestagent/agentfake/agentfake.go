@@ -1,6 +1,6 @@
 // Package agentfake is a fake QEMU guest agent (qemu-ga) that speaks the
-// real wire protocol over a real unix socket, with scriptable faults, for
-// tests of guest agent clients.
+// real wire protocol over a real unix socket, with scriptable faults and
+// filesystems, for tests of guest agent clients.
 //
 // It models qemu-ga 7.2 behind QEMU's server-side chardev: one client at a
 // time, input framed as QEMU's JSON streamer frames it, replies byte for
@@ -34,7 +34,7 @@ const VSSError = "couldn't hold writes: fsfreeze is limited up to 10 seconds"
 // commands are the commands the fake implements, in guest-info order.
 var commands = []string{"guest-sync-delimited", "guest-sync", "guest-ping", "guest-info",
 	"guest-fsfreeze-status", "guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list",
-	"guest-fsfreeze-thaw", "guest-exec", "guest-exec-status", "guest-shutdown"}
+	"guest-fsfreeze-thaw", "guest-get-fsinfo", "guest-exec", "guest-exec-status", "guest-shutdown"}
 
 // frozenOK is qemu-ga's ga_freeze_allowlist: all else is disabled while frozen.
 var frozenOK = map[string]bool{"guest-ping": true, "guest-info": true, "guest-sync": true,
@@ -62,6 +62,8 @@ type Agent struct {
 	disabled   map[string]bool
 	release    chan struct{} // closed by Release
 	mounts     []string
+	fsinfo     []Filesystem // nil: one disk-less ext4 per mountpoint
+	freezeList [][]string   // the mountpoints of each guest-fsfreeze-freeze-list
 	failFreeze string
 	vss        time.Duration
 	frozenAt   time.Time
@@ -165,8 +167,55 @@ func (a *Agent) Silent(on bool) { a.locked(func() { a.silent = on }) }
 // guest thawed, as a failing fsfreeze hook does. Empty turns it off.
 func (a *Agent) FailFreeze(desc string) { a.locked(func() { a.failFreeze = desc }) }
 
-// SetMountpoints sets the guest's freezable filesystems.
-func (a *Agent) SetMountpoints(m []string) { a.locked(func() { a.mounts = slices.Clone(m) }) }
+// SetMountpoints sets the guest's freezable filesystems; guest-get-fsinfo
+// reports each as an ext4 file system on no disk it can describe.
+func (a *Agent) SetMountpoints(m []string) {
+	a.locked(func() { a.mounts, a.fsinfo = slices.Clone(m), nil })
+}
+
+// Filesystem is one mounted file system of the guest, as
+// guest-get-fsinfo reports it.
+type Filesystem struct {
+	Name       string // the block device, such as "vda1"
+	Mountpoint string
+	Type       string // "ext4" if empty
+	Disks      []Disk // the disks it lies on
+}
+
+// Disk is one GuestDiskAddress: how the guest sees a disk.
+type Disk struct {
+	// PCI is the domain, bus, slot and function of the disk's
+	// controller (of the disk itself for virtio-blk); -1s if unknown.
+	PCI     [4]int
+	BusType string // "virtio" if empty
+	Bus     int
+	Target  int
+	Unit    int
+	Serial  string // omitted if empty, as a guest without udev data does
+	Dev     string // the device node, such as "/dev/vda"; omitted if empty
+}
+
+// SetFilesystems sets the guest's mounted file systems, for
+// guest-get-fsinfo; their mountpoints become the freezable ones.
+func (a *Agent) SetFilesystems(fss []Filesystem) {
+	a.locked(func() {
+		a.fsinfo, a.mounts = slices.Clone(fss), nil
+		for _, fs := range fss {
+			a.mounts = append(a.mounts, fs.Mountpoint)
+		}
+	})
+}
+
+// FreezeLists returns the mountpoints of every guest-fsfreeze-freeze-list
+// received so far, in order (refused ones included).
+func (a *Agent) FreezeLists() (lists [][]string) {
+	a.locked(func() {
+		for _, l := range a.freezeList {
+			lists = append(lists, slices.Clone(l))
+		}
+	})
+	return lists
+}
 
 func (a *Agent) locked(f func()) {
 	a.mu.Lock()
@@ -243,13 +292,16 @@ func (a *Agent) process(c net.Conn, msg []byte) bool {
 	f, faulty := a.faults[name]
 	d, release := a.delays[name], a.release
 	a.mu.Unlock()
+	args, _ := req["arguments"].(map[string]any)
+	if name == "guest-fsfreeze-freeze-list" {
+		a.noteFreezeList(args)
+	}
 	if faulty && !f.afterEffect {
 		return !f.hangup && a.wait(release, 0)
 	}
 	if d > 0 && !a.wait(nil, d) {
 		return false
 	}
-	args, _ := req["arguments"].(map[string]any)
 	ret, qe := a.exec(name, args)
 	switch {
 	case faulty:
@@ -306,6 +358,8 @@ func (a *Agent) exec(name string, args map[string]any) (any, *qerr) {
 		return map[bool]string{false: "thawed", true: "frozen"}[a.frozen], nil
 	case "guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list":
 		return a.freeze(name, args)
+	case "guest-get-fsinfo":
+		return a.fsInfo(), nil
 	case "guest-fsfreeze-thaw":
 		n, expired := int64(0), a.frozen && a.vss > 0 && time.Since(a.frozenAt) > a.vss
 		if a.frozen {
@@ -350,6 +404,41 @@ func (a *Agent) freeze(name string, args map[string]any) (any, *qerr) {
 	return n, nil
 }
 
+// noteFreezeList records the mountpoints a freeze-list asked for.
+func (a *Agent) noteFreezeList(args map[string]any) {
+	var list []string
+	if v, ok := args["mountpoints"].([]any); ok {
+		for _, m := range v {
+			s, _ := m.(string)
+			list = append(list, s)
+		}
+	}
+	a.locked(func() { a.freezeList = append(a.freezeList, list) })
+}
+
+// fsInfo is the reply of guest-get-fsinfo. qemu-ga lists the mounts
+// last first, and the sizes are those of the test guest's data disks.
+func (a *Agent) fsInfo() []fsInfo {
+	fss := a.fsinfo
+	if fss == nil {
+		for _, m := range a.mounts {
+			fss = append(fss, Filesystem{Mountpoint: m})
+		}
+	}
+	out := []fsInfo{}
+	for _, fs := range slices.Backward(fss) {
+		fi := fsInfo{Name: fs.Name, Total: 52685824, Mountpoint: fs.Mountpoint, Disk: []diskAddress{},
+			Used: 15360, Type: cmp.Or(fs.Type, "ext4")}
+		for _, d := range fs.Disks {
+			fi.Disk = append(fi.Disk, diskAddress{Serial: d.Serial, BusType: cmp.Or(d.BusType, "virtio"), Bus: d.Bus,
+				Unit: d.Unit, PCI: pciAddress{Bus: d.PCI[1], Slot: d.PCI[2], Domain: d.PCI[0], Function: d.PCI[3]},
+				Dev: d.Dev, Target: d.Target})
+		}
+		out = append(out, fi)
+	}
+	return out
+}
+
 // intArg returns an int64 argument, checked as QEMU's input visitor does.
 func intArg(args map[string]any, name string) (int64, *qerr) {
 	v, ok := args[name]
@@ -386,6 +475,34 @@ type reply struct {
 	Return any   `json:"return,omitempty"`
 	ID     any   `json:"id,omitempty"`
 	Error  *qerr `json:"error,omitempty"`
+}
+
+// fsInfo, diskAddress and pciAddress are GuestFilesystemInfo,
+// GuestDiskAddress and GuestPCIAddress, in qemu-ga's order.
+type fsInfo struct {
+	Name       string        `json:"name"`
+	Total      int64         `json:"total-bytes"`
+	Mountpoint string        `json:"mountpoint"`
+	Disk       []diskAddress `json:"disk"`
+	Used       int64         `json:"used-bytes"`
+	Type       string        `json:"type"`
+}
+
+type diskAddress struct {
+	Serial  string     `json:"serial,omitempty"`
+	BusType string     `json:"bus-type"`
+	Bus     int        `json:"bus"`
+	Unit    int        `json:"unit"`
+	PCI     pciAddress `json:"pci-controller"`
+	Dev     string     `json:"dev,omitempty"`
+	Target  int        `json:"target"`
+}
+
+type pciAddress struct {
+	Bus      int `json:"bus"`
+	Slot     int `json:"slot"`
+	Domain   int `json:"domain"`
+	Function int `json:"function"`
 }
 
 type guestInfo struct {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -184,6 +185,45 @@ func TestFreezeList(t *testing.T) {
 	if !a.Frozen() {
 		t.Error("not frozen")
 	}
+}
+
+// fsinfoReply is what qemu-ga 7.2 answered guest-get-fsinfo in the test
+// guest with three data disks, with neither serials (no udev database)
+// nor a root file system of its own.
+const fsinfoReply = `{"return": [` +
+	`{"name": "vdc", "total-bytes": 52685824, "mountpoint": "/mnt/data3", "disk": [{"bus-type": "virtio", "bus": 0, "unit": 0, "pci-controller": {"bus": 0, "slot": 4, "domain": 0, "function": 0}, "dev": "/dev/vdc", "target": 0}], "used-bytes": 15360, "type": "ext4"}, ` +
+	`{"name": "vdb", "total-bytes": 52685824, "mountpoint": "/mnt/data2", "disk": [{"bus-type": "virtio", "bus": 0, "unit": 0, "pci-controller": {"bus": 0, "slot": 3, "domain": 0, "function": 0}, "dev": "/dev/vdb", "target": 0}], "used-bytes": 15360, "type": "ext4"}, ` +
+	`{"name": "vda", "total-bytes": 52685824, "mountpoint": "/mnt/data1", "disk": [{"bus-type": "virtio", "bus": 0, "unit": 0, "pci-controller": {"bus": 0, "slot": 2, "domain": 0, "function": 0}, "dev": "/dev/vda", "target": 0}], "used-bytes": 15360, "type": "ext4"}]}`
+
+func TestFSInfo(t *testing.T) {
+	a := start(t)
+	c := dial(t, a)
+	const fsinfo = `{"execute":"guest-get-fsinfo"}`
+	c.do(fsinfo, `{"return": [`+
+		`{"name": "", "total-bytes": 52685824, "mountpoint": "/mnt/data2", "disk": [], "used-bytes": 15360, "type": "ext4"}, `+
+		`{"name": "", "total-bytes": 52685824, "mountpoint": "/mnt/data1", "disk": [], "used-bytes": 15360, "type": "ext4"}, `+
+		`{"name": "", "total-bytes": 52685824, "mountpoint": "/", "disk": [], "used-bytes": 15360, "type": "ext4"}]}`)
+	var fss []agentfake.Filesystem
+	for i, dev := range []string{"vda", "vdb", "vdc"} {
+		fss = append(fss, agentfake.Filesystem{Name: dev, Mountpoint: fmt.Sprintf("/mnt/data%d", i+1),
+			Disks: []agentfake.Disk{{PCI: [4]int{0, 0, i + 2, 0}, Dev: "/dev/" + dev}}})
+	}
+	a.SetFilesystems(fss)
+	c.do(fsinfo, fsinfoReply)
+	// The mountpoints are the freezable ones; each freeze-list is noted.
+	c.do(`{"execute":"guest-fsfreeze-freeze-list","arguments":{"mountpoints":["/mnt/data2","/"]}}`, `{"return": 1}`)
+	c.do(fsinfo, `{"error": {"class": "CommandNotFound", "desc": "Command guest-get-fsinfo has been disabled: the agent is in frozen state"}}`)
+	c.do(thaw, `{"return": 1}`)
+	c.do(freeze, `{"return": 3}`)
+	c.do(thaw, `{"return": 3}`)
+	fss[0].Disks[0].Serial = "data1"
+	a.SetFilesystems(fss[:1])
+	c.do(fsinfo, `{"return": [{"name": "vda", "total-bytes": 52685824, "mountpoint": "/mnt/data1", "disk": [{"serial": "data1", "bus-type": "virtio", "bus": 0, "unit": 0, "pci-controller": {"bus": 0, "slot": 2, "domain": 0, "function": 0}, "dev": "/dev/vda", "target": 0}], "used-bytes": 15360, "type": "ext4"}]}`)
+	if got, want := a.FreezeLists(), [][]string{{"/mnt/data2", "/"}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("FreezeLists() = %q, want %q", got, want)
+	}
+	a.Disable("guest-get-fsinfo")
+	c.do(fsinfo, `{"error": {"class": "CommandNotFound", "desc": "Command guest-get-fsinfo has been disabled"}}`)
 }
 
 func TestInfo(t *testing.T) {

@@ -62,6 +62,7 @@ type Config struct {
 	OpRetention     Duration      `toml:"operation_retention"`
 	ReconnectWait   Duration      `toml:"reconnect_wait"`
 	Quiesce         string        `toml:"quiesce"`
+	QuiesceScope    string        `toml:"quiesce_scope"`
 	EventRing       int           `toml:"event_ring"`
 	MetricsListen   string        `toml:"metrics_listen"`
 	DBus            string        `toml:"dbus"`
@@ -89,6 +90,7 @@ func Default() Config {
 		OpRetention:     Duration(dc.OpRetention),
 		ReconnectWait:   Duration(dc.ReconnectWait),
 		Quiesce:         string(dc.Quiesce),
+		QuiesceScope:    string(dc.QuiesceScope),
 		EventRing:       dc.EventRing,
 		MetricsListen:   "127.0.0.1:9477",
 		DBus:            "none",
@@ -178,6 +180,7 @@ func (c *Config) Validate() error {
 	for _, err := range []error{
 		oneOf("transaction", c.Transaction, "auto", "never"),
 		oneOf("quiesce", c.Quiesce, string(driver.QuiesceRequire), string(driver.QuiescePrefer), string(driver.QuiesceSkip)),
+		oneOf("quiesce_scope", c.QuiesceScope, string(driver.ScopeAll), string(driver.ScopeSnapshotDisks)),
 		oneOf("dbus", c.DBus, "none", "system", "session"),
 		oneOf("log_format", c.LogFormat, "json", "console"),
 	} {
@@ -244,6 +247,7 @@ func (c *Config) DriverConfig() driver.Config {
 		OpRetention:     time.Duration(c.OpRetention),
 		ReconnectWait:   time.Duration(c.ReconnectWait),
 		Quiesce:         driver.QuiesceMode(c.Quiesce),
+		QuiesceScope:    driver.QuiesceScope(c.QuiesceScope),
 		EventRing:       c.EventRing,
 	}
 }

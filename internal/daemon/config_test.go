@@ -54,7 +54,7 @@ func TestExampleConfigLoads(t *testing.T) {
 		t.Errorf("values: %+v", c)
 	}
 	dc := c.DriverConfig()
-	if dc.MaxFreeze != 10*time.Second || dc.StateDir != "/var/lib/qsnapd" || len(dc.AllowedDirs) != 0 {
+	if dc.MaxFreeze != 10*time.Second || dc.StateDir != "/var/lib/qsnapd" || len(dc.AllowedDirs) != 0 || dc.QuiesceScope != driver.ScopeAll {
 		t.Errorf("driver config: %+v", dc)
 	}
 }
@@ -69,6 +69,7 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 		{"relative path", "state_dir = \"var/lib/q\"\n", ":1: state_dir: \"var/lib/q\" is not an absolute path"},
 		{"wrong type", "allow_uid = \"root\"\n", ":1:"},
 		{"bad enum", "transaction = \"sometimes\"\n", ":1: transaction:"},
+		{"bad quiesce scope", "\nquiesce_scope = \"disks\"\n", ":2: quiesce_scope: \"disks\" is not one of all, snapshot-disks"},
 		{"bad log level", "log_level = \"loud\"\n", ":1: log_level:"},
 		{"domain without qmp", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\n\n[[domain]]\nname = \"b\"\nqmp = \"rel\"\n", ":7: domain[1].qmp:"},
 		{"unknown key in a domain", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\ncpu = 2\n", ":4: domain.cpu: unknown key"},
@@ -107,6 +108,22 @@ func TestFlagOverridesFileAndLosesItsLine(t *testing.T) {
 	c.MaxFreeze = Duration(time.Second)
 	if err := c.Check(nil); err != nil || c.Transaction != "never" {
 		t.Errorf("got %v, transaction %q", err, c.Transaction)
+	}
+}
+
+func TestQuiesceScopeReachesTheDriver(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "qsnapd.toml")
+	writeFile(t, path, []byte("quiesce_scope = \"snapshot-disks\"\n"))
+	c := Default()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	withoutPackageGroup(&c)
+	if err := c.Check(nil); err != nil {
+		t.Fatal(err)
+	}
+	if dc := c.DriverConfig(); dc.QuiesceScope != driver.ScopeSnapshotDisks {
+		t.Errorf("driver config: quiesce scope %q", dc.QuiesceScope)
 	}
 }
 

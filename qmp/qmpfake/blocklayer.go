@@ -34,8 +34,9 @@ import (
 // and query-block-jobs (newest first, with a cancelled job's error), op
 // blockers, and the standby/ready job events a graph change causes; run
 // state with stop and cont; quit, and a kill; QOM as far as the disks'
-// devices go (qom-get of a device's drive, qom-list of
-// /machine/peripheral and /machine/peripheral-anon). One
+// devices go (qom-get of a device's drive, serial, addr and parent_bus,
+// qom-list of /machine/peripheral and /machine/peripheral-anon); query-
+// pci of q35 with -nodefaults, the disks' devices in the first slots. One
 // model may serve several monitors (Install on each server), and events
 // go to every connection of every monitor, as QEMU sends them.
 //
@@ -46,8 +47,8 @@ import (
 // negotiation state (any command is accepted at any time); query-commands
 // lists only the commands the model answers; human-monitor-command
 // answers "" to everything; hotplug; QOM objects other than the disks'
-// devices and their containers, and properties other than drive and
-// type.
+// devices and their containers, and properties other than drive,
+// serial, addr, parent_bus and type; PCI bridges.
 type BlockLayer struct {
 	mu       sync.Mutex
 	srvs     []*Server // the monitors, in Install order
@@ -77,6 +78,8 @@ type FakeDisk struct {
 	// Format is the format driver; empty means qcow2.
 	Format      string
 	VirtualSize int64
+	// Serial is the device's serial property; empty for none.
+	Serial string
 }
 
 type disk struct {
@@ -146,6 +149,7 @@ func NewBlockLayer(disks []FakeDisk) *BlockLayer {
 		"job-dismiss":               b.jobDismiss,
 		"qom-get":                   b.qomGet,
 		"qom-list":                  b.qomList,
+		"query-pci":                 b.queryPCI,
 	}
 	for _, fd := range disks {
 		fd.Format = cmp.Or(fd.Format, "qcow2")

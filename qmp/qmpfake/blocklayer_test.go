@@ -925,3 +925,43 @@ func normalize(v any) any {
 	}
 	return v
 }
+
+// TestDeviceParityWithQEMU compares what identifies a disk's device to
+// the guest (query-pci, and the serial, addr and parent_bus properties)
+// on real QEMU and the fake, with and without serials.
+func TestDeviceParityWithQEMU(t *testing.T) {
+	for _, serials := range []bool{false, true} {
+		t.Run(fmt.Sprintf("serials=%v", serials), func(t *testing.T) {
+			var got [2][]string
+			for i, backend := range []qemutest.Backend{qemutest.Fake, qemutest.Real} {
+				vm := qemutest.Start(t, qemutest.Options{Backend: backend, Disks: 3, Style: qemutest.Blockdev, Serials: serials})
+				got[i] = deviceScript(t, dial(t, vm.QMP))
+			}
+			for i := range max(len(got[0]), len(got[1])) {
+				if i >= len(got[0]) || i >= len(got[1]) || got[0][i] != got[1][i] {
+					t.Errorf("step %d:\nfake: %s\nqemu: %s", i, at(got[0], i), at(got[1], i))
+				}
+			}
+		})
+	}
+}
+
+func deviceScript(t *testing.T, c *qmp.Client) []string {
+	ctx := testCtx(t)
+	var obs []string
+	pci, err := c.QueryPCI(ctx)
+	obs = append(obs, fmt.Sprintf("%+v %v", pci, err))
+	disks, err := c.Disks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range disks {
+		dev := strings.TrimSuffix(d.QOMPath, "/virtio-backend")
+		for _, q := range [][2]string{{d.QOMPath, "serial"}, {dev, "serial"}, {dev, "addr"}, {dev, "parent_bus"}, {d.QOMPath, "addr"}} {
+			var v any
+			err := c.QOMGet(ctx, q[0], q[1], &v)
+			obs = append(obs, fmt.Sprintf("%s %s: %v %v", q[0], q[1], v, err))
+		}
+	}
+	return obs
+}

@@ -63,16 +63,23 @@ func (b *BlockLayer) qomGet(x *call) (any, error) {
 	if !ok {
 		return nil, deviceNotFound(a.Path)
 	}
-	if o.disk == nil || a.Property != "drive" {
-		if a.Property == "type" {
-			return o.typ, nil
-		}
-		return nil, gerr("Property '%s.%s' not found", o.typ, a.Property)
-	}
-	if o.disk.Drive != "" {
+	pciDev := o.typ == "virtio-blk-pci"
+	switch {
+	case a.Property == "type":
+		return o.typ, nil
+	case o.disk == nil:
+	case a.Property == "drive" && o.disk.Drive != "":
 		return o.disk.Drive, nil
+	case a.Property == "drive":
+		return o.disk.root.name, nil
+	case a.Property == "serial":
+		return o.disk.Serial, nil
+	case a.Property == "addr" && pciDev:
+		return b.pciSlot(o.disk) << 3, nil
+	case a.Property == "parent_bus" && pciDev:
+		return "/machine/q35/pcie.0", nil
 	}
-	return o.disk.root.name, nil
+	return nil, gerr("Property '%s.%s' not found", o.typ, a.Property)
 }
 
 // qomList answers qom-list of the two containers of devices: their

@@ -37,6 +37,9 @@ func startFake(tb testing.TB, o Options) *VM {
 			tb.Fatal(err)
 		}
 		fd := qmpfake.FakeDisk{Target: t, NodeName: d.NodeName, File: d.Path, VirtualSize: size}
+		if o.Serials {
+			fd.Serial = t
+		}
 		switch o.Style {
 		case Legacy:
 			d.Drive = "drive-" + t

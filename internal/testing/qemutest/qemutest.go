@@ -76,6 +76,9 @@ type Options struct {
 	// SecondMonitor adds a second QMP socket, so a test can look at QEMU
 	// independently of the client under test.
 	SecondMonitor bool
+	// Serials gives each disk's device the serial property, its target
+	// (not with MachineNone, which has no devices).
+	Serials bool
 	// Extra arguments for qemu-system-x86_64. The fake has no model of
 	// them and fails the test.
 	Extra []string
@@ -224,17 +227,21 @@ func Start(tb testing.TB, o Options) *VM {
 					tb.Fatal(err)
 				}
 			}
+			serial := ""
+			if o.Serials {
+				serial = ",serial=" + t
+			}
 			switch o.Style {
 			case Legacy:
 				d.Drive = "drive-" + t
 				args = append(args,
 					"-drive", "if=none,id="+d.Drive+",file="+d.Path+",format=qcow2,node-name="+d.NodeName,
-					"-device", "virtio-blk-pci,drive="+d.Drive+",id="+t)
+					"-device", "virtio-blk-pci,drive="+d.Drive+",id="+t+serial)
 			case Blockdev:
 				args = append(args,
 					"-blockdev", "driver=file,filename="+d.Path+",node-name=file-"+t,
 					"-blockdev", "driver=qcow2,file=file-"+t+",node-name="+d.NodeName,
-					"-device", "virtio-blk-pci,drive="+d.NodeName+",id="+t)
+					"-device", "virtio-blk-pci,drive="+d.NodeName+",id="+t+serial)
 			case MachineNone:
 				d.Drive = "drive-" + t
 				d.Target = d.Drive
