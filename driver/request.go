@@ -42,6 +42,9 @@ type createSpec struct {
 	opID        string
 	quiesce     QuiesceMode  // what the switch gets: require, prefer or skip
 	indications []Indication // facts learned before anything changed
+	// check is the agent's answer, under way, to whether a freeze can
+	// work; nil without quiesce.
+	check *quiesceCheck
 }
 
 type diskSpec struct {

@@ -48,6 +48,10 @@ var checks = []qemutest.Check{
 	{Name: "ThawFailureIsRetried", Run: checkThawFailureIsRetried},
 	{Name: "FSFreezeOwnership", Run: checkFSFreezeOwnership},
 	{Name: "FrozenGuestThawedAfterRestart", Run: checkFrozenGuestThawedAfterRestart},
+	{Name: "AgentChannelHeld", Run: checkAgentChannelHeld},
+	{Name: "AgentChannelPerOperation", Run: checkAgentChannelPerOperation},
+	{Name: "AgentChannelStaleReplies", Run: checkAgentChannelStaleReplies},
+	{Name: "AgentCheckOverlapsPrepare", Run: checkAgentCheckOverlapsPrepare},
 
 	{Name: "RecoveryAfterKill", Run: checkRecoveryAfterKill},
 	{Name: "RecoveryWaitsForQEMU", Run: checkRecoveryWaitsForQEMU},
@@ -90,4 +94,6 @@ var checks = []qemutest.Check{
 	{Name: "GuestFrozenByCrashedDaemonIsThawed", Run: checkGuestFrozenByCrashedDaemonIsThawed, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestFailingFreezeHook", Run: checkGuestFailingFreezeHook, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestDeleteWhileWriting", Run: checkGuestDeleteWhileWriting, RealOnly: "boots a Linux guest with qemu-ga"},
+	{Name: "GuestAgentRestart", Run: checkGuestAgentRestart, RealOnly: "boots a Linux guest with qemu-ga"},
+	{Name: "GuestReboot", Run: checkGuestReboot, RealOnly: "boots a Linux guest with qemu-ga"},
 }
