@@ -84,16 +84,20 @@ type DiskOutcome struct {
 // the daemon has always written them.
 type Domain struct {
 	Freeze FreezeInfo `json:"freeze"`
-	// AgentState is how the last exchange with the agent went: none,
-	// unknown, responsive, unresponsive or not-connected.
-	AgentState  string    `json:"agent_state"`
-	Name        string    `json:"name"`
-	QMP         string    `json:"qmp"`
-	Agent       string    `json:"agent,omitempty"`
-	Connected   bool      `json:"connected"`
-	Since       time.Time `json:"since,omitzero"`
-	QEMUVersion string    `json:"qemu_version,omitempty"`
-	UUID        string    `json:"uuid,omitempty"`
+	// AgentState is what the daemon knows of the guest agent, from its
+	// channel and the last exchange on it (asking the guest nothing):
+	// none, unknown, syncing, responsive, unresponsive or not-connected.
+	AgentState string `json:"agent_state"`
+	Name       string `json:"name"`
+	QMP        string `json:"qmp"`
+	Agent      string `json:"agent,omitempty"`
+	// AgentChannel is AgentChannelHold or AgentChannelPerOperation;
+	// empty without an agent.
+	AgentChannel string    `json:"agent_channel,omitempty"`
+	Connected    bool      `json:"connected"`
+	Since        time.Time `json:"since,omitzero"`
+	QEMUVersion  string    `json:"qemu_version,omitempty"`
+	UUID         string    `json:"uuid,omitempty"`
 	// HasTransaction says whether QEMU has the QMP transaction command,
 	// so that atomic snapshots can switch every disk at once.
 	HasTransaction bool `json:"transaction"`
@@ -123,8 +127,21 @@ type AttachRequest struct {
 	Name  string `json:"name"`
 	QMP   string `json:"qmp"`
 	Agent string `json:"agent,omitempty"`
-	Async bool   `json:"async,omitempty"`
+	// AgentChannel is AgentChannelHold (the default, empty) or
+	// AgentChannelPerOperation.
+	AgentChannel string `json:"agent_channel,omitempty"`
+	Async        bool   `json:"async,omitempty"`
 }
+
+// Agent channel modes of a domain.
+const (
+	// AgentChannelHold keeps the agent's socket open between
+	// operations, as libvirt does.
+	AgentChannelHold = "hold"
+	// AgentChannelPerOperation opens it for each operation and closes
+	// it after, for hosts where another manager shares the socket.
+	AgentChannelPerOperation = "per-operation"
+)
 
 // Disk is a disk as QEMU sees it now.
 type Disk struct {

@@ -145,10 +145,20 @@ func (s *snapshotOp) prepare(ctx context.Context) error {
 	return atStep(StepSwitch, s.d.hook(HookSwitching))
 }
 
-// freeze freezes the guest for the switch, if the snapshot quiesces.
-// Under prefer a failed freeze only adds an indication.
+// freeze freezes the guest for the switch, if the snapshot quiesces,
+// once the agent has said that a freeze can work. Under prefer a failed
+// check or freeze only adds an indication; under require a failed check
+// refuses the snapshot as validation would have.
 func (s *snapshotOp) freeze(ctx context.Context) error {
 	if s.spec.quiesce == QuiesceSkip {
+		return nil
+	}
+	if ind, err := s.spec.check.wait(); err != nil {
+		if s.spec.quiesce == QuiesceRequire {
+			return atStep(StepFreeze, &refusal{fmt.Errorf("%w: %w", ErrQuiesce, err)})
+		}
+		s.spec.quiesce = QuiesceSkip
+		s.indications = append(s.indications, *ind)
 		return nil
 	}
 	gf, _, err := s.d.freezeGuest(ctx, s.dom, OwnerSnapshot, s.op.ID, s.spec.mountpoints, s.d.cfg.MaxFreeze)
@@ -329,6 +339,15 @@ func (s *snapshotOp) fail(ctx context.Context, cause error) (*CreateResult, erro
 	}
 	if unknown && s.dom.qemuGone() {
 		return s.abandon(ctx, step, err)
+	}
+	if rf := (*refusal)(nil); !unknown && err == cause && errors.As(cause, &rf) {
+		// Undone, the snapshot refused by the agent's check leaves as
+		// a refusal in validation does: no journal entry either.
+		derr := s.d.store.DeleteOp(s.op.ID)
+		if derr == nil {
+			return nil, rf
+		}
+		s.log.Warn("journal entry of a refused snapshot not removed; closing it", zap.Error(derr))
 	}
 	var sw *transaction.SwitchError
 	if !unknown && errors.As(cause, &sw) && errors.Is(err, ErrDisconnected) {

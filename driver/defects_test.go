@@ -153,7 +153,7 @@ func checkFSFreezeRefusesHoldAboveMaxFreeze(t *testing.T) {
 	}
 	info, _ := e.drv.DomainInfo(e.name)
 	recs, _ := e.drv.Store().Freezes()
-	if e.agent.Frozen() || info.Freeze.Frozen || len(recs) != 0 || len(e.agent.Calls()) != 0 {
+	if e.agent.Frozen() || info.Freeze.Frozen || len(recs) != 0 || len(asked(e.agent)) != 0 {
 		t.Errorf("a refused freeze changed something: agent frozen %v, calls %v, domain %+v, records %+v",
 			e.agent.Frozen(), e.agent.Calls(), info.Freeze, recs)
 	}

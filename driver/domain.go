@@ -36,6 +36,8 @@ type Domain struct {
 	stopOnce sync.Once
 	stopCh   chan struct{}
 	wake     chan struct{} // a failed operation asks for recovery now
+	// agentWake tells the holder of the agent channel to try now.
+	agentWake chan struct{}
 	// waiters counts the requests waiting for QEMU to answer again
 	// (awaitRecovery): the supervisor retries sooner meanwhile.
 	waiters atomic.Int32
@@ -51,23 +53,25 @@ type Domain struct {
 	recovered    chan struct{} // closed after the first recovery pass
 	settled      chan struct{} // closed after the first connect attempt (and recovery, if it connected)
 	freeze       *guestFreeze  // set while the daemon holds a freeze
-	agentState   string        // after the last agent command; "" before any
 	retrying     bool          // a failed thaw is being retried
 }
 
 // DomainInfo is a domain's state, for listings.
 type DomainInfo struct {
-	Freeze         FreezeInfo `json:"freeze"`
-	AgentState     string     `json:"agent_state"`
-	Name           string     `json:"name"`
-	QMP            string     `json:"qmp"`
-	Agent          string     `json:"agent,omitempty"`
-	Connected      bool       `json:"connected"`
-	Since          time.Time  `json:"since,omitzero"`
-	QEMUVersion    string     `json:"qemu_version,omitempty"`
-	UUID           string     `json:"uuid,omitempty"`
-	HasTransaction bool       `json:"transaction"`
-	Error          string     `json:"error,omitempty"`
+	Freeze     FreezeInfo `json:"freeze"`
+	AgentState string     `json:"agent_state"`
+	Name       string     `json:"name"`
+	QMP        string     `json:"qmp"`
+	Agent      string     `json:"agent,omitempty"`
+	// AgentChannel is AgentHold or AgentPerOperation; empty without an
+	// agent.
+	AgentChannel   string    `json:"agent_channel,omitempty"`
+	Connected      bool      `json:"connected"`
+	Since          time.Time `json:"since,omitzero"`
+	QEMUVersion    string    `json:"qemu_version,omitempty"`
+	UUID           string    `json:"uuid,omitempty"`
+	HasTransaction bool      `json:"transaction"`
+	Error          string    `json:"error,omitempty"`
 }
 
 func newDomain(cfg DomainConfig, drv *Driver) *Domain {
@@ -81,40 +85,24 @@ func newDomain(cfg DomainConfig, drv *Driver) *Domain {
 		wake:      make(chan struct{}, 1),
 		recovered: make(chan struct{}),
 		settled:   make(chan struct{}),
+		agentWake: make(chan struct{}, 1),
 	}
 	dom.agent = guestagent.New(cfg.Agent, guestagent.Options{Timeout: drv.cfg.AgentTimeout,
-		FreezeTimeout: drv.cfg.MaxFreeze, ThawTimeout: drv.cfg.ThawTimeout,
-		Observer: func(command string, took time.Duration, err error) {
-			dom.noteAgent(err)
-			if obs := drv.cfg.AgentObserver; obs != nil {
-				obs(command, took, err)
-			}
-		}})
+		FreezeTimeout: drv.cfg.MaxFreeze, ThawTimeout: drv.cfg.ThawTimeout, Observer: drv.cfg.AgentObserver})
 	return dom
 }
 
-// Agent states, as the last exchange with the agent left them: the
-// daemon does not poll the agent, so a listing costs no guest I/O.
+// Agent states, as the agent channel knows them: from the connection
+// (its holder sees it end at once) and the last exchange on it. A
+// listing reads them and asks the guest nothing.
 const (
-	AgentNone         = "none"          // no agent socket registered
-	AgentUnknown      = "unknown"       // not contacted yet
-	AgentResponsive   = "responsive"    // the last command got an answer
-	AgentUnresponsive = "unresponsive"  // the last command timed out
-	AgentNotConnected = "not-connected" // the socket could not be reached
+	AgentNone         = "none"                               // no agent socket registered
+	AgentUnknown      = string(guestagent.StateUnknown)      // not contacted yet
+	AgentSyncing      = string(guestagent.StateSyncing)      // connected, the first sync under way
+	AgentResponsive   = string(guestagent.StateResponsive)   // the last sync or command got an answer
+	AgentUnresponsive = string(guestagent.StateUnresponsive) // the last sync or command timed out
+	AgentNotConnected = string(guestagent.StateNotConnected) // the socket refused, or the connection ended
 )
-
-func (dom *Domain) noteAgent(err error) {
-	state := AgentResponsive
-	switch {
-	case errors.Is(err, guestagent.ErrUnresponsive):
-		state = AgentUnresponsive
-	case errors.Is(err, guestagent.ErrNotConnected):
-		state = AgentNotConnected
-	}
-	dom.mu.Lock()
-	dom.agentState = state
-	dom.mu.Unlock()
-}
 
 // Info returns the domain's state.
 func (dom *Domain) Info() DomainInfo {
@@ -130,13 +118,11 @@ func (dom *Domain) Info() DomainInfo {
 	if dom.lastErr != nil && !connected {
 		info.Error = dom.lastErr.Error()
 	}
-	switch {
-	case dom.cfg.Agent == "":
+	if dom.cfg.Agent == "" {
 		info.AgentState = AgentNone
-	case dom.agentState == "":
-		info.AgentState = AgentUnknown
-	default:
-		info.AgentState = dom.agentState
+	} else {
+		info.AgentState = string(dom.agent.State())
+		info.AgentChannel = agentChannel(dom.cfg.AgentChannel)
 	}
 	if gf := dom.freeze; gf != nil {
 		info.Freeze = FreezeInfo{Frozen: true, Owner: gf.rec.Owner, OpID: gf.rec.OpID, Since: gf.rec.Since,
@@ -293,6 +279,7 @@ func (dom *Domain) supervise(ctx context.Context) {
 				continue
 			}
 			dom.log.Info("domain connected")
+			dom.wakeAgent() // its agent socket is likely back too
 			dom.drv.domainsChanged()
 		}
 		backoff = cfg.ReconnectMin

@@ -314,6 +314,13 @@ func (d *Driver) startSupervisor(dom *Domain) {
 		defer d.wg.Done()
 		dom.supervise(d.ctx)
 	}()
+	if dom.holdsAgent() {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			dom.holdAgent(d.ctx)
+		}()
+	}
 }
 
 func (d *Driver) hook(step string) error {
@@ -449,7 +456,8 @@ func (d *Driver) AttachDomain(ctx context.Context, cfg DomainConfig) (DomainInfo
 // EnsureDomain registers a domain from the configuration file. Unlike
 // AttachDomain it does not need QEMU to be up: the supervisor connects
 // when it can. A domain registered already is left as it is, unless the
-// entry's paths changed: the configuration file wins over the store.
+// entry's paths or agent channel changed: the configuration file wins
+// over the store.
 func (d *Driver) EnsureDomain(ctx context.Context, cfg DomainConfig) error {
 	if err := validateDomainConfig(cfg); err != nil {
 		return err
@@ -457,7 +465,7 @@ func (d *Driver) EnsureDomain(ctx context.Context, cfg DomainConfig) error {
 	d.mu.Lock()
 	if old, ok := d.domains[cfg.Name]; ok {
 		d.mu.Unlock()
-		if old.cfg == cfg {
+		if old.cfg.normalized() == cfg.normalized() {
 			return nil
 		}
 		return d.replaceDomain(ctx, old, cfg)
@@ -508,7 +516,8 @@ func (d *Driver) replaceDomain(ctx context.Context, old *Domain, cfg DomainConfi
 	old.stop()
 	d.log.Info("domain paths changed", zap.String("domain", cfg.Name),
 		zap.String("old_qmp", old.cfg.QMP), zap.String("new_qmp", cfg.QMP),
-		zap.String("old_agent", old.cfg.Agent), zap.String("new_agent", cfg.Agent))
+		zap.String("old_agent", old.cfg.Agent), zap.String("new_agent", cfg.Agent),
+		zap.String("agent_channel", agentChannel(cfg.AgentChannel)))
 	d.startSupervisor(dom)
 	if gf != nil {
 		// A guest a previous daemon left frozen: go on thawing it
@@ -578,7 +587,18 @@ func validateDomainConfig(cfg DomainConfig) error {
 	case cfg.Agent != "" && !filepath.IsAbs(cfg.Agent):
 		return fmt.Errorf("%w: the agent socket path '%s' is not absolute", ErrInvalidArg, cfg.Agent)
 	}
-	return nil
+	return checkAgentChannel(cfg.AgentChannel)
+}
+
+// normalized spells out the agent channel's default, so that a
+// configuration that leaves it out equals one that names it.
+func (cfg DomainConfig) normalized() DomainConfig {
+	if cfg.Agent == "" {
+		cfg.AgentChannel = ""
+	} else {
+		cfg.AgentChannel = agentChannel(cfg.AgentChannel)
+	}
+	return cfg
 }
 
 // newOpID returns a random operation id; its first 8 characters name

@@ -113,7 +113,7 @@ func (d *Driver) thawGuest(dom *Domain, gf *guestFreeze, byTimer bool) {
 		gf.thawedAt = time.Now()
 		if byTimer {
 			// Nobody else will release the agent channel.
-			defer dom.agent.Close()
+			defer dom.releaseAgent()
 		}
 		if byTimer {
 			d.cfg.Events.FreezeDeadlineExceeded(dom.cfg.Name)
@@ -215,7 +215,11 @@ func (d *Driver) retryThaw(dom *Domain, gf *guestFreeze, firstTry ...func()) {
 			err := thawAndCheck(ctx, dom.agent)
 			cancel()
 			tried()
-			dom.agent.Close()
+			if err != nil {
+				dom.agent.Close() // the next try starts on a new connection
+			} else {
+				dom.releaseAgent()
+			}
 			if err == nil {
 				dom.log.Info("guest thawed after retries")
 				d.forgetFreeze(dom, gf)
@@ -312,9 +316,12 @@ func (d *Driver) FSFreeze(ctx context.Context, domain string, mountpoints []stri
 		return 0, err
 	}
 	defer release()
-	defer dom.agent.Close() // the channel is shared: hold it only for the call
+	defer dom.releaseAgent()
 	if fi := dom.freezeInfo(); fi.Frozen {
 		return 0, fmt.Errorf("%w: domain '%s' is frozen already (by %s since %s)", ErrOperationInvalid, domain, fi.Owner, fi.Since.Format(time.RFC3339))
+	}
+	if err := dom.agent.Sync(ctx); err != nil {
+		return 0, agentErr(err)
 	}
 	if err := dom.agent.CheckFreeze(ctx, len(mountpoints) > 0); err != nil {
 		return 0, agentErr(err)
@@ -333,7 +340,7 @@ func (d *Driver) FSThaw(ctx context.Context, domain string) (int, error) {
 		return 0, err
 	}
 	defer release()
-	defer dom.agent.Close() // the channel is shared: hold it only for the call
+	defer dom.releaseAgent()
 	dom.mu.Lock()
 	gf := dom.freeze
 	dom.mu.Unlock()
@@ -367,7 +374,7 @@ func (d *Driver) FSStatus(ctx context.Context, domain string) (FreezeInfo, error
 	if err != nil {
 		return FreezeInfo{}, err
 	}
-	defer dom.agent.Close() // the channel is shared: hold it only for the call
+	defer dom.releaseAgent()
 	fi := dom.freezeInfo()
 	status, err := dom.agent.FreezeStatus(ctx)
 	if err != nil {

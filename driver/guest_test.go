@@ -37,6 +37,17 @@ func guestDriver(t *testing.T, g *testguest.Guest, cfg func(*Config)) *Driver {
 	return drv
 }
 
+// through is the guest as a test speaks to it while drv holds its agent
+// channel: through drv's client, the one connection QEMU serves.
+func through(t *testing.T, drv *Driver, domain string, g *testguest.Guest) *testguest.Guest {
+	t.Helper()
+	dom, err := drv.domain(domain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g.Through(dom.agent)
+}
+
 // snapshotPointImage converts the image a disk's snapshot sits on (with
 // its chain) to a raw file the host can check, while QEMU holds it.
 func snapshotPointImage(t *testing.T, image string) string {
@@ -65,6 +76,7 @@ func fsState(t *testing.T, raw, file string) (clean bool, content string) {
 func checkGuestQuiesceMakesTheSnapshotConsistent(t *testing.T) {
 	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1", "data2"}, SecondMonitor: true})
 	drv := guestDriver(t, g, nil)
+	g = through(t, drv, "guest", g)
 	ctx := testCtx(t)
 	write := func(name string) {
 		t.Helper()
@@ -140,6 +152,7 @@ func checkGuestFrozenByCrashedDaemonIsThawed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer drv.Close()
+	g = through(t, drv, "vm1", g)
 	var thawedAfter time.Duration
 	for {
 		if s := agentStatusQuick(g); s == "thawed" {
@@ -166,8 +179,8 @@ func checkGuestFrozenByCrashedDaemonIsThawed(t *testing.T) {
 	}, "journal emptied")
 }
 
-// agentStatusQuick asks the agent with a short deadline: the daemon may
-// hold the channel for a moment.
+// agentStatusQuick asks the agent with a short deadline: the daemon's
+// thaw may have the channel for a moment.
 func agentStatusQuick(g *testguest.Guest) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -181,6 +194,7 @@ func agentStatusQuick(g *testguest.Guest) string {
 func checkGuestFailingFreezeHook(t *testing.T) {
 	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1"}, SecondMonitor: true, FailFreezeHook: true})
 	drv := guestDriver(t, g, nil)
+	g = through(t, drv, "guest", g)
 	ctx := testCtx(t)
 	_, err := drv.CreateSnapshot(ctx, "guest", CreateRequest{XML: snapXML("s"), Flags: FlagDiskOnly | FlagQuiesce})
 	if err == nil || !strings.Contains(err.Error(), "fsfreeze hook has failed") {
@@ -213,6 +227,7 @@ func checkGuestFailingFreezeHook(t *testing.T) {
 func checkGuestDeleteWhileWriting(t *testing.T) {
 	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1", "data2"}, SecondMonitor: true})
 	drv := guestDriver(t, g, nil)
+	g = through(t, drv, "guest", g)
 	ctx := testCtx(t)
 	sh := func(script string) string {
 		t.Helper()

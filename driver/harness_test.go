@@ -44,6 +44,9 @@ type envOpts struct {
 	detached bool
 	// agent attaches a fake guest agent.
 	agent bool
+	// agentChannel is the domain's agent channel mode; empty for the
+	// default (hold).
+	agentChannel string
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -96,7 +99,7 @@ func newEnvWith(t *testing.T, vmOpts qemutest.Options, o envOpts) *env {
 	ctx := testCtx(t)
 	if !o.detached {
 		e.open()
-		if _, err := e.drv.AttachDomain(ctx, DomainConfig{Name: e.name, QMP: qmpPath, Agent: agentPath}); err != nil {
+		if _, err := e.drv.AttachDomain(ctx, DomainConfig{Name: e.name, QMP: qmpPath, Agent: agentPath, AgentChannel: o.agentChannel}); err != nil {
 			t.Fatalf("attach: %v", err)
 		}
 		if err := e.drv.WaitRecovered(ctx, e.name); err != nil {

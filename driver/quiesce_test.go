@@ -40,8 +40,10 @@ func hasIndication(res *CreateResult, code string) bool {
 
 func checkQuiesceSuccessWithFakeAgent(t *testing.T) {
 	e := quiesceEnv(t, false)
-	if st := e.drv.Domains()[0].AgentState; st != AgentUnknown {
-		t.Errorf("agent state before any command: %s", st)
+	// The held channel connects and syncs at attach, asking nothing.
+	waitFor(t, func() bool { return e.drv.Domains()[0].AgentState == AgentResponsive }, "the agent channel synced")
+	if calls := asked(e.agent); len(calls) != 0 {
+		t.Errorf("agent asked %v before any operation", calls)
 	}
 	res, err := e.createQuiesced("")
 	if st := e.drv.Domains()[0].AgentState; st != AgentResponsive {

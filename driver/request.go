@@ -46,6 +46,9 @@ type createSpec struct {
 	quiesce     QuiesceMode  // what the switch gets: require, prefer or skip
 	mountpoints []string     // what the freeze covers (quiesce scope); nil: every filesystem
 	indications []Indication // facts learned before anything changed
+	// check is the agent's answer, under way, to whether a freeze can
+	// work; nil without quiesce.
+	check *quiesceCheck
 }
 
 type diskSpec struct {

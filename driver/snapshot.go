@@ -100,22 +100,32 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 	if err != nil {
 		return nil, err
 	}
-	// The agent channel is shared with whoever else manages the guest:
-	// hold it only for the operation, which ends with the domain's lock
-	// (before the wait for recovery, if there is one).
+	if req.Flags&FlagRedefine != 0 {
+		defer unlock()
+		return d.redefine(dom, def, req.Flags)
+	}
+	// What the agent must say before a freeze is asked now, and heard
+	// at the freeze step: meanwhile QEMU is queried and the overlays
+	// prepared. It outlives the caller's interest, as the steps do.
+	var check *quiesceCheck
+	if quiesce != QuiesceSkip {
+		check = d.startQuiesceCheck(context.WithoutCancel(ctx), dom)
+	}
+	// The operation ends with the domain's lock (before the wait for
+	// recovery, if there is one), once the agent check is over: a
+	// per-operation agent channel is released then.
 	release := sync.OnceFunc(func() {
-		dom.agent.Close()
+		_, _ = check.wait() // its answer matters to the freeze step alone
+		dom.releaseAgent()
 		unlock()
 	})
 	defer release()
 
-	if req.Flags&FlagRedefine != 0 {
-		return d.redefine(dom, def, req.Flags)
-	}
 	spec, err := d.specFor(ctx, dom, def, req, quiesce)
 	if err != nil {
 		return nil, err
 	}
+	spec.check = check
 	// From the first side effect on, the operation completes or rolls
 	// back even if the caller goes away; each QMP command keeps its own
 	// ceiling.
@@ -126,13 +136,15 @@ func (d *Driver) CreateSnapshot(ctx context.Context, domain string, req CreateRe
 		// QEMU may answer again: wait for recovery's outcome.
 		res, err = d.awaitCreate(ctx, dom, oe, release)
 	}
+	if rf := (*refusal)(nil); errors.As(err, &rf) {
+		return nil, rf.err // refused before the freeze: no snapshot was tried
+	}
 	d.cfg.Events.SnapshotFinished(snapshotEvent(dom.cfg.Name, spec, res, err, time.Since(start)))
 	return res, err
 }
 
-// specFor checks a request against the domain as QEMU and the guest
-// agent see it now, before anything changes. The caller holds the
-// domain's lock.
+// specFor checks a request against the domain as QEMU sees it now,
+// before anything changes. The caller holds the domain's lock.
 func (d *Driver) specFor(ctx context.Context, dom *Domain, def *libvirtxml.DomainSnapshot, req CreateRequest, quiesce QuiesceMode) (*createSpec, error) {
 	client, err := dom.ready()
 	if err != nil {
@@ -167,13 +179,8 @@ func (d *Driver) specFor(ctx context.Context, dom *Domain, def *libvirtxml.Domai
 	}
 	if quiesce == QuiesceSkip {
 		spec.indications = append(spec.indications, Indication{Code: IndNotRequested})
-	} else if ind, err := d.checkQuiesce(ctx, dom); err != nil {
-		if quiesce == QuiesceRequire {
-			return nil, fmt.Errorf("%w: %w", ErrQuiesce, err)
-		}
-		spec.quiesce = QuiesceSkip
-		spec.indications = append(spec.indications, *ind)
 	}
+	// The agent's answer (checkQuiesce) comes at the freeze step.
 	if spec.quiesce != QuiesceSkip && req.QuiesceScope == ScopeSnapshotDisks {
 		var ind Indication
 		spec.mountpoints, ind = d.scopeFreeze(ctx, dom, client, spec)

@@ -38,6 +38,8 @@ type DomainConfig struct {
 	Name  string `json:"name"`
 	QMP   string `json:"qmp"`
 	Agent string `json:"agent,omitempty"`
+	// AgentChannel is AgentHold (empty means it) or AgentPerOperation.
+	AgentChannel string `json:"agent_channel,omitempty"`
 }
 
 // SnapshotRecord is a snapshot's metadata.
@@ -240,6 +242,12 @@ func (s *Store) Op(id string) (*OpRecord, error) {
 }
 
 var errNoOp = errors.New("no such operation")
+
+// DeleteOp removes an operation's journal entry, for an operation
+// refused with nothing of it left behind.
+func (s *Store) DeleteOp(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketOps).Delete([]byte(id)) })
+}
 
 // markOutcomeUnknown flags an operation whose caller gives up waiting,
 // read and written in one transaction so that an entry recovery closed

@@ -51,6 +51,10 @@ var checks = []qemutest.Check{
 	{Name: "QuiesceScopeFreezesOnlyTheSnapshotDisks", Run: checkQuiesceScopeFreezesOnlyTheSnapshotDisks},
 	{Name: "QuiesceScopeFallsBack", Run: checkQuiesceScopeFallsBack},
 	{Name: "QuiesceScopeRefusesBadValue", Run: checkQuiesceScopeRefusesBadValue},
+	{Name: "AgentChannelHeld", Run: checkAgentChannelHeld},
+	{Name: "AgentChannelPerOperation", Run: checkAgentChannelPerOperation},
+	{Name: "AgentChannelStaleReplies", Run: checkAgentChannelStaleReplies},
+	{Name: "AgentCheckOverlapsPrepare", Run: checkAgentCheckOverlapsPrepare},
 
 	{Name: "RecoveryAfterKill", Run: checkRecoveryAfterKill},
 	{Name: "RecoveryWaitsForQEMU", Run: checkRecoveryWaitsForQEMU},
@@ -94,4 +98,6 @@ var checks = []qemutest.Check{
 	{Name: "GuestFailingFreezeHook", Run: checkGuestFailingFreezeHook, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestDeleteWhileWriting", Run: checkGuestDeleteWhileWriting, RealOnly: "boots a Linux guest with qemu-ga"},
 	{Name: "GuestQuiesceScope", Run: checkGuestQuiesceScope, RealOnly: "boots a Linux guest with qemu-ga"},
+	{Name: "GuestAgentRestart", Run: checkGuestAgentRestart, RealOnly: "boots a Linux guest with qemu-ga"},
+	{Name: "GuestReboot", Run: checkGuestReboot, RealOnly: "boots a Linux guest with qemu-ga"},
 }

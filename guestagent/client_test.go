@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -202,5 +203,142 @@ func TestAgentErrorClass(t *testing.T) {
 	var ae *guestagent.Error
 	if !errors.As(err, &ae) || ae.Class != "CommandNotFound" || ae.Command != "guest-nope" {
 		t.Errorf("got %v, want a CommandNotFound *Error", err)
+	}
+}
+
+// A held connection: Sync checks it with one guest-sync of its own id,
+// and what the agent left in it between commands is never taken for an
+// answer.
+func TestSyncChecksTheHeldConnection(t *testing.T) {
+	a := startAgent(t)
+	c := client(t, a, short)
+	if st := c.State(); st != guestagent.StateUnknown {
+		t.Errorf("state before any use: %s", st)
+	}
+	if err := c.Connect(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.State(); st != guestagent.StateResponsive || !c.Connected() {
+		t.Errorf("after Connect: state %s, connected %v", st, c.Connected())
+	}
+	// Connect on an open connection says nothing.
+	if err := c.Connect(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	a.QueueStale("{\"return\": \"frozen\"}\n{\"return\": \"frozen\", \"id\": 1}\ngarbage {{\n")
+	if err := c.Sync(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.FreezeStatus(ctx(t)); err != nil || st != "thawed" {
+		t.Errorf("status after stale bytes: %q, %v", st, err)
+	}
+	if got, want := a.Calls(), []string{"guest-sync-delimited", "guest-sync", "guest-fsfreeze-status"}; !slices.Equal(got, want) {
+		t.Errorf("calls %v, want %v", got, want)
+	}
+	if n := a.Clients(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
+	}
+}
+
+// An agent slower than CheckTimeout to answer the check gets a full
+// resync on the same connection, within the agent timeout.
+func TestSyncResyncsAnUnansweredCheck(t *testing.T) {
+	a := startAgent(t)
+	c := client(t, a, guestagent.Options{Timeout: 3 * time.Second})
+	if err := c.Connect(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	a.SetDelay("guest-sync", guestagent.CheckTimeout+200*time.Millisecond)
+	start := time.Now()
+	if err := c.Sync(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < guestagent.CheckTimeout {
+		t.Errorf("sync took %v, less than the check's delay", took)
+	}
+	if got, want := a.Calls(), []string{"guest-sync-delimited", "guest-sync", "guest-sync-delimited"}; !slices.Equal(got, want) {
+		t.Errorf("calls %v, want %v", got, want)
+	}
+	if n := a.Clients(); n != 1 {
+		t.Errorf("%d connections, want the one resynced", n)
+	}
+	if err := c.Ping(ctx(t)); err != nil {
+		t.Errorf("ping after the resync: %v", err)
+	}
+}
+
+// A silent agent fails Sync within the agent timeout, check included.
+func TestSyncOfASilentAgent(t *testing.T) {
+	a := startAgent(t)
+	c := client(t, a, short)
+	if err := c.Connect(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	a.Silent(true)
+	start := time.Now()
+	if err := c.Sync(ctx(t)); !errors.Is(err, guestagent.ErrUnresponsive) {
+		t.Fatalf("sync of a silent agent: %v, want ErrUnresponsive", err)
+	}
+	if took := time.Since(start); took > short.Timeout+200*time.Millisecond {
+		t.Errorf("sync took %v with a %v agent timeout", took, short.Timeout)
+	}
+	if st := c.State(); st != guestagent.StateUnresponsive || c.Connected() {
+		t.Errorf("after: state %s, connected %v", st, c.Connected())
+	}
+}
+
+// The end of a held connection shows at once, with no command.
+func TestLostConnectionShowsAtOnce(t *testing.T) {
+	a := startAgent(t)
+	c := client(t, a, short)
+	if err := c.Connect(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	lost := c.Lost()
+	a.Hangup()
+	select {
+	case <-lost:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection's end went unnoticed")
+	}
+	if st := c.State(); st != guestagent.StateNotConnected || c.Connected() {
+		t.Errorf("after the hangup: state %s, connected %v", st, c.Connected())
+	}
+	// The next command reconnects.
+	if err := c.Ping(ctx(t)); err != nil || c.State() != guestagent.StateResponsive {
+		t.Errorf("ping after the hangup: %v, state %s", err, c.State())
+	}
+	// A deliberate close keeps the state.
+	c.Close()
+	if st := c.State(); st != guestagent.StateResponsive || c.Connected() {
+		t.Errorf("after Close: state %s, connected %v", st, c.Connected())
+	}
+	select {
+	case <-c.Lost():
+	default:
+		t.Error("Lost is open with no connection")
+	}
+}
+
+// Close while a command runs drops the connection when it ends.
+func TestCloseWhileSpeaking(t *testing.T) {
+	a := startAgent(t)
+	c := client(t, a, guestagent.Options{Timeout: 2 * time.Second})
+	a.SetDelay("guest-info", 200*time.Millisecond)
+	done := make(chan error, 1)
+	go func() { _, err := c.Info(ctx(t)); done <- err }()
+	for !slices.Contains(a.Calls(), "guest-info") {
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("the command under way: %v", err)
+	}
+	if c.Connected() {
+		t.Error("the connection outlived Close")
+	}
+	// The next caller is not dropped after its command.
+	if err := c.Ping(ctx(t)); err != nil || !c.Connected() {
+		t.Errorf("ping after: %v, connected %v", err, c.Connected())
 	}
 }

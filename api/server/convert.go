@@ -14,7 +14,7 @@ import (
 func toDomain(info driver.DomainInfo) api.Domain {
 	return api.Domain{
 		Freeze: freezeInfo(info.Freeze), AgentState: info.AgentState, Name: info.Name, QMP: info.QMP,
-		Agent: info.Agent, Connected: info.Connected, Since: info.Since, QEMUVersion: info.QEMUVersion,
+		Agent: info.Agent, AgentChannel: info.AgentChannel, Connected: info.Connected, Since: info.Since, QEMUVersion: info.QEMUVersion,
 		UUID: info.UUID, HasTransaction: info.HasTransaction, Error: info.Error,
 		AgentConfigured: info.Agent != "",
 	}

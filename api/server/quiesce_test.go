@@ -124,3 +124,27 @@ func checkQuiesceThroughTheAPI(t *testing.T) {
 	wantErr("quiesced snapshot, agent gone", err, http.StatusServiceUnavailable, api.CodeAgentUnresponsive)
 	unchanged(before)
 }
+
+// TestAttachAgentChannel: the attach request's agent channel reaches the
+// engine and shows in the listing; an unknown one is refused.
+func TestAttachAgentChannel(t *testing.T) {
+	d := startDaemon(t, server.Access{})
+	vm := qemutest.Start(t, qemutest.Options{Backend: qemutest.Fake, Disks: 1, Style: qemutest.Blockdev})
+	agent, err := agentfake.Start(filepath.Join(vm.Dir, "qga.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = agent.Close() })
+	dom, err := d.client.Attach(ctx(t), api.AttachRequest{Name: "vm1", QMP: vm.QMP, Agent: agent.Path, AgentChannel: api.AgentChannelPerOperation})
+	if err != nil || dom.AgentChannel != api.AgentChannelPerOperation {
+		t.Fatalf("attach per-operation: %+v, %v", dom, err)
+	}
+	if doms, err := d.client.Domains(ctx(t)); err != nil || len(doms) != 1 || doms[0].AgentChannel != api.AgentChannelPerOperation {
+		t.Errorf("listing: %+v, %v", doms, err)
+	}
+	_, err = d.client.Attach(ctx(t), api.AttachRequest{Name: "vm2", QMP: vm.QMP, Agent: agent.Path, AgentChannel: "shared"})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || ae.Info.Code != api.CodeInvalidArg {
+		t.Errorf("attach with agent channel 'shared': %v, want invalid-arg", err)
+	}
+}

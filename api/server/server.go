@@ -344,7 +344,7 @@ func (s *Server) attachDomain(w http.ResponseWriter, r *http.Request) {
 	}
 	s.run(w, r, opRequest{kind: api.OpDomainAttach, domain: req.Name, request: req, async: async, status: http.StatusCreated},
 		func(ctx context.Context, _ string) (any, error) {
-			info, err := s.drv.AttachDomain(ctx, driver.DomainConfig{Name: req.Name, QMP: req.QMP, Agent: req.Agent})
+			info, err := s.drv.AttachDomain(ctx, driver.DomainConfig{Name: req.Name, QMP: req.QMP, Agent: req.Agent, AgentChannel: req.AgentChannel})
 			if err != nil {
 				return nil, err
 			}

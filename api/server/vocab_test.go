@@ -50,6 +50,13 @@ func TestFlagsAgree(t *testing.T) {
 	}
 }
 
+func TestAgentChannelsAgree(t *testing.T) {
+	if driver.AgentHold != api.AgentChannelHold || driver.AgentPerOperation != api.AgentChannelPerOperation {
+		t.Errorf("agent channels: engine %q, %q; wire %q, %q",
+			driver.AgentHold, driver.AgentPerOperation, api.AgentChannelHold, api.AgentChannelPerOperation)
+	}
+}
+
 func TestQuiesceModesAgree(t *testing.T) {
 	for _, tc := range []struct {
 		engine driver.QuiesceMode

@@ -96,7 +96,9 @@ var commands = []*command{
 		name: "attach", summary: "Register a domain by its QMP (and guest agent) socket",
 		opts: []option{optDomain,
 			{name: "qmp", kind: kindString, required: true, metavar: "path", help: "QMP socket of the QEMU process"},
-			{name: "agent", kind: kindString, metavar: "path", help: "guest agent socket"}},
+			{name: "agent", kind: kindString, metavar: "path", help: "guest agent socket"},
+			{name: "agent-channel", kind: kindString, metavar: "hold|per-operation",
+				help: "keep the agent socket open between operations (hold, the default) or only during each (per-operation, when another manager shares it)"}},
 		run:     runAttach,
 		changes: always,
 	},
@@ -243,7 +245,13 @@ var commands = []*command{
 
 func runAttach(ctx context.Context, c *cli, a *args) error {
 	name := a.str("domain")
-	d, err := c.client.Attach(ctx, api.AttachRequest{Name: name, QMP: a.str("qmp"), Agent: a.str("agent")})
+	channel := a.str("agent-channel")
+	switch channel {
+	case "", api.AgentChannelHold, api.AgentChannelPerOperation:
+	default:
+		return usagef("--agent-channel must be hold or per-operation, not '%s'", channel)
+	}
+	d, err := c.client.Attach(ctx, api.AttachRequest{Name: name, QMP: a.str("qmp"), Agent: a.str("agent"), AgentChannel: channel})
 	if err != nil {
 		return err
 	}

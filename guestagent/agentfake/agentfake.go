@@ -57,6 +57,7 @@ type Agent struct {
 	conn       net.Conn // the client being served, if any
 	pending    []byte   // output no client has taken yet
 	calls      []string
+	clients    int // connections served so far
 	faults     map[string]fault
 	delays     map[string]time.Duration
 	disabled   map[string]bool
@@ -118,6 +119,23 @@ func (a *Agent) SetFrozen(frozen bool) {
 func (a *Agent) Calls() (calls []string) {
 	a.locked(func() { calls = slices.Clone(a.calls) })
 	return calls
+}
+
+// Clients returns how many connections the agent has served so far,
+// the one being served included.
+func (a *Agent) Clients() (n int) {
+	a.locked(func() { n = a.clients })
+	return n
+}
+
+// Hangup closes the connection of the client being served, as QEMU does
+// when its chardev goes away; the agent serves the next one.
+func (a *Agent) Hangup() {
+	a.locked(func() {
+		if a.conn != nil {
+			a.conn.Close()
+		}
+	})
 }
 
 // HangOn makes cmd never answer, with no effect. qemu-ga runs one command
@@ -244,6 +262,7 @@ func (a *Agent) serve(c net.Conn) {
 		if a.ctx.Err() == nil { // else Close has already looked for a.conn
 			a.conn = c
 		}
+		a.clients++
 	})
 	defer a.locked(func() { a.conn = nil })
 	a.flush(c)

@@ -41,6 +41,8 @@ type DomainEntry struct {
 	Name  string `toml:"name"`
 	QMP   string `toml:"qmp"`
 	Agent string `toml:"agent"`
+	// AgentChannel is "hold" (the default) or "per-operation".
+	AgentChannel string `toml:"agent_channel"`
 }
 
 // Config is the daemon's configuration. Every command-line flag has a
@@ -203,6 +205,10 @@ func (c *Config) Validate() error {
 			return keyErr(key+".qmp", "%q is not an absolute path", d.QMP)
 		case d.Agent != "" && !filepath.IsAbs(d.Agent):
 			return keyErr(key+".agent", "%q is not an absolute path", d.Agent)
+		case d.AgentChannel != "":
+			if err := oneOf(key+".agent_channel", d.AgentChannel, driver.AgentHold, driver.AgentPerOperation); err != nil {
+				return err
+			}
 		}
 		seen[d.Name] = true
 	}

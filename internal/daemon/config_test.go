@@ -32,7 +32,7 @@ func TestExampleConfigLoads(t *testing.T) {
 	data, _ := os.ReadFile("../../configs/qsnapd.toml")
 	var lines []string
 	for _, l := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(l, "# [[domain]]") || strings.HasPrefix(l, "# name =") || strings.HasPrefix(l, "# qmp =") || strings.HasPrefix(l, "# agent =") {
+		if strings.HasPrefix(l, "# [[domain]]") || strings.HasPrefix(l, "# name =") || strings.HasPrefix(l, "# qmp =") || strings.HasPrefix(l, "# agent =") || strings.HasPrefix(l, "# agent_channel =") {
 			l = strings.TrimPrefix(l, "# ")
 		}
 		lines = append(lines, l)
@@ -47,7 +47,7 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err := c.Check(nil); err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Domains) != 2 || c.Domains[0].Name != "web1" || c.Domains[1].Agent != "" {
+	if len(c.Domains) != 2 || c.Domains[0].Name != "web1" || c.Domains[0].AgentChannel != "per-operation" || c.Domains[1].Agent != "" {
 		t.Errorf("domains: %+v", c.Domains)
 	}
 	if time.Duration(c.MaxFreeze) != 10*time.Second || c.LogFormat != "json" || c.MetricsListen != "127.0.0.1:9477" {
@@ -73,6 +73,7 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 		{"bad log level", "log_level = \"loud\"\n", ":1: log_level:"},
 		{"domain without qmp", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\n\n[[domain]]\nname = \"b\"\nqmp = \"rel\"\n", ":7: domain[1].qmp:"},
 		{"unknown key in a domain", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\ncpu = 2\n", ":4: domain.cpu: unknown key"},
+		{"bad agent channel", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\nagent = \"/g\"\nagent_channel = \"shared\"\n", ":5: domain[0].agent_channel:"},
 		{"malformed", "socket = \n", ":1:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

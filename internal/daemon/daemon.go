@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		closers = append(closers, func() { busService.Close() })
 	}
 	for _, d := range cfg.Domains {
-		if err := drv.EnsureDomain(ctx, driver.DomainConfig{Name: d.Name, QMP: d.QMP, Agent: d.Agent}); err != nil {
+		if err := drv.EnsureDomain(ctx, driver.DomainConfig{Name: d.Name, QMP: d.QMP, Agent: d.Agent, AgentChannel: d.AgentChannel}); err != nil {
 			drv.Close()
 			return fmt.Errorf("domain %s: %w", d.Name, err)
 		}

@@ -22,27 +22,47 @@ var noReply = map[string]bool{
 	"guest-suspend-hybrid": true,
 }
 
+// Executor runs one guest agent command, as *guestagent.Client does.
+type Executor interface {
+	Execute(ctx context.Context, command string, args, result any) error
+}
+
+// Through returns a view of the guest whose Agent, Exec and Run go
+// through e instead of a connection of their own: QEMU's chardev serves
+// one client at a time, so while a daemon under test holds the agent
+// channel, a test speaks to the guest through the daemon's client.
+func (g *Guest) Through(e Executor) *Guest {
+	v := *g
+	v.via = e
+	return &v
+}
+
 // Agent runs one guest agent command and decodes its return value into
 // result (unless result is nil). It opens a connection for the call
-// (guestagent's, which resynchronises first), and gives up when ctx ends
-// or, without a deadline in ctx, after AgentTimeout. An error reply is an
+// (guestagent's, which resynchronises first), unless the guest is seen
+// Through another client, and gives up when ctx ends or, without a
+// deadline in ctx, after AgentTimeout. An error reply is an
 // *AgentError. Commands that do not answer on success (guest-shutdown,
 // guest-suspend-*) succeed when the agent goes quiet or away.
 func (g *Guest) Agent(ctx context.Context, cmd string, args, result any) error {
-	return agentCall(ctx, g.QGA, cmd, args, result)
+	return agentCall(ctx, g.via, g.QGA, cmd, args, result)
 }
 
-func agentCall(ctx context.Context, sock, cmd string, args, result any) error {
+func agentCall(ctx context.Context, via Executor, sock, cmd string, args, result any) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, AgentTimeout)
 		defer cancel()
 	}
-	// The product's client, one connection per call so that the daemon
-	// under test can have the channel in between; ctx sets the ceiling.
-	c := guestagent.New(sock, guestagent.Options{Timeout: AgentTimeout, FreezeTimeout: AgentTimeout, ThawTimeout: AgentTimeout})
-	defer c.Close()
-	err := c.Execute(ctx, cmd, args, result)
+	if via == nil {
+		// The product's client, one connection per call so that the
+		// daemon under test can have the channel in between; ctx sets
+		// the ceiling.
+		c := guestagent.New(sock, guestagent.Options{Timeout: AgentTimeout, FreezeTimeout: AgentTimeout, ThawTimeout: AgentTimeout})
+		defer c.Close()
+		via = c
+	}
+	err := via.Execute(ctx, cmd, args, result)
 	switch {
 	case err == nil:
 		return nil

@@ -143,6 +143,7 @@ type Guest struct {
 	BootTime time.Duration
 
 	serial string
+	via    Executor // Through's client; nil for a connection per call
 	cmd    *exec.Cmd
 	done   chan struct{}
 	out    *qemutest.LockedBuffer

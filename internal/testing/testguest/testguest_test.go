@@ -235,7 +235,7 @@ func TestAgentNoReply(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err := agentCall(ctx, sock, "guest-ping", nil, nil)
+	err := agentCall(ctx, nil, sock, "guest-ping", nil, nil)
 	if !errors.Is(err, ErrNoReply) {
 		t.Errorf("guest-ping with no agent: %v, want ErrNoReply", err)
 	}
@@ -270,7 +270,7 @@ func TestAgentResync(t *testing.T) {
 		}
 		fmt.Fprintf(c, `{"error": {"class": "GenericError", "desc": "fsfreeze hook has failed"}}`+"\n")
 	})
-	err := agentCall(t.Context(), sock, "guest-fsfreeze-freeze", nil, nil)
+	err := agentCall(t.Context(), nil, sock, "guest-fsfreeze-freeze", nil, nil)
 	var ae *AgentError
 	if !errors.As(err, &ae) || ae.Class != "GenericError" || ae.Command != "guest-fsfreeze-freeze" {
 		t.Fatalf("got %v, want the GenericError reply of guest-fsfreeze-freeze", err)
