@@ -292,6 +292,7 @@ func checkGuestDeleteWhileWriting(t *testing.T) {
 func checkGuestQuiesceScope(t *testing.T) {
 	g := testguest.Boot(t, testguest.Options{DataDisks: []string{"data1", "data2", "data3"}, SecondMonitor: true})
 	drv := guestDriver(t, g, nil)
+	g = through(t, drv, "guest", g)
 	ctx := testCtx(t)
 	const hold = time.Second
 	drv.Hooks.AtStep = func(step string) error {

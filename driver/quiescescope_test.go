@@ -193,8 +193,16 @@ func checkQuiesceScopeRefusesBadValue(t *testing.T) {
 		}
 	}
 	e.assertUnchanged(before)
-	if calls := e.agent.Calls(); len(calls) != 0 {
-		t.Errorf("the agent was asked: %q", calls)
+	// The held channel's syncs keep the channel, whenever they come;
+	// they ask the guest nothing.
+	var asked []string
+	for _, c := range e.agent.Calls() {
+		if !strings.HasPrefix(c, "guest-sync") {
+			asked = append(asked, c)
+		}
+	}
+	if len(asked) != 0 {
+		t.Errorf("the agent was asked: %q", asked)
 	}
 	c := Config{StateDir: "/var/lib/q", QuiesceScope: "disks"}
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "quiesce_scope") {
