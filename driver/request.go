@@ -40,8 +40,10 @@ type createSpec struct {
 	disks       []diskSpec // every disk of the domain, in QEMU's order
 	mode        transaction.Mode
 	opID        string
-	quiesce     QuiesceMode  // what the switch gets: require, prefer or skip
-	indications []Indication // facts learned before anything changed
+	quiesce     QuiesceMode        // what the switch gets: require, prefer or skip
+	switchPath  transaction.Switch // how the overlays enter QEMU
+	switchWhy   string             // why that way, for the log
+	indications []Indication       // facts learned before anything changed
 }
 
 type diskSpec struct {

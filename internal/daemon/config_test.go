@@ -69,6 +69,7 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 		{"relative path", "state_dir = \"var/lib/q\"\n", ":1: state_dir: \"var/lib/q\" is not an absolute path"},
 		{"wrong type", "allow_uid = \"root\"\n", ":1:"},
 		{"bad enum", "transaction = \"sometimes\"\n", ":1: transaction:"},
+		{"bad switch", "# c\nswitch = \"later\"\n", ":2: switch: \"later\" is not one of auto, preadd, sync"},
 		{"bad log level", "log_level = \"loud\"\n", ":1: log_level:"},
 		{"domain without qmp", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\n\n[[domain]]\nname = \"b\"\nqmp = \"rel\"\n", ":7: domain[1].qmp:"},
 		{"unknown key in a domain", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\ncpu = 2\n", ":4: domain.cpu: unknown key"},
