@@ -177,6 +177,7 @@ type CreateSnapshotResponse struct {
 	XML         string        `json:"xml"`
 	Operation   string        `json:"operation"`
 	Mode        string        `json:"mode,omitempty"`
+	Switch      string        `json:"switch,omitempty"` // overlays opened in the switch command ("sync") or added before it ("preadd")
 	Quiesced    bool          `json:"quiesced"`
 	Disks       []DiskOutcome `json:"disks"`
 	Indications []Indication  `json:"indications"`

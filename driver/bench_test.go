@@ -15,6 +15,7 @@ import (
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/internal/testing/testguest"
 	"github.com/qsnapd/qsnapd/qmp"
+	"github.com/qsnapd/qsnapd/transaction"
 )
 
 // layersPerVM bounds the backing chains a benchmark grows: every
@@ -27,12 +28,15 @@ const layersPerVM = 4
 
 // BenchmarkSnapshot measures a disk-only snapshot inside the daemon
 // (validate, prepare, journal, switch, record) against real QEMU, and
-// reports the medians of the total and of the switch window. The floor
+// reports the medians of the total, of the prepare step and of the
+// switch window. Unquiesced, the overlays enter QEMU in the switch
+// (blockdev-snapshot-sync); atomic-preadd adds their nodes while
+// preparing instead, as a quiesced snapshot does. The floor
 // sub-benchmark is the bare QMP transaction of blockdev-snapshot actions
-// on nodes added beforehand: the least any switch can cost.
+// on nodes added beforehand: the least a switch under a freeze can cost.
 func BenchmarkSnapshot(b *testing.B) {
 	for _, n := range []int{1, 8, 24} {
-		for _, mode := range []string{"atomic", "sequential"} {
+		for _, mode := range []string{"atomic", "atomic-preadd", "sequential"} {
 			b.Run(fmt.Sprintf("%s/disks=%d", mode, n), func(b *testing.B) { benchSnapshot(b, n, mode) })
 		}
 		b.Run(fmt.Sprintf("floor/disks=%d", n), func(b *testing.B) { benchFloor(b, n) })
@@ -41,17 +45,20 @@ func BenchmarkSnapshot(b *testing.B) {
 
 func benchSnapshot(b *testing.B, disks int, mode string) {
 	stateDir := filepath.Join(qemutest.TempDir(b), "state")
-	transactionMode := "auto"
-	if mode == "sequential" {
-		transactionMode = "never"
+	cfg := Config{StateDir: stateDir, Transaction: "auto", Switch: SwitchAuto}
+	switch mode {
+	case "sequential":
+		cfg.Transaction = "never"
+	case "atomic-preadd":
+		cfg.Switch, mode = string(transaction.SwitchPreadd), "atomic"
 	}
-	drv, err := Open(Config{StateDir: stateDir, Transaction: transactionMode}, nil)
+	drv, err := Open(cfg, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer drv.Close()
 	ctx := context.Background()
-	var totals, switches []time.Duration
+	var totals, prepares, switches []time.Duration
 	domain := ""
 	var vm *qemutest.VM
 	b.ResetTimer()
@@ -70,6 +77,9 @@ func benchSnapshot(b *testing.B, disks int, mode string) {
 			if _, err := drv.AttachDomain(ctx, DomainConfig{Name: domain, QMP: vm.QMP}); err != nil {
 				b.Fatal(err)
 			}
+			// The last VM's files go to disk now, not under the timed
+			// fsyncs.
+			syscall.Sync()
 			b.StartTimer()
 		}
 		flags := FlagDiskOnly
@@ -82,11 +92,81 @@ func benchSnapshot(b *testing.B, disks int, mode string) {
 			b.Fatal(err)
 		}
 		totals = append(totals, time.Since(start))
+		prepares = append(prepares, res.prepare)
 		switches = append(switches, res.Switch)
 	}
 	b.StopTimer()
 	b.ReportMetric(ms(median(totals)), "median-ms")
+	b.ReportMetric(ms(median(prepares)), "prepare-ms")
 	b.ReportMetric(ms(median(switches)), "switch-ms")
+}
+
+// BenchmarkSwitchPath compares the two ways overlays enter QEMU on
+// unquiesced atomic snapshots, taking turns: every layersPerVM
+// snapshots a fresh VM and the other path, so that the load of the
+// machine falls on both alike. It reports each path's medians (total,
+// prepare, switch) and the ratio of the totals, sync/preadd.
+func BenchmarkSwitchPath(b *testing.B) {
+	for _, n := range []int{8, 24} {
+		b.Run(fmt.Sprintf("disks=%d", n), func(b *testing.B) { benchSwitchPath(b, n) })
+	}
+}
+
+func benchSwitchPath(b *testing.B, disks int) {
+	paths := []transaction.Switch{transaction.SwitchSync, transaction.SwitchPreadd}
+	drvs := make([]*Driver, len(paths))
+	for k, p := range paths {
+		drv, err := Open(Config{StateDir: filepath.Join(qemutest.TempDir(b), "state"), Switch: string(p)}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { drv.Close() })
+		drvs[k] = drv
+	}
+	ctx := context.Background()
+	type figures struct{ totals, prepares, switches []time.Duration }
+	got := make([]figures, len(paths))
+	var vm *qemutest.VM
+	var drv *Driver
+	domain, k := "", 0
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%layersPerVM == 0 {
+			b.StopTimer()
+			if vm != nil {
+				if err := drv.DetachDomain(ctx, domain); err != nil {
+					b.Fatal(err)
+				}
+				vm.Kill()
+			}
+			k = (i / layersPerVM) % len(paths)
+			drv, domain = drvs[k], fmt.Sprintf("vm%d", i)
+			vm = qemutest.Start(b, qemutest.Options{Disks: disks, Style: qemutest.Blockdev})
+			if _, err := drv.AttachDomain(ctx, DomainConfig{Name: domain, QMP: vm.QMP}); err != nil {
+				b.Fatal(err)
+			}
+			syscall.Sync()
+			b.StartTimer()
+		}
+		start := time.Now()
+		res, err := drv.CreateSnapshot(ctx, domain, CreateRequest{XML: snapXML(fmt.Sprintf("s%d", i)), Flags: FlagDiskOnly | FlagAtomic})
+		if err != nil {
+			b.Fatal(err)
+		}
+		f := &got[k]
+		f.totals = append(f.totals, time.Since(start))
+		f.prepares = append(f.prepares, res.prepare)
+		f.switches = append(f.switches, res.Switch)
+	}
+	b.StopTimer()
+	for k, p := range paths {
+		b.ReportMetric(ms(median(got[k].totals)), string(p)+"-ms")
+		b.ReportMetric(ms(median(got[k].prepares)), string(p)+"-prepare-ms")
+		b.ReportMetric(ms(median(got[k].switches)), string(p)+"-switch-ms")
+	}
+	if s, p := median(got[0].totals), median(got[1].totals); s > 0 && p > 0 {
+		b.ReportMetric(float64(s)/float64(p), "ratio-sync/preadd")
+	}
 }
 
 func benchFloor(b *testing.B, disks int) {

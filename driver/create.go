@@ -36,7 +36,7 @@ type snapshotOp struct {
 	rec         SnapshotRecord
 	qemuGone    bool // QEMU exited mid-operation (abandon)
 
-	freezeWindow, freezeCall, thawCall time.Duration
+	freezeWindow, freezeCall, thawCall, prepareTook time.Duration
 }
 
 // stepError names the step a failure belongs to, for the OpError.
@@ -102,7 +102,7 @@ func (d *Driver) beginSnapshot(dom *Domain, spec *createSpec, start time.Time) (
 	// Node names come from a fresh random tag, not the operation id a
 	// client may have chosen: they must differ between operations.
 	tag := newOpID()
-	plan := &transaction.Plan{OpID: op.ID, Domain: dom.cfg.Name, Mode: spec.mode, Phase: transaction.PhasePrepared}
+	plan := &transaction.Plan{OpID: op.ID, Domain: dom.cfg.Name, Mode: spec.mode, Switch: spec.switchPath, Phase: transaction.PhasePrepared}
 	for i := range spec.disks {
 		ds := &spec.disks[i]
 		if !ds.external {
@@ -118,16 +118,21 @@ func (d *Driver) beginSnapshot(dom *Domain, spec *createSpec, start time.Time) (
 	if err := d.store.SaveOp(op); err != nil {
 		return nil, &OpError{OpID: op.ID, Step: StepPrepare, Err: fmt.Errorf("%w: journal: %w", ErrOperationFailed, err)}
 	}
-	return &snapshotOp{
+	s := &snapshotOp{
 		d: d, dom: dom, spec: spec, op: op, plan: plan, exec: d.executor(dom, op),
 		undo: revert.New(), log: dom.log.With(zap.String("op", op.ID), zap.String("snapshot", spec.name)),
 		start: start, indications: spec.indications,
-	}, nil
+	}
+	s.log.Debug("switch path chosen", zap.String("switch", string(plan.Switch)), zap.String("why", spec.switchWhy),
+		zap.String("mode", string(plan.Mode)), zap.Int("disks", len(plan.Disks)))
+	return s, nil
 }
 
-// prepare creates the overlays and adds their nodes, then journals that
-// the disks are about to switch.
+// prepare creates the overlays and, on the preadd path, adds their
+// nodes, then journals that the disks are about to switch.
 func (s *snapshotOp) prepare(ctx context.Context) error {
+	start := time.Now()
+	defer func() { s.prepareTook = time.Since(start) }()
 	s.undo.Add(func(ctx context.Context) error { return s.exec.Cleanup(ctx, s.plan) })
 	if err := s.d.hook(HookPrepared); err != nil {
 		return atStep(StepPrepare, err)
@@ -287,9 +292,9 @@ func (s *snapshotOp) finish(ctx context.Context) *CreateResult {
 	_ = s.d.hook(HookCommitted)
 	plan := s.plan
 	res := &CreateResult{
-		Name: s.spec.name, XML: s.rec.XML, OpID: s.op.ID, Mode: plan.Mode, Disks: plan.Outcomes(),
+		Name: s.spec.name, XML: s.rec.XML, OpID: s.op.ID, Mode: plan.Mode, SwitchPath: plan.Switch, Disks: plan.Outcomes(),
 		Quiesced: s.quiesced, Indications: s.indications, Switch: plan.SwitchWindow(), Freeze: s.freezeWindow,
-		freezeCall: s.freezeCall, thawCall: s.thawCall,
+		freezeCall: s.freezeCall, thawCall: s.thawCall, prepare: s.prepareTook,
 	}
 	if res.XML == "" { // NO_METADATA: still show what was taken
 		res.XML, _ = snapshotXML(&s.rec)
@@ -305,7 +310,7 @@ func (s *snapshotOp) finish(ctx context.Context) *CreateResult {
 	for _, pd := range plan.Disks {
 		s.log.Debug("disk switched", zap.String("disk", pd.Target), zap.String("overlay", pd.Overlay), zap.String("backing", pd.Source))
 	}
-	s.log.Info("snapshot created", zap.String("mode", string(plan.Mode)), zap.Int("disks", len(plan.Disks)),
+	s.log.Info("snapshot created", zap.String("mode", string(plan.Mode)), zap.String("switch", string(plan.Switch)), zap.Int("disks", len(plan.Disks)),
 		zap.Bool("quiesced", s.quiesced), zap.Float64("freeze_seconds", res.Freeze.Seconds()),
 		zap.Float64("switch_seconds", res.Switch.Seconds()), zap.Float64("duration_seconds", res.Total.Seconds()))
 	return res

@@ -26,18 +26,28 @@ import (
 // outcome-unknown only when it stays away past the reconnect wait, and
 // settles the overlays by their data when QEMU died.
 
-// switchFault names the command of a mode's switch to fault, and which
-// of its sends: the transaction, or the second disk's blockdev-snapshot
-// (the first disk has switched by then).
+// switchFault names the command of a mode's switch, on a switch path,
+// to fault, and which of its sends: the transaction, or the second
+// disk's blockdev-snapshot or blockdev-snapshot-sync (the first disk
+// has switched by then).
 type switchFault struct {
 	mode, transaction, command string
+	path                       transaction.Switch
 	nth                        int
 }
 
 var switchFaults = []switchFault{
-	{mode: "atomic", transaction: "auto", command: "transaction", nth: 1},
-	{mode: "sequential", transaction: "never", command: "blockdev-snapshot", nth: 2},
+	{mode: "atomic", transaction: "auto", path: transaction.SwitchSync, command: "transaction", nth: 1},
+	{mode: "atomic", transaction: "auto", path: transaction.SwitchPreadd, command: "transaction", nth: 1},
+	{mode: "sequential", transaction: "never", path: transaction.SwitchSync, command: "blockdev-snapshot-sync", nth: 2},
+	{mode: "sequential", transaction: "never", path: transaction.SwitchPreadd, command: "blockdev-snapshot", nth: 2},
 }
+
+// name is the fault's mode and switch path, for subtests.
+func (sf switchFault) name() string { return sf.mode + "/" + string(sf.path) }
+
+// configure sets the fault's mode and switch path.
+func (sf switchFault) configure(c *Config) { c.Transaction, c.Switch = sf.transaction, string(sf.path) }
 
 // resolvedEvents records OperationResolved.
 type resolvedEvents struct {
@@ -143,10 +153,11 @@ func checkLostConnectionGetsDefinitiveAnswer(t *testing.T) {
 				"sequential": {transaction.DiskRolledBack, transaction.DiskRolledBack, transaction.DiskPlanned},
 			}[sf.mode]},
 		} {
-			t.Run(sf.mode+"/"+tc.name, func(t *testing.T) {
+			t.Run(sf.name()+"/"+tc.name, func(t *testing.T) {
 				const wait = 10 * time.Second
 				e := newEnv(t, envOpts{disks: 3, style: qemutest.Legacy, proxy: true, cfg: func(c *Config) {
-					c.Transaction, c.ReconnectWait = sf.transaction, wait
+					sf.configure(c)
+					c.ReconnectWait = wait
 				}})
 				before := e.world()
 				e.proxy.Add(qmpproxy.Rule{Command: sf.command, Nth: sf.nth, Times: 1, Action: tc.action})
@@ -193,10 +204,11 @@ func checkLostConnectionGetsDefinitiveAnswer(t *testing.T) {
 func checkQEMUAwayPastTheWait(t *testing.T) {
 	const wait = 700 * time.Millisecond
 	for _, sf := range switchFaults {
-		t.Run(sf.mode, func(t *testing.T) {
+		t.Run(sf.name(), func(t *testing.T) {
 			evs := newResolvedEvents()
 			e := newEnv(t, envOpts{disks: 3, style: qemutest.Legacy, proxy: true, cfg: func(c *Config) {
-				c.Transaction, c.ReconnectWait, c.Events = sf.transaction, wait, evs
+				sf.configure(c)
+				c.ReconnectWait, c.Events = wait, evs
 			}})
 			before := e.world()
 			e.proxy.Add(qmpproxy.Rule{Command: sf.command, Nth: sf.nth, Times: 1, Action: qmpproxy.Hook(func() { e.proxy.SetDown(true) })})
@@ -338,7 +350,7 @@ func checkQEMUKilledMidSwitch(t *testing.T) {
 				if sf.mode == "sequential" && written == "vda vdb" {
 					continue // vdb's switch is the one under way: it may be either
 				}
-				name := fmt.Sprintf("%s/quiesce=%v/written=%q", sf.mode, quiesce, written)
+				name := fmt.Sprintf("%s/quiesce=%v/written=%q", sf.name(), quiesce, written)
 				t.Run(name, func(t *testing.T) {
 					checkKilledMidSwitch(t, sf, quiesce, strings.Fields(written))
 				})
@@ -353,7 +365,7 @@ func checkKilledMidSwitch(t *testing.T, sf switchFault, quiesce bool, written []
 		disks = 2
 	}
 	e := newEnv(t, envOpts{disks: disks, style: qemutest.Legacy, proxy: true, agent: quiesce, cfg: func(c *Config) {
-		c.Transaction = sf.transaction
+		sf.configure(c)
 		c.AgentTimeout, c.ThawTimeout = 300*time.Millisecond, 500*time.Millisecond
 	}})
 	before := e.world()

@@ -526,9 +526,11 @@ func checkDeleteRefusals(t *testing.T) {
 // checkDeleteOffTheChain: an operator committed overlays behind the
 // daemon's back. A snapshot with children whose overlay left the chain
 // cannot be merged; a leaf's overlay in no chain is deleted, once no
-// node of QEMU uses it.
+// node of QEMU uses it. The overlays' nodes are added beforehand
+// (preadd), as only those outlive their chain: a node QEMU opened in
+// the switch goes with the commit.
 func checkDeleteOffTheChain(t *testing.T) {
-	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev})
+	e := newEnv(t, envOpts{disks: 2, style: qemutest.Blockdev, cfg: func(c *Config) { c.Switch = string(transaction.SwitchPreadd) }})
 	for _, s := range []string{"s1", "s2", "s3"} {
 		e.mustCreate(snapXML(s), FlagDiskOnly|FlagAtomic)
 	}

@@ -31,6 +31,12 @@ type Config struct {
 	// Transaction is "auto" (use QMP transaction when QEMU has it) or
 	// "never" (always switch disk by disk).
 	Transaction string
+	// Switch is how overlays enter QEMU: "auto" (in the switch command
+	// itself, blockdev-snapshot-sync, when the guest is not frozen for
+	// it; added beforehand, so that the freeze holds only the switch,
+	// when it is), "preadd" (always added beforehand) or "sync" (always
+	// in the switch). Both ends are there for benchmarks.
+	Switch string
 	// AllowedDirs are where overlays may be created; empty means the
 	// directory of each disk's current image.
 	AllowedDirs []string
@@ -76,6 +82,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Transaction:     "auto",
+		Switch:          SwitchAuto,
 		Quiesce:         QuiesceSkip,
 		QuiesceScope:    ScopeAll,
 		RollbackTimeout: transaction.DefaultRollbackTimeout,
@@ -102,6 +109,13 @@ func (c *Config) Validate() error {
 	case "auto", "never":
 	default:
 		return fmt.Errorf("transaction must be auto or never, got %q", c.Transaction)
+	}
+	switch c.Switch {
+	case "":
+		c.Switch = def.Switch
+	case SwitchAuto, string(transaction.SwitchPreadd), string(transaction.SwitchSync):
+	default:
+		return fmt.Errorf("switch must be auto, preadd or sync, got %q", c.Switch)
 	}
 	for _, d := range c.AllowedDirs {
 		if !filepath.IsAbs(d) {

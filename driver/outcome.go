@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -60,7 +61,8 @@ func (op *OpRecord) CreateOutcome() (*CreateResult, error) {
 		return nil, nil
 	}
 	if p.Phase == transaction.PhaseDone {
-		return &CreateResult{Name: op.Snapshot, OpID: op.ID, Mode: p.Mode, Disks: p.Outcomes(), Indications: []Indication{},
+		return &CreateResult{Name: op.Snapshot, OpID: op.ID, Mode: p.Mode, SwitchPath: cmp.Or(p.Switch, transaction.SwitchPreadd),
+			Disks: p.Outcomes(), Indications: []Indication{},
 			Switch: p.SwitchWindow(), Total: op.Updated.Sub(op.Started)}, nil
 	}
 	return nil, &OpError{OpID: op.ID, Step: op.Step, Disks: p.Outcomes(),

@@ -43,9 +43,11 @@ type createSpec struct {
 	disks       []diskSpec // every disk of the domain, in QEMU's order
 	mode        transaction.Mode
 	opID        string
-	quiesce     QuiesceMode  // what the switch gets: require, prefer or skip
-	mountpoints []string     // what the freeze covers (quiesce scope); nil: every filesystem
-	indications []Indication // facts learned before anything changed
+	quiesce     QuiesceMode        // what the switch gets: require, prefer or skip
+	mountpoints []string           // what the freeze covers (quiesce scope); nil: every filesystem
+	switchPath  transaction.Switch // how the overlays enter QEMU
+	switchWhy   string             // why that way, for the log
+	indications []Indication       // facts learned before anything changed
 	// check is the agent's answer, under way, to whether a freeze can
 	// work; nil without quiesce.
 	check *quiesceCheck

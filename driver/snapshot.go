@@ -41,6 +41,7 @@ type CreateResult struct {
 	XML         string                `json:"xml"`
 	OpID        string                `json:"operation"`
 	Mode        transaction.Mode      `json:"mode"`
+	SwitchPath  transaction.Switch    `json:"switch_path"` // overlays opened in the switch (sync) or before it (preadd)
 	Disks       []transaction.Outcome `json:"disks"`
 	Quiesced    bool                  `json:"quiesced"`
 	Indications []Indication          `json:"indications"`
@@ -50,8 +51,9 @@ type CreateResult struct {
 	Switch time.Duration `json:"switch_ns"`
 	Freeze time.Duration `json:"freeze_ns"`
 
-	// The agent's round trips inside the freeze window, for benchmarks.
-	freezeCall, thawCall time.Duration
+	// The agent's round trips inside the freeze window, and the prepare
+	// step, for benchmarks.
+	freezeCall, thawCall, prepare time.Duration
 }
 
 // OpError is a failed operation with each disk's outcome.
@@ -186,6 +188,7 @@ func (d *Driver) specFor(ctx context.Context, dom *Domain, def *libvirtxml.Domai
 		spec.mountpoints, ind = d.scopeFreeze(ctx, dom, client, spec)
 		spec.indications = append(spec.indications, ind)
 	}
+	spec.switchPath, spec.switchWhy = d.switchFor(dom, spec.quiesce)
 	return spec, nil
 }
 

@@ -23,6 +23,7 @@ func TestDriverQEMU(t *testing.T) {
 
 var checks = []qemutest.Check{
 	{Name: "CreateSucceeds", Run: checkCreateSucceeds},
+	{Name: "SwitchPathFollowsTheFreeze", Run: checkSwitchPathFollowsTheFreeze},
 
 	{Name: "AtomicFailureInQEMULeavesNoTrace", Run: checkAtomicFailureInQEMULeavesNoTrace},
 	{Name: "AtomicFailureFromProxyLeavesNoTrace", Run: checkAtomicFailureFromProxyLeavesNoTrace},

@@ -133,8 +133,12 @@ func (c *Client) Transaction(ctx context.Context, actions ...raw.TransactionActi
 // SnapshotSync is a blockdev-snapshot-sync action: switch the node (or
 // device) to a new overlay file.
 func SnapshotSync(node, file, overlayNode string, mode raw.NewImageMode) raw.TransactionAction {
+	return raw.TransactionActionBlockdevSnapshotSync(snapshotSyncArgs(node, file, overlayNode, mode))
+}
+
+func snapshotSyncArgs(node, file, overlayNode string, mode raw.NewImageMode) raw.BlockdevSnapshotSync {
 	format := "qcow2"
-	return raw.TransactionActionBlockdevSnapshotSync{
+	return raw.BlockdevSnapshotSync{
 		NodeName:         &node,
 		SnapshotFile:     file,
 		SnapshotNodeName: optional(overlayNode),
@@ -207,6 +211,14 @@ func (c *Client) BlockdevAdd(ctx context.Context, o BlockdevOptions) error {
 // transaction: the overlay node goes on top of node.
 func (c *Client) BlockdevSnapshot(ctx context.Context, node, overlay string) error {
 	return c.Execute(ctx, "blockdev-snapshot", raw.BlockdevSnapshot{Node: node, Overlay: overlay}, nil)
+}
+
+// BlockdevSnapshotSync runs blockdev-snapshot-sync on its own, outside
+// a transaction, with mode "existing": QEMU opens the qcow2 file, names
+// its node overlayNode and puts it on top of node. The file's header
+// must name the backing file already; QEMU does not write it.
+func (c *Client) BlockdevSnapshotSync(ctx context.Context, node, file, overlayNode string) error {
+	return c.Execute(ctx, "blockdev-snapshot-sync", snapshotSyncArgs(node, file, overlayNode, raw.NewImageModeExisting), nil)
 }
 
 // BlockdevDel runs blockdev-del.

@@ -20,6 +20,7 @@ import (
 type Monitor interface {
 	Transaction(ctx context.Context, actions ...raw.TransactionAction) error
 	BlockdevSnapshot(ctx context.Context, node, overlay string) error
+	BlockdevSnapshotSync(ctx context.Context, node, file, overlayNode string) error
 	BlockdevAdd(ctx context.Context, o qmp.BlockdevOptions) error
 	BlockdevDel(ctx context.Context, nodeName string) error
 	BlockCommit(ctx context.Context, a qmp.BlockCommitArgs) error
@@ -81,11 +82,12 @@ func (e *Executor) save(ctx context.Context, p *Plan) error {
 	return nil
 }
 
-// Prepare creates the overlay files and adds their nodes to QEMU, so
-// that the switch only flips the block graph. Each disk's node is added
-// as soon as its file exists, so that QEMU opening one overlay overlaps
-// the host creating the next. On failure the caller runs Cleanup, which
-// undoes what was done.
+// Prepare creates the overlay files and, unless QEMU opens them in the
+// switch (SwitchSync), adds their nodes to QEMU, so that the switch only
+// flips the block graph. Each disk's node is added as soon as its file
+// exists, so that QEMU opening one overlay overlaps the host creating
+// the next. On failure the caller runs Cleanup, which undoes what was
+// done.
 func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for _, d := range p.Disks {
@@ -99,6 +101,9 @@ func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 			} else if err := createOverlay(d); err != nil {
 				return err
 			}
+			if p.Sync() {
+				return nil
+			}
 			// Until QEMU says no, the node may exist: a lost reply or a
 			// lost connection leaves its fate unknown, and Cleanup must
 			// then try to delete it.
@@ -111,8 +116,7 @@ func (e *Executor) Prepare(ctx context.Context, p *Plan) error {
 				// it attaches the disk's current node as the backing.
 				NoBacking: true,
 			})
-			var qe *qmp.Error
-			if errors.As(err, &qe) {
+			if isQEMUError(err) {
 				d.NodeAdded = false
 			}
 			if err != nil {
@@ -185,11 +189,21 @@ func (e *Executor) Switch(ctx context.Context, p *Plan) error {
 func (e *Executor) switchAtomic(ctx context.Context, p *Plan) error {
 	actions := make([]raw.TransactionAction, len(p.Disks))
 	for i, d := range p.Disks {
-		actions[i] = qmp.Snapshot(d.Node, d.OverlayNode)
+		if p.Sync() {
+			actions[i] = qmp.SnapshotSync(d.Node, d.Overlay, d.OverlayNode, raw.NewImageModeExisting)
+		} else {
+			actions[i] = qmp.Snapshot(d.Node, d.OverlayNode)
+		}
 	}
 	if e.BeforeSwitch != nil {
 		if err := e.BeforeSwitch(p.Disks[0]); err != nil {
 			return &SwitchError{Mode: p.Mode, Cause: err, Disks: p.Outcomes()}
+		}
+	}
+	if p.Sync() {
+		// From here until QEMU answers, the nodes may exist.
+		for _, d := range p.Disks {
+			d.NodeAdded = true
 		}
 	}
 	p.SwitchStart = time.Now()
@@ -200,6 +214,12 @@ func (e *Executor) switchAtomic(ctx context.Context, p *Plan) error {
 			d.State = DiskSwitched
 		}
 		return nil
+	}
+	if p.Sync() && isQEMUError(err) {
+		// QEMU undid the whole transaction: the nodes it opened are gone.
+		for _, d := range p.Disks {
+			d.NodeAdded = false
+		}
 	}
 	// QEMU undoes a failed transaction, but a command that timed out
 	// may yet have run: only query-block tells.
@@ -219,7 +239,7 @@ func (e *Executor) switchSequential(ctx context.Context, p *Plan) error {
 				break
 			}
 		}
-		if cause = e.QMP.BlockdevSnapshot(ctx, d.Node, d.OverlayNode); cause != nil {
+		if cause = e.switchDisk(ctx, p, d); cause != nil {
 			d.State, d.Error = DiskFailed, cause.Error()
 			cause = fmt.Errorf("switch disk %s: %w", d.Target, cause)
 			break
@@ -237,6 +257,26 @@ func (e *Executor) switchSequential(ctx context.Context, p *Plan) error {
 		cause = errors.Join(cause, err)
 	}
 	return &SwitchError{Mode: p.Mode, Cause: cause, Disks: p.Outcomes()}
+}
+
+// switchDisk puts one disk on its overlay.
+func (e *Executor) switchDisk(ctx context.Context, p *Plan, d *Disk) error {
+	if !p.Sync() {
+		return e.QMP.BlockdevSnapshot(ctx, d.Node, d.OverlayNode)
+	}
+	d.NodeAdded = true // until QEMU answers, the node may exist
+	err := e.QMP.BlockdevSnapshotSync(ctx, d.Node, d.Overlay, d.OverlayNode)
+	if isQEMUError(err) {
+		d.NodeAdded = false
+	}
+	return err
+}
+
+// isQEMUError reports an answer of QEMU's refusing a command, which it
+// then did not run; a timeout or a lost connection leaves that unknown.
+func isQEMUError(err error) bool {
+	var qe *qmp.Error
+	return errors.As(err, &qe)
 }
 
 // reconcile reads from query-block which disks are on their overlay,
@@ -275,7 +315,10 @@ func Reconcile(p *Plan, disks []qmp.Disk) {
 // Cleanup removes the overlay nodes and files of every disk that is not
 // on its overlay: nodes the daemon added, files it created. A disk left
 // on its overlay keeps both. Missing nodes and files are not errors, so
-// Cleanup can run again after a crash.
+// Cleanup can run again after a crash. A node QEMU opened in the switch
+// (SwitchSync) went with its last user, the rolled-back disk, so
+// blockdev-del finds none; any other answer means something still uses
+// it, and its file stays.
 func (e *Executor) Cleanup(ctx context.Context, p *Plan) error {
 	var errs []error
 	for _, d := range p.Disks {

@@ -21,6 +21,22 @@ const (
 	ModeSequential Mode = "sequential"
 )
 
+// Switch is how the overlays enter QEMU's block graph.
+type Switch string
+
+const (
+	// SwitchPreadd adds each overlay's node (blockdev-add) while
+	// preparing; the switch, blockdev-snapshot, then only attaches the
+	// nodes: the shortest switch, for a guest frozen around it.
+	SwitchPreadd Switch = "preadd"
+	// SwitchSync has QEMU open the overlay files in the switch itself
+	// (blockdev-snapshot-sync, mode existing, named with
+	// snapshot-node-name): one command for every disk, the shortest
+	// total, for a snapshot without a freeze. The nodes are QEMU's own:
+	// they go with their last user, and blockdev-del refuses them.
+	SwitchSync Switch = "sync"
+)
+
 // Phase is where an operation stands, as the journal records it before
 // each side effect.
 type Phase string
@@ -85,10 +101,12 @@ type Disk struct {
 	// WasEmpty: the daemon uses that file only if it is still there.
 	FileID *FileID `json:"file_id,omitempty"`
 
-	FileCreated bool      `json:"file_created,omitempty"`
-	NodeAdded   bool      `json:"node_added,omitempty"`
-	State       DiskState `json:"state"`
-	Error       string    `json:"error,omitempty"`
+	FileCreated bool `json:"file_created,omitempty"`
+	// NodeAdded is set while the overlay's node may exist in QEMU: from
+	// its blockdev-add, or (SwitchSync) from its switch being sent.
+	NodeAdded bool      `json:"node_added,omitempty"`
+	State     DiskState `json:"state"`
+	Error     string    `json:"error,omitempty"`
 }
 
 // FileID identifies a file by device and inode.
@@ -99,9 +117,12 @@ type FileID struct {
 
 // Plan is one snapshot operation: the disks to switch and how.
 type Plan struct {
-	OpID   string  `json:"op_id"`
-	Domain string  `json:"domain"`
-	Mode   Mode    `json:"mode"`
+	OpID   string `json:"op_id"`
+	Domain string `json:"domain"`
+	Mode   Mode   `json:"mode"`
+	// Switch is how the overlays enter QEMU; empty (journals from
+	// before it was recorded) is SwitchPreadd.
+	Switch Switch  `json:"switch,omitempty"`
 	Phase  Phase   `json:"phase"`
 	Disks  []*Disk `json:"disks"`
 	// SwitchStart and SwitchEnd bound the switch: first switching
@@ -118,6 +139,10 @@ func NodeName(opID string, i int) string {
 	}
 	return fmt.Sprintf("qs%s-%d", opID, i)
 }
+
+// Sync reports whether the plan's overlays enter QEMU in the switch
+// (SwitchSync) rather than before it.
+func (p *Plan) Sync() bool { return p.Switch == SwitchSync }
 
 // JobID names the rollback commit job of a disk.
 func JobID(d *Disk) string { return "qsrb-" + d.OverlayNode }

@@ -10,16 +10,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-qemu/qmp/raw"
+
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/transaction"
 )
 
-func TestSuiteFake(t *testing.T) { runSuite(t, qemutest.Fake) }
+func TestSuiteFake(t *testing.T) { runSuites(t, qemutest.Fake) }
 
 func TestSuiteQEMU(t *testing.T) {
 	qemutest.Require(t)
-	runSuite(t, qemutest.Real)
+	runSuites(t, qemutest.Real)
+}
+
+// runSuites runs the suite on both switch paths: overlays opened in the
+// switch (blockdev-snapshot-sync) and nodes added before it.
+func runSuites(t *testing.T, b qemutest.Backend) {
+	for _, sw := range []transaction.Switch{transaction.SwitchSync, transaction.SwitchPreadd} {
+		t.Run(string(sw), func(t *testing.T) { runSuite(t, b, sw) })
+	}
 }
 
 func dial(t *testing.T, path string) *qmp.Client {
@@ -45,14 +55,15 @@ type rig struct {
 	dir      string
 	exec     *transaction.Executor
 	original []qmp.Disk
+	sw       transaction.Switch
 }
 
 // newRig starts a VM with n disks on backend b; the executor drives its
 // first monitor, and the rig observes through the second.
-func newRig(t *testing.T, b qemutest.Backend, n int) *rig {
+func newRig(t *testing.T, b qemutest.Backend, sw transaction.Switch, n int) *rig {
 	vm := qemutest.Start(t, qemutest.Options{Backend: b, Disks: n, Style: qemutest.Blockdev, SecondMonitor: true})
 	c := dial(t, vm.QMP)
-	r := &rig{t: t, c: c, obs: dial(t, vm.QMP2), dir: vm.Dir, exec: &transaction.Executor{QMP: c, RollbackTimeout: 20 * time.Second}}
+	r := &rig{t: t, c: c, obs: dial(t, vm.QMP2), dir: vm.Dir, exec: &transaction.Executor{QMP: c, RollbackTimeout: 20 * time.Second}, sw: sw}
 	r.original = r.disks()
 	return r
 }
@@ -67,7 +78,7 @@ func (r *rig) disks() []qmp.Disk {
 }
 
 func (r *rig) plan(mode transaction.Mode) *transaction.Plan {
-	p := &transaction.Plan{OpID: "cafe0001", Domain: "vm", Mode: mode, Phase: transaction.PhasePrepared}
+	p := &transaction.Plan{OpID: "cafe0001", Domain: "vm", Mode: mode, Switch: r.sw, Phase: transaction.PhasePrepared}
 	for i, d := range r.original {
 		p.Disks = append(p.Disks, &transaction.Disk{
 			Target: d.Target, Node: d.NodeName, Source: d.File, SourceFormat: d.Format, VirtualSize: d.VirtualSize,
@@ -93,8 +104,9 @@ func (r *rig) assertOriginal() {
 		r.t.Fatal(err)
 	}
 	for _, n := range nodes {
-		if strings.HasPrefix(n.NodeName, "qs") {
-			r.t.Errorf("overlay node %s left behind", n.NodeName)
+		// QEMU names the protocol node of a file it opened itself.
+		if strings.HasPrefix(n.NodeName, "qs") || strings.HasSuffix(n.File, ".snap") {
+			r.t.Errorf("overlay node %s (%s) left behind", n.NodeName, n.File)
 		}
 	}
 	left, _ := filepath.Glob(filepath.Join(r.dir, "*.snap"))
@@ -113,9 +125,9 @@ func (r *rig) assertOnOverlays(p *transaction.Plan) {
 	}
 }
 
-func runSuite(t *testing.T, b qemutest.Backend) {
+func runSuite(t *testing.T, b qemutest.Backend, sw transaction.Switch) {
 	t.Run("merge round: every disk back on its image, files checked with QEMU", func(t *testing.T) {
-		r := newRig(t, b, 2)
+		r := newRig(t, b, sw, 2)
 		p := r.plan(transaction.ModeAtomic)
 		if err := r.exec.Prepare(ctx(t), p); err != nil {
 			t.Fatal(err)
@@ -194,7 +206,7 @@ func runSuite(t *testing.T, b qemutest.Backend) {
 		}
 	})
 	t.Run("atomic switch, then full rollback", func(t *testing.T) {
-		r := newRig(t, b, 3)
+		r := newRig(t, b, sw, 3)
 		p := r.plan(transaction.ModeAtomic)
 		if err := r.exec.Prepare(ctx(t), p); err != nil {
 			t.Fatal(err)
@@ -221,13 +233,17 @@ func runSuite(t *testing.T, b qemutest.Backend) {
 	})
 
 	t.Run("atomic failure of the last action", func(t *testing.T) {
-		r := newRig(t, b, 3)
+		r := newRig(t, b, sw, 3)
 		p := r.plan(transaction.ModeAtomic)
 		if err := r.exec.Prepare(ctx(t), p); err != nil {
 			t.Fatal(err)
 		}
-		// QEMU fails the last action for real: its overlay node is gone.
+		// QEMU fails the last action for real: its overlay node is gone,
+		// or (sync) its file holds no image.
 		r.exec.BeforeSwitch = func(*transaction.Disk) error {
+			if sw == transaction.SwitchSync {
+				return os.WriteFile(p.Disks[2].Overlay, []byte("not an image"), 0o600)
+			}
 			return r.obs.BlockdevDel(ctx(t), p.Disks[2].OverlayNode)
 		}
 		err := r.exec.Switch(ctx(t), p)
@@ -243,7 +259,7 @@ func runSuite(t *testing.T, b qemutest.Backend) {
 
 	for _, k := range []int{2, 3} {
 		t.Run(fmt.Sprintf("sequential failure at disk %d", k), func(t *testing.T) {
-			r := newRig(t, b, 3)
+			r := newRig(t, b, sw, 3)
 			p := r.plan(transaction.ModeSequential)
 			if err := r.exec.Prepare(ctx(t), p); err != nil {
 				t.Fatal(err)
@@ -278,7 +294,7 @@ func runSuite(t *testing.T, b qemutest.Backend) {
 	}
 
 	t.Run("rollback failure leaves the disk on its overlay", func(t *testing.T) {
-		r := newRig(t, b, 2)
+		r := newRig(t, b, sw, 2)
 		p := r.plan(transaction.ModeAtomic)
 		if err := r.exec.Prepare(ctx(t), p); err != nil {
 			t.Fatal(err)
@@ -322,13 +338,19 @@ func runSuite(t *testing.T, b qemutest.Backend) {
 	})
 
 	t.Run("reconcile learns a switch whose reply was lost", func(t *testing.T) {
-		r := newRig(t, b, 2)
+		r := newRig(t, b, sw, 2)
 		p := r.plan(transaction.ModeAtomic)
 		if err := r.exec.Prepare(ctx(t), p); err != nil {
 			t.Fatal(err)
 		}
 		// The switch happens behind the executor's back.
-		if err := r.obs.Transaction(ctx(t), qmp.Snapshot(p.Disks[0].Node, p.Disks[0].OverlayNode)); err != nil {
+		action := qmp.Snapshot(p.Disks[0].Node, p.Disks[0].OverlayNode)
+		if sw == transaction.SwitchSync {
+			action = qmp.SnapshotSync(p.Disks[0].Node, p.Disks[0].Overlay, p.Disks[0].OverlayNode, raw.NewImageModeExisting)
+			// Until the executor hears, the node may exist.
+			p.Disks[0].NodeAdded = true
+		}
+		if err := r.obs.Transaction(ctx(t), action); err != nil {
 			t.Fatal(err)
 		}
 		transaction.Reconcile(p, r.disks())

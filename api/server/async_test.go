@@ -220,6 +220,11 @@ func checkDeleteMerge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Without a freeze QEMU opens the overlays in the switch: their
+	// nodes are QEMU's own, and the merge removes them all the same.
+	if created.Switch != "sync" {
+		t.Errorf("unquiesced snapshot switched %q, want sync", created.Switch)
+	}
 	res, err := d.client.DeleteSnapshot(ctx(t), "vm1", "m1", api.DeleteOptions{OpID: "merge-1"})
 	mergeOrSkip(t, err, nil)
 	if err != nil {

@@ -39,7 +39,7 @@ func checkQuiesceThroughTheAPI(t *testing.T) {
 	if err != nil {
 		t.Fatalf("quiesced snapshot: %v", err)
 	}
-	if !res.Quiesced || len(res.Indications) == 0 || res.Indications[0].Code != api.IndQuiesced || len(res.Disks) != 2 {
+	if !res.Quiesced || len(res.Indications) == 0 || res.Indications[0].Code != api.IndQuiesced || len(res.Disks) != 2 || res.Switch != "preadd" {
 		t.Errorf("quiesced snapshot: %+v", res)
 	}
 	calls := agent.Calls()

@@ -403,7 +403,7 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 				return nil, err
 			}
 			resp := api.CreateSnapshotResponse{
-				Name: res.Name, XML: res.XML, Operation: id, Mode: string(res.Mode), Quiesced: res.Quiesced,
+				Name: res.Name, XML: res.XML, Operation: id, Mode: string(res.Mode), Switch: string(res.SwitchPath), Quiesced: res.Quiesced,
 				Disks: outcomes(res.Disks), Indications: indications(res.Indications),
 				Timings: api.Timings{TotalMS: ms(res.Total), SwitchMS: ms(res.Switch), FreezeMS: ms(res.Freeze)},
 			}
@@ -714,7 +714,7 @@ func (s *Server) journalOperation(rec *driver.OpRecord) (api.Operation, int) {
 		return op, api.ClassOf(errkind.OperationFailed).Status
 	}
 	op.State = api.OpSucceeded
-	resp := api.CreateSnapshotResponse{Name: res.Name, Operation: rec.ID, Mode: string(res.Mode),
+	resp := api.CreateSnapshotResponse{Name: res.Name, Operation: rec.ID, Mode: string(res.Mode), Switch: string(res.SwitchPath),
 		Quiesced: rec.Flags&driver.FlagQuiesce != 0, Disks: outcomes(res.Disks), Indications: indications(res.Indications),
 		Timings: api.Timings{TotalMS: ms(res.Total), SwitchMS: ms(res.Switch)}}
 	if resp.Disks == nil {

@@ -162,6 +162,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&stringList{p: &cfg.AllowGroups}, "allow-group", "group allowed on the read-write socket, by name (repeatable)")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the metadata store and journal")
 	fs.StringVar(&cfg.Transaction, "transaction", cfg.Transaction, "auto: one QMP transaction when QEMU has it; never: disk by disk")
+	fs.StringVar(&cfg.Switch, "switch", cfg.Switch, "auto: QEMU opens the overlays in the switch command unless the guest is frozen for it; preadd: always before; sync: always in it")
 	fs.Var(&stringList{p: &cfg.AllowedDirs}, "allowed-dir", "directory overlays may be created in (repeatable; default: each disk's image directory)")
 	fs.Var(durationFlag{&cfg.AgentTimeout}, "agent-timeout", "guest agent connect, sync and ping ceiling")
 	fs.Var(durationFlag{&cfg.MaxFreeze}, "max-freeze", "hard freeze deadline: thaw after this long whatever happens")

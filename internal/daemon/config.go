@@ -56,6 +56,7 @@ type Config struct {
 	AllowGroups     []string      `toml:"allow_group"`
 	StateDir        string        `toml:"state_dir"`
 	Transaction     string        `toml:"transaction"`
+	Switch          string        `toml:"switch"`
 	AllowedDirs     []string      `toml:"allowed_dir"`
 	AgentTimeout    Duration      `toml:"agent_timeout"`
 	MaxFreeze       Duration      `toml:"max_freeze"`
@@ -85,6 +86,7 @@ func Default() Config {
 		SocketRO:        api.DefaultSocketRO,
 		StateDir:        "/var/lib/qsnapd",
 		Transaction:     dc.Transaction,
+		Switch:          dc.Switch,
 		AgentTimeout:    Duration(dc.AgentTimeout),
 		MaxFreeze:       Duration(dc.MaxFreeze),
 		ThawTimeout:     Duration(dc.ThawTimeout),
@@ -181,6 +183,7 @@ func (c *Config) Validate() error {
 	}
 	for _, err := range []error{
 		oneOf("transaction", c.Transaction, "auto", "never"),
+		oneOf("switch", c.Switch, driver.SwitchAuto, "preadd", "sync"),
 		oneOf("quiesce", c.Quiesce, string(driver.QuiesceRequire), string(driver.QuiescePrefer), string(driver.QuiesceSkip)),
 		oneOf("quiesce_scope", c.QuiesceScope, string(driver.ScopeAll), string(driver.ScopeSnapshotDisks)),
 		oneOf("dbus", c.DBus, "none", "system", "session"),
@@ -245,6 +248,7 @@ func (c *Config) DriverConfig() driver.Config {
 	return driver.Config{
 		StateDir:        c.StateDir,
 		Transaction:     c.Transaction,
+		Switch:          c.Switch,
 		AllowedDirs:     c.AllowedDirs,
 		AgentTimeout:    time.Duration(c.AgentTimeout),
 		MaxFreeze:       time.Duration(c.MaxFreeze),

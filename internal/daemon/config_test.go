@@ -70,6 +70,7 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 		{"wrong type", "allow_uid = \"root\"\n", ":1:"},
 		{"bad enum", "transaction = \"sometimes\"\n", ":1: transaction:"},
 		{"bad quiesce scope", "\nquiesce_scope = \"disks\"\n", ":2: quiesce_scope: \"disks\" is not one of all, snapshot-disks"},
+		{"bad switch", "# c\nswitch = \"later\"\n", ":2: switch: \"later\" is not one of auto, preadd, sync"},
 		{"bad log level", "log_level = \"loud\"\n", ":1: log_level:"},
 		{"domain without qmp", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\n\n[[domain]]\nname = \"b\"\nqmp = \"rel\"\n", ":7: domain[1].qmp:"},
 		{"unknown key in a domain", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\ncpu = 2\n", ":4: domain.cpu: unknown key"},

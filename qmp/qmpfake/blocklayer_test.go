@@ -15,6 +15,7 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp/raw"
 
+	"github.com/qsnapd/qsnapd/internal/qcow2"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/qmp"
 	"github.com/qsnapd/qsnapd/qmp/qmpfake"
@@ -572,7 +573,7 @@ func TestParityWithQEMU(t *testing.T) {
 			for _, script := range []struct {
 				name string
 				run  func(t *testing.T, dir string, c *qmp.Client) []string
-			}{{"graph", parityScript}, {"grouped commit", groupedCommitScript}} {
+			}{{"graph", parityScript}, {"grouped commit", groupedCommitScript}, {"existing overlay", existingOverlayScript}} {
 				realVM := qemutest.Start(t, qemutest.Options{Disks: 2, Style: style})
 				fake := startFakeStyle(t, 2, style)
 				got := script.run(t, fake.dir, fake.c)
@@ -694,6 +695,81 @@ func groupedCommitScript(t *testing.T, dir string, c *qmp.Client) []string {
 	disks()
 	nodes()
 	query("query-block")
+	return obs
+}
+
+// existingOverlayScript is qsnapd's switch without a freeze:
+// blockdev-snapshot-sync in mode existing on overlays written as
+// internal/qcow2 writes them (the header names the backing file and
+// format), in a transaction and alone; its failures; the nodes it makes,
+// which are QEMU's own; and the rollback of one by an active commit,
+// after which its node is gone.
+func existingOverlayScript(t *testing.T, dir string, c *qmp.Client) []string {
+	ctx := testCtx(t)
+	var obs []string
+	note := func(v any) {
+		obs = append(obs, strings.ReplaceAll(fmt.Sprintf("%+v", v), dir, "$DIR"))
+	}
+	disks := func() {
+		d, err := c.Disks(ctx)
+		note(fmt.Sprint(d, err))
+	}
+	replies := func() {
+		for _, q := range []struct {
+			cmd  string
+			args any
+		}{{"query-block", nil}, {"query-named-block-nodes", map[string]bool{"flat": true}}} {
+			var reply any
+			err := c.Execute(ctx, q.cmd, q.args, &reply)
+			note(fmt.Sprint(normalize(reply), err))
+		}
+	}
+	overlay := func(name, backing string) string {
+		file := filepath.Join(dir, name)
+		if err := qcow2.Create(file, qcow2.Options{VirtualSize: size64M, BackingFile: backing, BackingFormat: "qcow2"}); err != nil {
+			t.Fatal(err)
+		}
+		return file
+	}
+	existing := func(node, file, overlay string) raw.TransactionAction {
+		return qmp.SnapshotSync(node, file, overlay, raw.NewImageModeExisting)
+	}
+	vda, vdb := filepath.Join(dir, "vda.qcow2"), filepath.Join(dir, "vdb.qcow2")
+	junk := filepath.Join(dir, "junk")
+	if err := os.WriteFile(junk, []byte("not an image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ova, ovb := overlay("vda.ov1", vda), overlay("vdb.ov1", vdb)
+	for _, err := range []error{
+		// Each fails, and the transaction leaves vda as it was.
+		c.Transaction(ctx, existing("fmt-vda", ova, "ov-vda"), existing("fmt-vdb", junk, "ov-vdb")),
+		c.Transaction(ctx, existing("fmt-vda", ova, "ov-vda"), existing("fmt-vdb", filepath.Join(dir, "missing"), "ov-vdb")),
+		c.Transaction(ctx, existing("fmt-vda", ova, "ov-vda"), existing("fmt-vdb", ova, "ov-vdb")),
+		c.Transaction(ctx, existing("fmt-vda", ova, "fmt-vdb")),
+		c.Transaction(ctx, existing("fmt-vda", ova, "")),
+	} {
+		note(err)
+	}
+	disks()
+	note(c.Transaction(ctx, existing("fmt-vda", ova, "ov-vda"), existing("fmt-vdb", ovb, "ov-vdb")))
+	disks()
+	replies()
+	// The nodes are QEMU's, not the monitor's.
+	note(c.BlockdevDel(ctx, "ov-vda"))
+	ovb2 := overlay("vdb.ov2", ovb)
+	note(c.BlockdevSnapshotSync(ctx, "ov-vdb", ovb2, "ov-vdb"))
+	note(c.BlockdevSnapshotSync(ctx, "ov-vdb", ovb2, "ov2-vdb"))
+	disks()
+	// Rolled back as the executor does: the overlay's node goes.
+	sub := commitEvents(t, c, "rb")
+	yes := true
+	note(c.BlockCommit(ctx, qmp.BlockCommitArgs{JobID: "rb", Device: "ov2-vdb", TopNode: "ov2-vdb", BaseNode: "ov-vdb", AutoFinalize: &yes, AutoDismiss: &yes}))
+	note(eventTrace(t, ctx, sub, "BLOCK_JOB_READY"))
+	note(c.BlockJobComplete(ctx, "rb"))
+	note(eventTrace(t, ctx, sub, "JOB_STATUS_CHANGE:null"))
+	disks()
+	note(c.BlockdevDel(ctx, "ov2-vdb"))
+	replies()
 	return obs
 }
 

@@ -37,8 +37,10 @@ type answer struct {
 	merges []api.MergeOutcome
 	// withResult says a success came with its result.
 	withResult bool
-	from       string // "" for the request's answer, "record" for the record's
-	err        error
+	// path is how a success's overlays entered QEMU: "sync" or "preadd".
+	path string
+	from string // "" for the request's answer, "record" for the record's
+	err  error
 }
 
 func (a answer) String() string {
@@ -76,7 +78,7 @@ func createAnswer(res api.CreateSnapshotResponse, err error) answer {
 	if err != nil {
 		return errorAnswer(err)
 	}
-	return answer{state: api.OpSucceeded, disks: res.Disks, withResult: true}
+	return answer{state: api.OpSucceeded, disks: res.Disks, withResult: true, path: res.Switch}
 }
 
 func deleteAnswer(res api.DeleteSnapshotResponse, err error) answer {
@@ -104,7 +106,7 @@ func recordAnswer(op api.Operation, merge bool) answer {
 		} else {
 			var res api.CreateSnapshotResponse
 			err = json.Unmarshal(op.Result, &res)
-			a.disks = res.Disks
+			a.disks, a.path = res.Disks, res.Switch
 		}
 		a.withResult = err == nil
 	}
@@ -142,6 +144,7 @@ type checker struct {
 	a          answer
 	violations []string
 	disks      []string // the per-disk summary
+	path       string   // how the overlays entered QEMU, as the commands show
 }
 
 func (c *checker) violate(format string, args ...any) {
@@ -159,6 +162,7 @@ func (r *rig) check(a answer) verdict {
 	if !r.fired() {
 		c.violate("the fault never fired: no %s #%d or no freeze", r.sc.cmd, r.sc.nth)
 	}
+	c.switchPath()
 	c.thawed()
 	if !c.daemonAnswers() {
 		return c.verdict()
@@ -171,7 +175,33 @@ func (r *rig) check(a answer) verdict {
 }
 
 func (c *checker) verdict() verdict {
-	return verdict{name: c.r.sc.name, answer: c.a.String(), disks: strings.Join(c.disks, " "), violations: c.violations}
+	return verdict{name: c.r.sc.name, answer: c.a.String(), path: c.path, disks: strings.Join(c.disks, " "), violations: c.violations}
+}
+
+// switchPath: a plain snapshot's overlays enter QEMU in the switch
+// command (blockdev-snapshot-sync), so that nothing is added before
+// it; one that quiesces, or prefers to, adds their nodes before the
+// freeze (blockdev-add), and the switch only attaches them. A success
+// says which.
+func (c *checker) switchPath() {
+	r := c.r
+	if r.sc.merge {
+		return
+	}
+	c.path = "sync"
+	if slices.Contains(r.proxy.Commands(), "blockdev-add") {
+		c.path = "preadd"
+	}
+	want := "preadd"
+	if r.sc.quiesce == api.QuiesceSkip {
+		want = "sync"
+	}
+	if c.path != want {
+		c.violate("the overlays entered QEMU %s; a %s snapshot's should %s", c.path, cmp.Or(r.sc.quiesce, "plain"), want)
+	}
+	if c.a.path != "" && c.a.path != c.path {
+		c.violate("the answer says the switch path was %s, the commands %s", c.a.path, c.path)
+	}
 }
 
 // thawed: the guest is thawed when the answer comes or, when the agent

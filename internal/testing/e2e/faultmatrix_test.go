@@ -69,10 +69,20 @@ type at struct {
 	nth int
 }
 
-// switchCommands are each mode's switch commands, for two disks.
-var switchCommands = map[string][]at{
-	modeAtomic:     {{"transaction", 1}},
-	modeSequential: {{"blockdev-snapshot", 1}, {"blockdev-snapshot", 2}},
+// switchCommands are a snapshot's switch commands, for two disks. A
+// plain snapshot's overlays enter QEMU in the switch itself
+// (blockdev-snapshot-sync, in the transaction or alone); one that
+// quiesces (or prefers to) adds their nodes before the freeze, and
+// blockdev-snapshot attaches them.
+func switchCommands(mode, quiesce string) []at {
+	if mode == modeAtomic {
+		return []at{{"transaction", 1}}
+	}
+	cmd := "blockdev-snapshot"
+	if quiesce == api.QuiesceSkip {
+		cmd = "blockdev-snapshot-sync"
+	}
+	return []at{{cmd, 1}, {cmd, 2}}
 }
 
 // mergeCommands are where the merge's faults hit: the second disk's
@@ -95,10 +105,9 @@ func faultMatrix() []scenario {
 		out = append(out, sc)
 	}
 	for _, mode := range []string{modeAtomic, modeSequential} {
-		cmds := switchCommands[mode]
 		for _, q := range []string{api.QuiesceSkip, api.QuiesceRequire} {
 			for _, f := range qmpFaults {
-				for _, c := range cmds {
+				for _, c := range switchCommands(mode, q) {
 					add(scenario{mode: mode, quiesce: q, fault: f, cmd: c.cmd, nth: c.nth})
 				}
 			}
@@ -107,15 +116,19 @@ func faultMatrix() []scenario {
 			for _, f := range []string{faultAgentHang, faultFreezeError, faultHoldExpiry, faultAgentEOF} {
 				sc := scenario{mode: mode, quiesce: q, fault: f}
 				if f == faultHoldExpiry {
-					sc.cmd, sc.nth = cmds[0].cmd, cmds[0].nth
+					first := switchCommands(mode, q)[0]
+					sc.cmd, sc.nth = first.cmd, first.nth
 				}
 				add(sc)
 			}
 		}
-		first, last := cmds[0], cmds[len(cmds)-1]
+		first := switchCommands(mode, api.QuiesceRequire)[0]
 		add(scenario{mode: mode, quiesce: api.QuiesceRequire, fault: faultKillFrozen, cmd: first.cmd, nth: first.nth})
-		add(scenario{mode: mode, quiesce: api.QuiesceSkip, fault: faultKillSent, cmd: last.cmd, nth: last.nth})
-		add(scenario{mode: mode, quiesce: api.QuiesceRequire, fault: faultKillSent, cmd: last.cmd, nth: last.nth})
+		for _, q := range []string{api.QuiesceSkip, api.QuiesceRequire} {
+			cmds := switchCommands(mode, q)
+			last := cmds[len(cmds)-1]
+			add(scenario{mode: mode, quiesce: q, fault: faultKillSent, cmd: last.cmd, nth: last.nth})
+		}
 	}
 	for _, f := range []string{faultQMPError, faultEOF, faultQEMUKilled} {
 		for _, c := range mergeCommands {
@@ -158,6 +171,7 @@ const matrixParallel = 4
 type verdict struct {
 	name       string
 	answer     string
+	path       string // sync or preadd; "" for a merge
 	disks      string
 	violations []string
 }
@@ -215,7 +229,7 @@ func TestFaultMatrix(t *testing.T) {
 				listed = append(listed, v.name+": "+msg)
 			}
 		}
-		t.Logf("%-52s %-34s %-44s %s", v.name, v.answer, v.disks, state)
+		t.Logf("%-52s %-34s %-6s %-44s %s", v.name, v.answer, cmp.Or(v.path, "-"), v.disks, state)
 	}
 	if len(listed) > 0 {
 		t.Logf("violations:\n%s", strings.Join(listed, "\n"))
