@@ -175,12 +175,11 @@ func (c *Client) Connect(ctx context.Context) (err error) {
 	if c.path == "" {
 		return fmt.Errorf("guest agent channel: %w", ErrNotConfigured)
 	}
-	ctx, cancel := context.WithTimeout(ctx, cmpOr(c.opts.Timeout, DefaultTimeout))
-	defer cancel()
-	if err := c.take(ctx); err != nil {
-		return fmt.Errorf("guest agent channel: %w: another command holds the agent: %w", ErrUnresponsive, err)
+	ctx, done, err := c.channelTurn(ctx)
+	if err != nil {
+		return err
 	}
-	defer c.give()
+	defer done()
 	if c.cn != nil && !c.cn.ended() {
 		return nil
 	}
@@ -192,6 +191,17 @@ func (c *Client) Connect(ctx context.Context) (err error) {
 		return fmt.Errorf("guest agent channel: %w", err)
 	}
 	return nil
+}
+
+// channelTurn takes the client's turn for a channel operation, within
+// the agent timeout; done gives it back.
+func (c *Client) channelTurn(ctx context.Context) (_ context.Context, done func(), _ error) {
+	ctx, cancel := context.WithTimeout(ctx, cmpOr(c.opts.Timeout, DefaultTimeout))
+	if err := c.take(ctx); err != nil {
+		cancel()
+		return nil, nil, fmt.Errorf("guest agent channel: %w: another command holds the agent: %w", ErrUnresponsive, err)
+	}
+	return ctx, func() { c.give(); cancel() }, nil
 }
 
 // Sync readies the channel for an operation, within the agent timeout:
@@ -208,12 +218,11 @@ func (c *Client) Sync(ctx context.Context) (err error) {
 	if c.path == "" {
 		return fmt.Errorf("guest agent channel: %w", ErrNotConfigured)
 	}
-	ctx, cancel := context.WithTimeout(ctx, cmpOr(c.opts.Timeout, DefaultTimeout))
-	defer cancel()
-	if err := c.take(ctx); err != nil {
-		return fmt.Errorf("guest agent channel: %w: another command holds the agent: %w", ErrUnresponsive, err)
+	ctx, done, err := c.channelTurn(ctx)
+	if err != nil {
+		return err
 	}
-	defer c.give()
+	defer done()
 	if err := c.ready(ctx, true); err != nil {
 		return fmt.Errorf("guest agent channel: %w", err)
 	}
