@@ -73,12 +73,14 @@ func (d *Driver) freezeGuest(ctx context.Context, dom *Domain, owner, opID strin
 	if err := d.store.PutFreeze(gf.rec); err != nil {
 		return nil, 0, fmt.Errorf("%w: journal freeze: %w", ErrOperationFailed, err)
 	}
+	// Told before the window opens: the event's sinks (the event log,
+	// D-Bus signals) are no part of the guest's frozen time.
+	d.cfg.Events.GuestFrozen(dom.cfg.Name, owner)
 	gf.sent = time.Now()
 	gf.timer = time.AfterFunc(hold, func() { d.thawGuest(dom, gf, true) })
 	dom.mu.Lock()
 	dom.freeze = gf
 	dom.mu.Unlock()
-	d.cfg.Events.GuestFrozen(dom.cfg.Name, owner)
 	fctx, cancel := context.WithDeadline(ctx, gf.sent.Add(hold))
 	n, err := dom.agent.Freeze(fctx, mountpoints)
 	gf.frozenAt = time.Now()
