@@ -359,8 +359,8 @@ func (s *snapshotOp) fail(ctx context.Context, cause error) (*CreateResult, erro
 		// The connection dropped at the switch and came back before the
 		// disks were read back and undone: a definitive failure, not an
 		// unreachable QEMU to retry later.
-		err = fmt.Errorf("%w: the connection to QEMU was lost during the %s step and came back; the disks were read back and undone: %s",
-			ErrOperationFailed, step, err.Error())
+		err = fmt.Errorf("%w: the connection to QEMU was lost during the %s step and came back; the disks were read back and undone: %s (%s)",
+			ErrOperationFailed, step, transaction.Describe(s.plan.Outcomes()), err.Error())
 	}
 	s.plan.Phase = transaction.PhaseFailed
 	if unknown {
