@@ -549,10 +549,12 @@ func (s *stream) read(gone func()) {
 			s.err = err
 			closing := s.closing
 			s.mu.Unlock()
-			close(s.done)
+			// The news first, then the end: whoever Lost wakes reads
+			// the state the end left.
 			if !closing {
 				gone()
 			}
+			close(s.done)
 			return
 		}
 		s.mu.Lock()

@@ -172,13 +172,7 @@ func eventDetail(e api.Event) string {
 		if d.Quiesced {
 			s += " quiesced"
 		}
-		if d.Result != api.EventResultSuccess {
-			s += " " + d.Result
-		}
-		if d.Error != nil {
-			s += ": " + d.Error.Message
-		}
-		return s
+		return s + outcomeOf(d.Result, d.Error)
 	case api.EventSnapshotDeleted:
 		var d api.DeleteEventData
 		if e.DecodeData(&d) != nil {
@@ -193,13 +187,7 @@ func eventDetail(e api.Event) string {
 		} else {
 			s += " metadata only"
 		}
-		if d.Result != api.EventResultSuccess {
-			s += " " + d.Result
-		}
-		if d.Error != nil {
-			s += ": " + d.Error.Message
-		}
-		return s
+		return s + outcomeOf(d.Result, d.Error)
 	case api.EventMergeProgress:
 		var d api.MergeProgressData
 		if e.DecodeData(&d) != nil {
@@ -251,4 +239,17 @@ func eventDetail(e api.Event) string {
 		return fmt.Sprintf("too slow: more than %d events waited; every event up to seq %d was sent", d.Buffer, d.Since)
 	}
 	return string(e.Data)
+}
+
+// outcomeOf is how an event's result reads after its subject: nothing
+// for a success, else the result and the error.
+func outcomeOf(result string, err *api.ErrorInfo) string {
+	s := ""
+	if result != api.EventResultSuccess {
+		s += " " + result
+	}
+	if err != nil {
+		s += ": " + err.Message
+	}
+	return s
 }

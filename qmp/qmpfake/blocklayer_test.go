@@ -706,24 +706,8 @@ func groupedCommitScript(t *testing.T, dir string, c *qmp.Client) []string {
 // after which its node is gone.
 func existingOverlayScript(t *testing.T, dir string, c *qmp.Client) []string {
 	ctx := testCtx(t)
-	var obs []string
-	note := func(v any) {
-		obs = append(obs, strings.ReplaceAll(fmt.Sprintf("%+v", v), dir, "$DIR"))
-	}
-	disks := func() {
-		d, err := c.Disks(ctx)
-		note(fmt.Sprint(d, err))
-	}
-	replies := func() {
-		for _, q := range []struct {
-			cmd  string
-			args any
-		}{{"query-block", nil}, {"query-named-block-nodes", map[string]bool{"flat": true}}} {
-			var reply any
-			err := c.Execute(ctx, q.cmd, q.args, &reply)
-			note(fmt.Sprint(normalize(reply), err))
-		}
-	}
+	o := &observer{ctx: ctx, dir: dir, c: c}
+	note, disks, replies := o.note, o.disks, o.replies
 	overlay := func(name, backing string) string {
 		file := filepath.Join(dir, name)
 		if err := qcow2.Create(file, qcow2.Options{VirtualSize: size64M, BackingFile: backing, BackingFormat: "qcow2"}); err != nil {
@@ -770,7 +754,7 @@ func existingOverlayScript(t *testing.T, dir string, c *qmp.Client) []string {
 	disks()
 	note(c.BlockdevDel(ctx, "ov2-vdb"))
 	replies()
-	return obs
+	return o.obs
 }
 
 // TestParityStartOnChain starts QEMU and the fake on an image whose
@@ -817,28 +801,42 @@ func at(s []string, i int) string {
 	return "(none)"
 }
 
+// observer notes what a parity script sees, one observation per step,
+// with its directory written $DIR, so that the fake's and QEMU's compare.
+type observer struct {
+	ctx context.Context
+	dir string
+	c   *qmp.Client
+	obs []string
+}
+
+func (o *observer) note(v any) {
+	o.obs = append(o.obs, strings.ReplaceAll(fmt.Sprintf("%+v", v), o.dir, "$DIR"))
+}
+
+// disks notes the disks as the client reads them.
+func (o *observer) disks() {
+	d, err := o.c.Disks(o.ctx)
+	o.note(fmt.Sprint(d, err))
+}
+
+// replies notes query-block and query-named-block-nodes whole.
+func (o *observer) replies() {
+	for _, q := range []struct {
+		cmd  string
+		args any
+	}{{"query-block", nil}, {"query-named-block-nodes", map[string]bool{"flat": true}}} {
+		var reply any
+		err := o.c.Execute(o.ctx, q.cmd, q.args, &reply)
+		o.note(fmt.Sprint(normalize(reply), err))
+	}
+}
+
 // parityScript returns one observation per step, with dir written $DIR.
 func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 	ctx := testCtx(t)
-	var obs []string
-	note := func(v any) {
-		obs = append(obs, strings.ReplaceAll(fmt.Sprintf("%+v", v), dir, "$DIR"))
-	}
-	disks := func() {
-		d, err := c.Disks(ctx)
-		note(fmt.Sprint(d, err))
-	}
-	// replies notes query-block and query-named-block-nodes whole.
-	replies := func() {
-		for _, q := range []struct {
-			cmd  string
-			args any
-		}{{"query-block", nil}, {"query-named-block-nodes", map[string]bool{"flat": true}}} {
-			var reply any
-			err := c.Execute(ctx, q.cmd, q.args, &reply)
-			note(fmt.Sprint(normalize(reply), err))
-		}
-	}
+	o := &observer{ctx: ctx, dir: dir, c: c}
+	note, disks, replies := o.note, o.disks, o.replies
 	// qom notes each disk's device's drive (what qsnapd checks instead of
 	// walking the chains), the devices, and qom-get's errors.
 	qom := func() {
@@ -976,7 +974,7 @@ func parityScript(t *testing.T, dir string, c *qmp.Client) []string {
 	note(fmt.Sprint(names, err))
 	replies()
 	qom()
-	return obs
+	return o.obs
 }
 
 // normalize drops what the fake does not model from a reply, and the
