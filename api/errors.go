@@ -46,40 +46,53 @@ const (
 )
 
 // ErrorClass is how every front end renders one kind of error: a row of
-// the error table. A libvirt RPC front end would send Kind.Number().
+// the error table. The libvirt RPC front end sends Kind.Number() from
+// LibvirtFrom.
 type ErrorClass struct {
 	Kind   errkind.Kind
 	Code   string // ErrorInfo.Code
 	Status int    // the HTTP status
 	DBus   string // the D-Bus error name; "" where D-Bus cannot meet the kind
+	// LibvirtFrom is the virErrorDomain libvirtd's QEMU driver reports
+	// the kind from: most from VIR_FROM_QEMU, the snapshot lookups from
+	// VIR_FROM_DOMAIN_SNAPSHOT, a taken name from VIR_FROM_DOMAIN (its
+	// moment list).
+	LibvirtFrom int
 }
+
+// libvirt's error domains (virErrorDomain) the table uses.
+const (
+	LibvirtFromQEMU           = 10 // VIR_FROM_QEMU
+	LibvirtFromDomain         = 20 // VIR_FROM_DOMAIN
+	LibvirtFromDomainSnapshot = 35 // VIR_FROM_DOMAIN_SNAPSHOT
+)
 
 // errorTable is the one table of error classes. Several kinds may share
 // a code, a status or a libvirt number; the row is the unit.
 var errorTable = []ErrorClass{
 	// First: ClassOf falls back on it.
-	{errkind.InternalError, CodeInternalError, http.StatusInternalServerError, DBusInternalError},
-	{errkind.InvalidArg, CodeInvalidArg, http.StatusBadRequest, DBusInvalidArg},
-	{errkind.NoDomain, CodeNoDomain, http.StatusNotFound, DBusNoDomain},
-	{errkind.NoDomainSnapshot, CodeNoDomainSnapshot, http.StatusNotFound, DBusNoDomainSnapshot},
-	{errkind.SnapshotExists, CodeSnapshotExists, http.StatusConflict, DBusSnapshotExists},
-	{errkind.DomExist, CodeOperationInvalid, http.StatusConflict, DBusOperationInvalid},
-	{errkind.OperationTimeout, CodeOperationInProgress, http.StatusConflict, DBusOperationInProgress},
-	{errkind.OperationUnsupported, CodeOperationUnsupported, http.StatusNotImplemented, DBusOperationUnsupported},
-	{errkind.AgentUnresponsive, CodeAgentUnresponsive, http.StatusServiceUnavailable, DBusAgentUnresponsive},
-	{errkind.OperationInvalid, CodeOperationInvalid, http.StatusConflict, DBusOperationInvalid},
+	{errkind.InternalError, CodeInternalError, http.StatusInternalServerError, DBusInternalError, LibvirtFromQEMU},
+	{errkind.InvalidArg, CodeInvalidArg, http.StatusBadRequest, DBusInvalidArg, LibvirtFromQEMU},
+	{errkind.NoDomain, CodeNoDomain, http.StatusNotFound, DBusNoDomain, LibvirtFromQEMU},
+	{errkind.NoDomainSnapshot, CodeNoDomainSnapshot, http.StatusNotFound, DBusNoDomainSnapshot, LibvirtFromDomainSnapshot},
+	{errkind.SnapshotExists, CodeSnapshotExists, http.StatusConflict, DBusSnapshotExists, LibvirtFromDomain},
+	{errkind.DomExist, CodeOperationInvalid, http.StatusConflict, DBusOperationInvalid, LibvirtFromQEMU},
+	{errkind.OperationTimeout, CodeOperationInProgress, http.StatusConflict, DBusOperationInProgress, LibvirtFromQEMU},
+	{errkind.OperationUnsupported, CodeOperationUnsupported, http.StatusNotImplemented, DBusOperationUnsupported, LibvirtFromQEMU},
+	{errkind.AgentUnresponsive, CodeAgentUnresponsive, http.StatusServiceUnavailable, DBusAgentUnresponsive, LibvirtFromQEMU},
+	{errkind.OperationInvalid, CodeOperationInvalid, http.StatusConflict, DBusOperationInvalid, LibvirtFromQEMU},
 	// Worth a retry: QEMU cannot be reached now, or the daemon stops.
-	{errkind.Unavailable, CodeOperationInvalid, http.StatusServiceUnavailable, DBusOperationInvalid},
+	{errkind.Unavailable, CodeOperationInvalid, http.StatusServiceUnavailable, DBusOperationInvalid, LibvirtFromQEMU},
 	// The request was valid; QEMU, the guest or the host failed it.
-	{errkind.OperationFailed, CodeOperationFailed, http.StatusConflict, DBusOperationFailed},
+	{errkind.OperationFailed, CodeOperationFailed, http.StatusConflict, DBusOperationFailed, LibvirtFromQEMU},
 	// The caller cancelled it before its point of no return.
-	{errkind.OperationAborted, CodeOperationAborted, http.StatusConflict, DBusOperationAborted},
-	{errkind.NoOperation, CodeNoOperation, http.StatusNotFound, DBusNoOperation},
+	{errkind.OperationAborted, CodeOperationAborted, http.StatusConflict, DBusOperationAborted, LibvirtFromQEMU},
+	{errkind.NoOperation, CodeNoOperation, http.StatusNotFound, DBusNoOperation, LibvirtFromQEMU},
 	// The answer is not known yet: the operation's record will have it.
-	{errkind.OutcomeUnknown, CodeOutcomeUnknown, http.StatusGatewayTimeout, DBusOutcomeUnknown},
-	{errkind.OperationIDReused, CodeOperationIDReused, http.StatusConflict, DBusOperationIDReused},
+	{errkind.OutcomeUnknown, CodeOutcomeUnknown, http.StatusGatewayTimeout, DBusOutcomeUnknown, LibvirtFromQEMU},
+	{errkind.OperationIDReused, CodeOperationIDReused, http.StatusConflict, DBusOperationIDReused, LibvirtFromQEMU},
 	// Front ends only. D-Bus leaves access to the bus policy.
-	{errkind.OperationDenied, CodeForbidden, http.StatusForbidden, ""},
+	{errkind.OperationDenied, CodeForbidden, http.StatusForbidden, "", LibvirtFromQEMU},
 }
 
 // ClassOf returns the row of a kind; a kind without one (OK among them)

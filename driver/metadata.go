@@ -97,3 +97,42 @@ func (d *Driver) Disks(ctx context.Context, domain string) ([]qmp.Disk, error) {
 	}
 	return disks, nil
 }
+
+// Runtime is what QEMU says of a running domain, for libvirt's
+// virDomainGetInfo: its run state, memory and vCPUs.
+type Runtime struct {
+	// Status is query-status's: running, paused, prelaunch, ...
+	Status      string
+	Running     bool
+	MemoryBytes int64
+	VCPUs       int
+	// KVM is set when the guest runs under KVM rather than TCG.
+	KVM bool
+}
+
+// Runtime asks the domain's QEMU for its run state, memory and vCPUs.
+func (d *Driver) Runtime(ctx context.Context, domain string) (Runtime, error) {
+	dom, err := d.domain(domain)
+	if err != nil {
+		return Runtime{}, err
+	}
+	client, err := dom.ready()
+	if err != nil {
+		return Runtime{}, err
+	}
+	st, err := client.QueryStatus(ctx)
+	if err != nil {
+		return Runtime{}, fmt.Errorf("%w: domain '%s': query-status: %w", ErrOperationFailed, domain, err)
+	}
+	rt := Runtime{Status: st.Status, Running: st.Running}
+	if rt.MemoryBytes, err = client.QueryMemorySizeSummary(ctx); err != nil {
+		return Runtime{}, fmt.Errorf("%w: domain '%s': query-memory-size-summary: %w", ErrOperationFailed, domain, err)
+	}
+	if rt.VCPUs, err = client.QueryCPUCount(ctx); err != nil {
+		return Runtime{}, fmt.Errorf("%w: domain '%s': query-cpus-fast: %w", ErrOperationFailed, domain, err)
+	}
+	if rt.KVM, err = client.QueryKVM(ctx); err != nil {
+		return Runtime{}, fmt.Errorf("%w: domain '%s': query-kvm: %w", ErrOperationFailed, domain, err)
+	}
+	return rt, nil
+}

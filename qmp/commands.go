@@ -383,3 +383,31 @@ func (c *Client) QueryBlockGraph(ctx context.Context) (BlockGraph, error) {
 	err := c.Execute(ctx, "x-debug-query-block-graph", nil, &g)
 	return g, err
 }
+
+// QueryMemorySizeSummary returns the guest's base memory in bytes
+// (query-memory-size-summary), hotplugged memory left out.
+func (c *Client) QueryMemorySizeSummary(ctx context.Context) (int64, error) {
+	var info struct {
+		BaseMemory int64 `json:"base-memory"`
+	}
+	err := c.Execute(ctx, "query-memory-size-summary", nil, &info)
+	return info.BaseMemory, err
+}
+
+// QueryCPUCount returns the number of the guest's vCPUs (query-cpus-fast).
+func (c *Client) QueryCPUCount(ctx context.Context) (int, error) {
+	var cpus []struct {
+		CPUIndex int `json:"cpu-index"`
+	}
+	err := c.Execute(ctx, "query-cpus-fast", nil, &cpus)
+	return len(cpus), err
+}
+
+// QueryKVM reports whether the guest runs under KVM (query-kvm), not TCG.
+func (c *Client) QueryKVM(ctx context.Context) (bool, error) {
+	var info struct {
+		Enabled bool `json:"enabled"`
+	}
+	err := c.Execute(ctx, "query-kvm", nil, &info)
+	return info.Enabled, err
+}

@@ -171,7 +171,7 @@ func (s *Server) Handler(readOnly bool) http.Handler {
 		case readOnly && mutating:
 			s.writeErr(w, fmt.Errorf("%w: %s is refused on the read-only socket", errForbidden, r.Method))
 			return
-		case !readOnly && !s.cfg.Access.allows(peer):
+		case !readOnly && !s.cfg.Access.Allows(peer):
 			s.log.Warn("request refused", zap.Int("uid", peer.UID), zap.Int("gid", peer.GID),
 				zap.Int("pid", peer.PID), zap.String("method", r.Method), zap.String("path", r.URL.Path))
 			s.writeErr(w, fmt.Errorf("%w: uid %d may not use this socket", errForbidden, peer.UID))

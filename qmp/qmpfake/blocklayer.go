@@ -128,7 +128,13 @@ func NewBlockLayer(disks []FakeDisk) *BlockLayer {
 		"query-uuid": func(*call) (any, error) {
 			return map[string]string{"UUID": "00000000-0000-0000-0000-000000000000"}, nil
 		},
-		"query-name":                func(*call) (any, error) { return struct{}{}, nil },
+		"query-name": func(*call) (any, error) { return struct{}{}, nil },
+		// A q35 machine's defaults: 128 MiB, one vCPU.
+		"query-memory-size-summary": func(*call) (any, error) { return map[string]int64{"base-memory": 128 << 20}, nil },
+		"query-kvm":                 func(*call) (any, error) { return map[string]bool{"enabled": false, "present": false}, nil },
+		"query-cpus-fast": func(*call) (any, error) {
+			return []map[string]any{{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": 1, "target": "x86_64"}}, nil
+		},
 		"human-monitor-command":     func(*call) (any, error) { return "", nil },
 		"query-block":               b.queryBlock,
 		"query-named-block-nodes":   b.queryNamedBlockNodes,
