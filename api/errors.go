@@ -53,18 +53,16 @@ type ErrorClass struct {
 	Code   string // ErrorInfo.Code
 	Status int    // the HTTP status
 	DBus   string // the D-Bus error name; "" where D-Bus cannot meet the kind
-	// LibvirtFrom is the virErrorDomain libvirtd's QEMU driver reports
-	// the kind from: most from VIR_FROM_QEMU, the snapshot lookups from
-	// VIR_FROM_DOMAIN_SNAPSHOT, a taken name from VIR_FROM_DOMAIN (its
-	// moment list).
+	// LibvirtFrom is the virErrorDomain libvirtd 9.0 reports the kind
+	// from: VIR_FROM_QEMU (its QEMU driver), but a taken snapshot name,
+	// which its moment list reports, VIR_FROM_DOMAIN.
 	LibvirtFrom int
 }
 
 // libvirt's error domains (virErrorDomain) the table uses.
 const (
-	LibvirtFromQEMU           = 10 // VIR_FROM_QEMU
-	LibvirtFromDomain         = 20 // VIR_FROM_DOMAIN
-	LibvirtFromDomainSnapshot = 35 // VIR_FROM_DOMAIN_SNAPSHOT
+	LibvirtFromQEMU   = 10 // VIR_FROM_QEMU
+	LibvirtFromDomain = 20 // VIR_FROM_DOMAIN
 )
 
 // errorTable is the one table of error classes. Several kinds may share
@@ -74,7 +72,7 @@ var errorTable = []ErrorClass{
 	{errkind.InternalError, CodeInternalError, http.StatusInternalServerError, DBusInternalError, LibvirtFromQEMU},
 	{errkind.InvalidArg, CodeInvalidArg, http.StatusBadRequest, DBusInvalidArg, LibvirtFromQEMU},
 	{errkind.NoDomain, CodeNoDomain, http.StatusNotFound, DBusNoDomain, LibvirtFromQEMU},
-	{errkind.NoDomainSnapshot, CodeNoDomainSnapshot, http.StatusNotFound, DBusNoDomainSnapshot, LibvirtFromDomainSnapshot},
+	{errkind.NoDomainSnapshot, CodeNoDomainSnapshot, http.StatusNotFound, DBusNoDomainSnapshot, LibvirtFromQEMU},
 	{errkind.SnapshotExists, CodeSnapshotExists, http.StatusConflict, DBusSnapshotExists, LibvirtFromDomain},
 	{errkind.DomExist, CodeOperationInvalid, http.StatusConflict, DBusOperationInvalid, LibvirtFromQEMU},
 	{errkind.OperationTimeout, CodeOperationInProgress, http.StatusConflict, DBusOperationInProgress, LibvirtFromQEMU},

@@ -103,7 +103,7 @@ func (d *Driver) validateCreate(def *libvirtxml.DomainSnapshot, flags CreateFlag
 		return nil, err
 	}
 	if _, err := d.store.Snapshot(view.name, spec.name); err == nil {
-		return nil, fmt.Errorf("%w: domain snapshot '%s' already exists", ErrSnapshotExists, spec.name)
+		return nil, fmt.Errorf("%w: domain moment %s already exists", ErrSnapshotExists, spec.name)
 	} else if !errors.Is(err, ErrNoSnapshot) {
 		return nil, fmt.Errorf("%w: read metadata: %w", ErrOperationFailed, err)
 	}

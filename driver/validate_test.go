@@ -54,7 +54,7 @@ func checkValidationRefusesAndChangesNothing(t *testing.T) {
 		{"malformed xml", "<domainsnapshot><name>x</name>", dd, ErrInvalidArg, "malformed"},
 		{"name with slash", snapXML("a/b"), dd, ErrInvalidArg, "contains '/'"},
 		{"name with leading dot", snapXML(".hidden"), dd, ErrInvalidArg, "starts with '.'"},
-		{"existing name", snapXML("s0"), dd, ErrSnapshotExists, "'s0' already exists"},
+		{"existing name", snapXML("s0"), dd, ErrSnapshotExists, "domain moment s0 already exists"},
 		{"unknown disk", snapXML("s1", diskXML("vdz", "", "")), dd, ErrInvalidArg, "no disk named 'vdz'"},
 		{"disk twice", snapXML("s1", diskXML("vda", "", ""), diskXML("vda", "", "")), dd, ErrInvalidArg, "disk 'vda' specified twice"},
 		{"disk twice by path", snapXML("s1", diskXML("vdb", "", ""), diskXML(e.vm.Disks[1].Path, "", "")), dd, ErrInvalidArg, "specified twice"},

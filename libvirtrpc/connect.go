@@ -1,12 +1,16 @@
 package libvirtrpc
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
 
+	xdr "github.com/davecgh/go-xdr/xdr2"
 	libvirt "github.com/digitalocean/go-libvirt"
+	"go.uber.org/zap"
 	"libvirt.org/go/libvirtxml"
 )
 
@@ -25,7 +29,7 @@ const (
 // Driver features (virDrvFeature) a client probes with
 // CONNECT_SUPPORTS_FEATURE; every other is answered "no".
 const (
-	featureProgramKeepalive = 12 // VIR_DRV_FEATURE_PROGRAM_KEEPALIVE
+	featureProgramKeepalive = 10 // VIR_DRV_FEATURE_PROGRAM_KEEPALIVE
 )
 
 // errNoConnect is VIR_ERR_NO_CONNECT, for a URI no driver here serves.
@@ -34,7 +38,14 @@ const errNoConnect = 5
 func (s *Server) connectProcedures(t map[int32]procedure) {
 	t[procAuthList] = procedure{beforeOpen: true, run: handler(s.authList)}
 	t[procConnectSupportsFeature] = procedure{beforeOpen: true, run: handler(s.supportsFeature)}
-	t[procConnectOpen] = procedure{beforeOpen: true, run: handler(s.open)}
+	t[procConnectOpen] = procedure{beforeOpen: true, run: func(ctx context.Context, c *conn, body []byte) (any, error) {
+		args, err := decodeOpenArgs(body)
+		if err != nil {
+			c.log.Info("libvirt call with undecodable arguments", zap.Error(err))
+			return nil, errDecode
+		}
+		return s.open(ctx, c, &args)
+	}}
 	t[procConnectClose] = procedure{beforeOpen: true, run: handler(s.close)}
 	t[procConnectGetType] = procedure{run: handler(func(context.Context, *conn, *struct{}) (libvirt.ConnectGetTypeRet, error) {
 		return libvirt.ConnectGetTypeRet{Type: hypervisorType}, nil
@@ -58,10 +69,11 @@ func (s *Server) connectProcedures(t map[int32]procedure) {
 	t[procConnectIsSecure] = procedure{run: handler(func(context.Context, *conn, *struct{}) (libvirt.ConnectIsSecureRet, error) {
 		return libvirt.ConnectIsSecureRet{Secure: 1}, nil
 	})}
-	// No security driver labels the domains qsnapd serves: an empty
-	// model, which virsh takes as "none to show".
+	// No security driver labels the domains qsnapd serves: the model
+	// "none", DOI "0", as libvirtd says without one (C strings, their
+	// NULs sent).
 	t[procNodeGetSecurityModel] = procedure{run: handler(func(context.Context, *conn, *struct{}) (libvirt.NodeGetSecurityModelRet, error) {
-		return libvirt.NodeGetSecurityModelRet{Model: []int8{0}, Doi: []int8{0}}, nil
+		return libvirt.NodeGetSecurityModelRet{Model: cString("none"), Doi: cString("0")}, nil
 	})}
 }
 
@@ -82,9 +94,39 @@ func (s *Server) supportsFeature(_ context.Context, c *conn, args *libvirt.Conne
 	return libvirt.ConnectSupportsFeatureRet{Supported: 0}, nil
 }
 
+// decodeOpenArgs decodes CONNECT_OPEN's arguments. The name is an
+// optional string, whose "present" word libvirtd, like any rpcgen
+// decoder, takes as true when it is not zero: go-libvirt sends
+// 0x01000000, which a strict decoder of optional data refuses.
+func decodeOpenArgs(body []byte) (libvirt.ConnectOpenArgs, error) {
+	r := bytes.NewReader(body)
+	d := xdr.NewDecoder(r)
+	var args libvirt.ConnectOpenArgs
+	present, _, err := d.DecodeUint()
+	if err != nil {
+		return args, err
+	}
+	if present != 0 {
+		name, _, err := d.DecodeString()
+		if err != nil {
+			return args, err
+		}
+		args.Name = libvirt.OptString{name}
+	}
+	flags, _, err := d.DecodeInt()
+	if err != nil {
+		return args, err
+	}
+	args.Flags = libvirt.ConnectFlags(flags)
+	if r.Len() != 0 {
+		return args, fmt.Errorf("%w: %d after the arguments", errTrailing, r.Len())
+	}
+	return args, nil
+}
+
 // open checks the URI and the peer: on the read-write socket only root
 // and the allowed users and groups may open, as with the HTTP API.
-func (s *Server) open(_ context.Context, c *conn, args *libvirt.ConnectOpenArgs) (struct{}, error) {
+func (s *Server) open(_ context.Context, c *conn, args *libvirt.ConnectOpenArgs) (any, error) {
 	name := ""
 	if len(args.Name) > 0 {
 		name = args.Name[0]
@@ -92,13 +134,13 @@ func (s *Server) open(_ context.Context, c *conn, args *libvirt.ConnectOpenArgs)
 	switch strings.TrimSuffix(name, "/") {
 	case "", connectURI, "qemu://":
 	default:
-		return struct{}{}, errorf(errNoConnect, fromNone, "no connection driver available for %s", name)
+		return nil, errorf(errNoConnect, fromNone, "no connection driver available for %s", name)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.readOnly && !s.cfg.Access.Allows(c.peer) {
 		if args.Flags&libvirt.ConnectRo == 0 {
-			return struct{}{}, errorf(errOperationDenied, fromNone,
+			return nil, errorf(errOperationDenied, fromNone,
 				"the read-write libvirt socket is for root and the users and groups qsnapd allows (uid %d is not among them); a read-only connection is open to all", c.peer.UID)
 		}
 	}
@@ -106,7 +148,7 @@ func (s *Server) open(_ context.Context, c *conn, args *libvirt.ConnectOpenArgs)
 		c.readOnly = true
 	}
 	c.opened = true
-	return struct{}{}, nil
+	return &struct{}{}, nil
 }
 
 func (s *Server) close(_ context.Context, c *conn, _ *struct{}) (struct{}, error) {
@@ -162,4 +204,14 @@ func (s *Server) capabilities(context.Context, *conn, *struct{}) (libvirt.Connec
 		return libvirt.ConnectGetCapabilitiesRet{}, errorf(errInternal, fromNone, "capabilities: %v", err)
 	}
 	return libvirt.ConnectGetCapabilitiesRet{Capabilities: doc}, nil
+}
+
+// cString is a C string as libvirt's char arrays carry it: its bytes
+// and the terminating NUL.
+func cString(s string) []int8 {
+	out := make([]int8, len(s)+1)
+	for i := range len(s) {
+		out[i] = int8(s[i])
+	}
+	return out
 }

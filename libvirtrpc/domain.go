@@ -133,6 +133,10 @@ func (s *Server) domainProcedures(t map[int32]procedure) {
 		_, err := s.lookup(args.Dom)
 		return libvirt.DomainHasManagedSaveImageRet{Result: 0}, err
 	})}
+	t[procDomainGetSecurityLabel] = procedure{run: handler(func(_ context.Context, _ *conn, args *libvirt.DomainGetSecurityLabelArgs) (libvirt.DomainGetSecurityLabelRet, error) {
+		_, err := s.lookup(args.Dom)
+		return libvirt.DomainGetSecurityLabelRet{Label: cString(""), Enforcing: 0}, err
+	})}
 	t[procDomainFsfreeze] = procedure{mutating: true, timeout: freezeTimeout, run: handler(s.fsFreeze)}
 	t[procDomainFsthaw] = procedure{mutating: true, timeout: freezeTimeout, run: handler(s.fsThaw)}
 }

@@ -142,3 +142,8 @@ func testCtx(t *testing.T) context.Context {
 }
 
 var _ = peercred.Access{}
+
+func execOut(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}

@@ -95,7 +95,7 @@ func handler[A, R any](f func(ctx context.Context, c *conn, args *A) (R, error))
 		var args A
 		if err := decodeBody(body, &args); err != nil {
 			c.log.Info("libvirt call with undecodable arguments", zap.Error(err))
-			return nil, errorf(errRPC, fromRPC, "Unable to decode message payload")
+			return nil, errDecode
 		}
 		ret, err := f(ctx, c, &args)
 		if err != nil {
@@ -120,6 +120,9 @@ func apiName(p int32) string { return "vir" + procNames[p] }
 
 // dispatch runs one call of the remote program.
 func (c *conn) dispatch(h header, body []byte) (any, error) {
+	if !c.authenticate(h.Procedure) {
+		return nil, errNotAuthenticated
+	}
 	p, served := c.s.procs[h.Procedure]
 	if !served {
 		name, known := procNames[h.Procedure]
@@ -146,9 +149,16 @@ func (c *conn) dispatch(h header, body []byte) (any, error) {
 	return p.run(ctx, c, body)
 }
 
+// errDecode answers a call whose arguments do not decode, as libvirtd.
+var errDecode = errorf(errRPC, fromRPC, "Unable to decode message payload")
+
+// errNotAuthenticated answers any call but AUTH_LIST before it, as
+// libvirtd: with REMOTE_AUTH_NONE, AUTH_LIST itself authenticates.
+var errNotAuthenticated = errorf(errRPC, fromRPC, "authentication required")
+
 // errNotOpen answers a call that needs an open connection before
 // CONNECT_OPEN, as libvirtd does.
-var errNotOpen = errorf(errInternal, fromRPC, "connection not open")
+var errNotOpen = errorf(errInternal, fromRPC, "hypervisor connection not open")
 
 // unsupportedFrom is the error domain of libvirt's public API file that
 // reports an unsupported call: VIR_FROM_DOMAIN_SNAPSHOT for snapshot
@@ -161,6 +171,17 @@ func unsupportedFrom(name string) int32 {
 		return fromDomain
 	}
 	return fromNone
+}
+
+// authenticate reports whether a call may run: once AUTH_LIST was
+// called, any; before, AUTH_LIST alone.
+func (c *conn) authenticate(proc int32) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if proc == procAuthList {
+		c.authenticated = true
+	}
+	return c.authenticated
 }
 
 func (c *conn) isOpen() bool {

@@ -174,8 +174,9 @@ type conn struct {
 	// slots bounds the calls under way.
 	slots chan struct{}
 
-	mu     sync.Mutex
-	opened bool // CONNECT_OPEN succeeded
+	mu            sync.Mutex
+	opened        bool // CONNECT_OPEN succeeded
+	authenticated bool // AUTH_LIST was called
 }
 
 // newConn registers a connection; nil once the server closes.

@@ -39,7 +39,7 @@ func (s *Server) snapshot(snap libvirt.DomainSnapshot) (driver.SnapshotRecord, e
 	}
 	rec, err := s.drv.Snapshot(snap.Dom.Name, snap.Name)
 	if errors.Is(err, driver.ErrNoSnapshot) {
-		return rec, errorf(errNoDomainSnapshot, fromDomainSnapshot, "no domain snapshot with matching name '%s'", snap.Name)
+		return rec, errorf(errNoDomainSnapshot, fromQEMU, "no domain snapshot with matching name '%s'", snap.Name)
 	}
 	return rec, err
 }
@@ -121,7 +121,7 @@ func (s *Server) snapshotCurrent(_ context.Context, _ *conn, args *libvirt.Domai
 		return libvirt.DomainSnapshotCurrentRet{}, err
 	}
 	if name == "" {
-		return libvirt.DomainSnapshotCurrentRet{}, errorf(errNoDomainSnapshot, fromDomainSnapshot, "the domain does not have a current snapshot")
+		return libvirt.DomainSnapshotCurrentRet{}, errorf(errNoDomainSnapshot, fromQEMU, "the domain does not have a current snapshot")
 	}
 	return libvirt.DomainSnapshotCurrentRet{Snap: remoteSnapshot(args.Dom, name)}, nil
 }
@@ -164,7 +164,7 @@ func (s *Server) snapshotGetParent(_ context.Context, _ *conn, args *libvirt.Dom
 		return libvirt.DomainSnapshotGetParentRet{}, err
 	}
 	if rec.Parent == "" {
-		return libvirt.DomainSnapshotGetParentRet{}, errorf(errNoDomainSnapshot, fromDomainSnapshot, "snapshot '%s' does not have a parent", rec.Name)
+		return libvirt.DomainSnapshotGetParentRet{}, errorf(errNoDomainSnapshot, fromQEMU, "snapshot '%s' does not have a parent", rec.Name)
 	}
 	return libvirt.DomainSnapshotGetParentRet{Snap: remoteSnapshot(args.Snap.Dom, rec.Parent)}, nil
 }

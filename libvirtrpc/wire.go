@@ -47,8 +47,8 @@ const (
 	lenSize = 4
 	// headerSize is the header's six words.
 	headerSize = 24
-	// maxMessage is VIR_NET_MESSAGE_MAX: libvirt's largest message, the
-	// length word included. A longer one ends the connection, as in
+	// maxMessage is VIR_NET_MESSAGE_MAX: libvirt's largest message
+	// after the length word. A longer one ends the connection, as in
 	// libvirtd.
 	maxMessage = 32 << 20
 	// maxString is VIR_NET_MESSAGE_STRING_MAX, libvirt's longest string.
@@ -80,8 +80,8 @@ func readFrame(r io.Reader) (header, []byte, error) {
 	switch {
 	case n < lenSize+headerSize:
 		return header{}, nil, fmt.Errorf("%w: length %d is shorter than a header", errFrame, n)
-	case n > maxMessage:
-		return header{}, nil, fmt.Errorf("%w: length %d is over the maximum %d", errFrame, n, maxMessage)
+	case n > lenSize+maxMessage:
+		return header{}, nil, fmt.Errorf("%w: length %d is over the maximum %d", errFrame, n, lenSize+maxMessage)
 	}
 	msg := make([]byte, n-lenSize)
 	if got, err := io.ReadFull(r, msg); err != nil {
@@ -120,8 +120,8 @@ func appendFrame(buf []byte, h header, body any) ([]byte, error) {
 		buf = w.Bytes()
 	}
 	n := len(buf) - start
-	if n > maxMessage {
-		return buf[:start], fmt.Errorf("encode the reply to procedure %d: %d bytes, over libvirt's maximum %d", h.Procedure, n, maxMessage)
+	if n > lenSize+maxMessage {
+		return buf[:start], fmt.Errorf("encode the reply to procedure %d: %d bytes, over libvirt's maximum %d", h.Procedure, n, lenSize+maxMessage)
 	}
 	binary.BigEndian.PutUint32(buf[start:], uint32(n))
 	return buf, nil
