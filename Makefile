@@ -15,7 +15,7 @@ DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static qemu-guest-agent
 FUZZTIME ?= 60s
 BENCHCOUNT ?= 6
 
-.PHONY: all build deps test test-short bench bench-libvirt soak fuzz fmt vet lint clean demo install man deb
+.PHONY: all build deps test test-short bench bench-libvirt golden-libvirt soak fuzz fmt vet lint clean demo install man deb
 
 all: build
 
@@ -88,6 +88,17 @@ bench-libvirt: build
 	@$(MAKE) --no-print-directory deps DEB_PKGS="$(BENCH_LIBVIRT_PKGS)"
 	RUNS=$(RUNS) QSNAPD_BIN=$(CURDIR)/bin BENCH_LIBVIRT_OUT=$(CURDIR)/bench-libvirt.out \
 		$(GO) test -tags benchlibvirt -run '^TestBenchLibvirt$$' -count=1 -v -timeout 70m ./internal/testing/benchlibvirt/
+
+# golden-libvirt records what real libvirtd does with the virsh scenario
+# of internal/testing/virshscript (snapshots on a paused 2-disk VM, and
+# the errors) into its testdata/libvirtd-9.0.golden, the reference our own
+# endpoint is compared with. As root, like bench-libvirt: it starts
+# libvirtd and virtlogd by hand when nothing serves libvirt's system
+# instance, and stops them and destroys the domain at the end.
+GOLDEN_LIBVIRT_PKGS := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+golden-libvirt:
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(GOLDEN_LIBVIRT_PKGS)"
+	GOLDEN_WRITE=1 $(GO) test -tags benchlibvirt -run '^TestGoldenTranscripts$$' -count=1 -v -timeout 20m ./internal/testing/benchlibvirt/
 
 # soak loads one daemon with 50 domains of 2 disks, 20 snapshots each,
 # all domains at once, 50 API readers and 5 event streams; it prints

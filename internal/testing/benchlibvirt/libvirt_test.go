@@ -176,6 +176,7 @@ func (lv *libvirt) version(ctx context.Context) string {
 // domain is what the domain XML template takes.
 type domain struct {
 	Name      string
+	UUID      string // empty: libvirt makes one up
 	Emulator  string
 	MemoryMiB int
 	// Kernel, Initrd and Cmdline boot the test guest directly; empty for
@@ -195,6 +196,9 @@ type domainDisk struct {
 // beyond those (QEMU runs with -nodefaults either way).
 var domainXML = template.Must(template.New("domain").Funcs(template.FuncMap{"x": xmlText}).Parse(`<domain type='qemu'>
   <name>{{x .Name}}</name>
+{{- if .UUID}}
+  <uuid>{{x .UUID}}</uuid>
+{{- end}}
   <memory unit='MiB'>{{.MemoryMiB}}</memory>
   <vcpu>1</vcpu>
   <os>
