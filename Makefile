@@ -15,7 +15,7 @@ DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static qemu-guest-agent
 FUZZTIME ?= 60s
 BENCHCOUNT ?= 6
 
-.PHONY: all build deps test test-short bench bench-libvirt golden-libvirt soak fuzz fmt vet lint clean demo install man deb
+.PHONY: all build deps test test-short bench bench-libvirt bench-endpoint golden-libvirt soak fuzz fmt vet lint clean demo install man deb
 
 all: build
 
@@ -100,6 +100,17 @@ golden-libvirt:
 	@$(MAKE) --no-print-directory deps DEB_PKGS="$(GOLDEN_LIBVIRT_PKGS)"
 	GOLDEN_WRITE=1 $(GO) test -tags benchlibvirt -run '^TestGoldenTranscripts$$' -count=1 -v -timeout 20m ./internal/testing/benchlibvirt/
 
+# bench-endpoint times snapshot-create-as --disk-only --atomic
+# --no-metadata three ways in one run (issue 14): the stock virsh through
+# qsnapd's libvirt endpoint, qsnapctl through its API, and virsh through
+# libvirtd, for 1 and 8 disks of paused VMs; RUNS (default 10) rounds,
+# the order rotating. It prints medians and ratios, also into
+# bench-endpoint.out. As root, as bench-libvirt. Not part of make test.
+bench-endpoint: build
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(BENCH_LIBVIRT_PKGS)"
+	RUNS=$(RUNS) QSNAPD_BIN=$(CURDIR)/bin BENCH_LIBVIRT_OUT=$(CURDIR)/bench-endpoint.out \
+		$(GO) test -tags benchlibvirt -run '^TestBenchEndpoint$$' -count=1 -v -timeout 70m ./internal/testing/benchlibvirt/
+
 # soak loads one daemon with 50 domains of 2 disks, 20 snapshots each,
 # all domains at once, 50 API readers and 5 event streams; it prints
 # snapshots per second, the daemon's peak RSS, and its goroutines and
@@ -171,7 +182,7 @@ deb:
 	DEB_VERSION=$(DEB_VERSION) $(GO) tool nfpm package --config packaging/nfpm.yaml --packager deb --target $(DEB_DIR)
 
 clean:
-	rm -rf bin build bench.out bench-libvirt.out qsnapd_*.deb
+	rm -rf bin build bench.out bench-libvirt.out bench-endpoint.out qsnapd_*.deb
 
 # guest builds the kernel and initramfs of internal/testing/testguest, or finds
 # them in its cache (QSNAPD_GUEST_CACHE, default /var/cache/qsnapd-testguest).

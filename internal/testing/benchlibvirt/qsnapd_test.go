@@ -22,6 +22,8 @@ import (
 type qsnapd struct {
 	ctl    string
 	socket string
+	// libvirtSocket is the daemon's libvirt endpoint, for virsh.
+	libvirtSocket string
 }
 
 // binaries returns qsnapd and qsnapctl: those in $QSNAPD_BIN (make
@@ -45,9 +47,10 @@ func binaries(t *testing.T, dir string) (daemon, ctl string) {
 // the metrics endpoint, and stops it with SIGTERM when t ends.
 func startQsnapd(t *testing.T, bin, ctl, dir string) *qsnapd {
 	t.Helper()
-	q := &qsnapd{ctl: ctl, socket: filepath.Join(dir, "qsnapd.sock")}
+	q := &qsnapd{ctl: ctl, socket: filepath.Join(dir, "qsnapd.sock"), libvirtSocket: filepath.Join(dir, "libvirt-sock")}
 	ro := filepath.Join(dir, "qsnapd-ro.sock")
 	cmd := exec.Command(bin, "--socket", q.socket, "--socket-ro", ro, "--state-dir", filepath.Join(dir, "state"),
+		"--libvirt-socket", q.libvirtSocket, "--libvirt-socket-ro", filepath.Join(dir, "libvirt-sock-ro"),
 		"--metrics-listen", "", "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
