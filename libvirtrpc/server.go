@@ -29,6 +29,9 @@ type Config struct {
 	// MaxCallsPerClient bounds the calls one connection runs at once
 	// (libvirtd's max_client_requests); a client past it waits.
 	MaxCallsPerClient int
+	// MaxClients bounds the connections served at once (libvirtd's
+	// max_clients); one more is closed as soon as it is accepted.
+	MaxClients int
 }
 
 // Server serves libvirt's remote program on any number of listeners.
@@ -63,6 +66,9 @@ func New(drv *driver.Driver, cfg Config, log *zap.Logger) *Server {
 	}
 	if cfg.MaxCallsPerClient <= 0 {
 		cfg.MaxCallsPerClient = 5
+	}
+	if cfg.MaxClients <= 0 {
+		cfg.MaxClients = 5000
 	}
 	s := &Server{drv: drv, cfg: cfg, log: log, ids: newDomainIDs(),
 		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}}
@@ -191,6 +197,12 @@ func (s *Server) newConn(nc net.Conn, readOnly bool) *conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
+		_ = nc.Close()
+		return nil
+	}
+	if len(s.conns) >= s.cfg.MaxClients {
+		s.log.Warn("libvirt socket: too many clients; connection dropped", zap.Int("max_clients", s.cfg.MaxClients),
+			zap.Int("peer_pid", peer.PID), zap.Int("peer_uid", peer.UID))
 		_ = nc.Close()
 		return nil
 	}
