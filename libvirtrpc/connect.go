@@ -2,6 +2,7 @@ package libvirtrpc
 
 import (
 	"context"
+	"encoding/binary"
 	"os"
 	"strconv"
 	"strings"
@@ -34,7 +35,7 @@ const errNoConnect = 5
 func (s *Server) connectProcedures(t map[int32]procedure) {
 	t[procAuthList] = procedure{beforeOpen: true, run: handler(s.authList)}
 	t[procConnectSupportsFeature] = procedure{beforeOpen: true, run: handler(s.supportsFeature)}
-	t[procConnectOpen] = procedure{beforeOpen: true, run: handler(s.open)}
+	t[procConnectOpen] = procedure{beforeOpen: true, run: optionalFirst(handler(s.open))}
 	t[procConnectClose] = procedure{beforeOpen: true, run: handler(s.close)}
 	t[procConnectGetType] = procedure{run: handler(func(context.Context, *conn, *struct{}) (libvirt.ConnectGetTypeRet, error) {
 		return libvirt.ConnectGetTypeRet{Type: hypervisorType}, nil
@@ -80,6 +81,20 @@ func (s *Server) supportsFeature(_ context.Context, c *conn, args *libvirt.Conne
 		return libvirt.ConnectSupportsFeatureRet{Supported: 1}, nil
 	}
 	return libvirt.ConnectSupportsFeatureRet{Supported: 0}, nil
+}
+
+// optionalFirst reads the first word of a call's arguments, an optional
+// value's discriminant, as libvirtd's xdr_bool does: any word but 0 says
+// the value is there. go-libvirt opens with 0x01000000 in that word (it
+// writes it as three bytes 1, 0, 0 and a pad), which the XDR decoder
+// would take for the length of an array of 16M names.
+func optionalFirst(run func(context.Context, *conn, []byte) (any, error)) func(context.Context, *conn, []byte) (any, error) {
+	return func(ctx context.Context, c *conn, body []byte) (any, error) {
+		if len(body) >= 4 && binary.BigEndian.Uint32(body) > 1 {
+			binary.BigEndian.PutUint32(body, 1) // the body is the call's own
+		}
+		return run(ctx, c, body)
+	}
 }
 
 // open checks the URI and the peer: on the read-write socket only root
