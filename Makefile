@@ -7,11 +7,12 @@ LDFLAGS  := -X github.com/qsnapd/qsnapd/internal/version.Version=$(VERSION)
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use: QEMU and its image tools; mkfs.ext4,
 # busybox, qemu-ga and xz for the test guest; virt-xml-validate (with
-# xmllint) to check snapshot XML against libvirt's schema; prometheus and
+# xmllint) to check snapshot XML against libvirt's schema, and virsh and
+# libvirt-python as stock clients of the libvirt socket; prometheus and
 # promtool; a private dbus-daemon with busctl and dbus-send; systemd's
 # systemd-analyze; setpriv and curl to call the API as another user.
 DEB_PKGS := qemu-system-x86 qemu-utils e2fsprogs busybox-static qemu-guest-agent xz-utils libvirt-clients libxml2-utils \
-            prometheus dbus-daemon dbus-bin systemd util-linux curl
+            python3-libvirt prometheus dbus-daemon dbus-bin systemd util-linux curl
 FUZZTIME ?= 60s
 BENCHCOUNT ?= 6
 

@@ -1,16 +1,13 @@
 package libvirtrpc
 
 import (
-	"bytes"
 	"context"
-	"fmt"
+	"encoding/binary"
 	"os"
 	"strconv"
 	"strings"
 
-	xdr "github.com/davecgh/go-xdr/xdr2"
 	libvirt "github.com/digitalocean/go-libvirt"
-	"go.uber.org/zap"
 	"libvirt.org/go/libvirtxml"
 )
 
@@ -38,14 +35,7 @@ const errNoConnect = 5
 func (s *Server) connectProcedures(t map[int32]procedure) {
 	t[procAuthList] = procedure{beforeOpen: true, run: handler(s.authList)}
 	t[procConnectSupportsFeature] = procedure{beforeOpen: true, run: handler(s.supportsFeature)}
-	t[procConnectOpen] = procedure{beforeOpen: true, run: func(ctx context.Context, c *conn, body []byte) (any, error) {
-		args, err := decodeOpenArgs(body)
-		if err != nil {
-			c.log.Info("libvirt call with undecodable arguments", zap.Error(err))
-			return nil, errDecode
-		}
-		return s.open(ctx, c, &args)
-	}}
+	t[procConnectOpen] = procedure{beforeOpen: true, run: optionalFirst(handler(s.open))}
 	t[procConnectClose] = procedure{beforeOpen: true, run: handler(s.close)}
 	t[procConnectGetType] = procedure{run: handler(func(context.Context, *conn, *struct{}) (libvirt.ConnectGetTypeRet, error) {
 		return libvirt.ConnectGetTypeRet{Type: hypervisorType}, nil
@@ -94,39 +84,23 @@ func (s *Server) supportsFeature(_ context.Context, c *conn, args *libvirt.Conne
 	return libvirt.ConnectSupportsFeatureRet{Supported: 0}, nil
 }
 
-// decodeOpenArgs decodes CONNECT_OPEN's arguments. The name is an
-// optional string, whose "present" word libvirtd, like any rpcgen
-// decoder, takes as true when it is not zero: go-libvirt sends
-// 0x01000000, which a strict decoder of optional data refuses.
-func decodeOpenArgs(body []byte) (libvirt.ConnectOpenArgs, error) {
-	r := bytes.NewReader(body)
-	d := xdr.NewDecoder(r)
-	var args libvirt.ConnectOpenArgs
-	present, _, err := d.DecodeUint()
-	if err != nil {
-		return args, err
-	}
-	if present != 0 {
-		name, _, err := d.DecodeString()
-		if err != nil {
-			return args, err
+// optionalFirst reads the first word of a call's arguments, an optional
+// value's discriminant, as libvirtd's xdr_bool does: any word but 0 says
+// the value is there. go-libvirt opens with 0x01000000 in that word (it
+// writes it as three bytes 1, 0, 0 and a pad), which the XDR decoder
+// would take for the length of an array of 16M names.
+func optionalFirst(run func(context.Context, *conn, []byte) (any, error)) func(context.Context, *conn, []byte) (any, error) {
+	return func(ctx context.Context, c *conn, body []byte) (any, error) {
+		if len(body) >= 4 && binary.BigEndian.Uint32(body) > 1 {
+			binary.BigEndian.PutUint32(body, 1) // the body is the call's own
 		}
-		args.Name = libvirt.OptString{name}
+		return run(ctx, c, body)
 	}
-	flags, _, err := d.DecodeInt()
-	if err != nil {
-		return args, err
-	}
-	args.Flags = libvirt.ConnectFlags(flags)
-	if r.Len() != 0 {
-		return args, fmt.Errorf("%w: %d after the arguments", errTrailing, r.Len())
-	}
-	return args, nil
 }
 
 // open checks the URI and the peer: on the read-write socket only root
 // and the allowed users and groups may open, as with the HTTP API.
-func (s *Server) open(_ context.Context, c *conn, args *libvirt.ConnectOpenArgs) (any, error) {
+func (s *Server) open(_ context.Context, c *conn, args *libvirt.ConnectOpenArgs) (struct{}, error) {
 	name := ""
 	if len(args.Name) > 0 {
 		name = args.Name[0]
@@ -134,13 +108,13 @@ func (s *Server) open(_ context.Context, c *conn, args *libvirt.ConnectOpenArgs)
 	switch strings.TrimSuffix(name, "/") {
 	case "", connectURI, "qemu://":
 	default:
-		return nil, errorf(errNoConnect, fromNone, "no connection driver available for %s", name)
+		return struct{}{}, errorf(errNoConnect, fromNone, "no connection driver available for %s", name)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.readOnly && !s.cfg.Access.Allows(c.peer) {
 		if args.Flags&libvirt.ConnectRo == 0 {
-			return nil, errorf(errOperationDenied, fromNone,
+			return struct{}{}, errorf(errOperationDenied, fromNone,
 				"the read-write libvirt socket is for root and the users and groups qsnapd allows (uid %d is not among them); a read-only connection is open to all", c.peer.UID)
 		}
 	}
@@ -148,7 +122,7 @@ func (s *Server) open(_ context.Context, c *conn, args *libvirt.ConnectOpenArgs)
 		c.readOnly = true
 	}
 	c.opened = true
-	return &struct{}{}, nil
+	return struct{}{}, nil
 }
 
 func (s *Server) close(_ context.Context, c *conn, _ *struct{}) (struct{}, error) {

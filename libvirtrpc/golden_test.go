@@ -53,7 +53,9 @@ func TestVirshMatchesLibvirtd(t *testing.T) {
 	}
 	for i, g := range got.Steps {
 		w := want.Steps[i]
-		one := func(r virshscript.Result) *virshscript.Transcript { return &virshscript.Transcript{Steps: []virshscript.Result{r}} }
+		one := func(r virshscript.Result) *virshscript.Transcript {
+			return &virshscript.Transcript{Steps: []virshscript.Result{r}}
+		}
 		diff := virshscript.Diff(one(w), one(g))
 		reason, expected := knownDifferences[g.Name]
 		switch {
@@ -103,11 +105,11 @@ var knownDifferences = map[string]string{
 	// qsnapd's engine asks the agent channel first (a paused guest's
 	// agent may still answer) and has one kind for an agent it cannot
 	// use, VIR_ERR_AGENT_UNRESPONSIVE.
-	"quiesce-paused":             "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not 'domain is not running'",
-	"fsfreeze-paused":            "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not 'domain is not running'",
-	"fsfreeze-running-no-agent":  "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not VIR_ERR_ARGUMENT_UNSUPPORTED",
-	"fsthaw-running-no-agent":    "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not VIR_ERR_ARGUMENT_UNSUPPORTED",
-	"quiesce-running-no-agent":   "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not VIR_ERR_ARGUMENT_UNSUPPORTED",
+	"quiesce-paused":            "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not 'domain is not running'",
+	"fsfreeze-paused":           "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not 'domain is not running'",
+	"fsfreeze-running-no-agent": "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not VIR_ERR_ARGUMENT_UNSUPPORTED",
+	"fsthaw-running-no-agent":   "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not VIR_ERR_ARGUMENT_UNSUPPORTED",
+	"quiesce-running-no-agent":  "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not VIR_ERR_ARGUMENT_UNSUPPORTED",
 	// qsnapd starts, stops, pauses and resumes no VM: virDomainResume and
 	// virDomainSuspend answer VIR_ERR_NO_SUPPORT.
 	"resume":  "virDomainResume is not served (VIR_ERR_NO_SUPPORT)",

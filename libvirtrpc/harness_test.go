@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/qsnapd/qsnapd/driver"
-	"github.com/qsnapd/qsnapd/internal/peercred"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/libvirtrpc"
 )
@@ -140,8 +139,6 @@ func testCtx(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return c
 }
-
-var _ = peercred.Access{}
 
 func execOut(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
