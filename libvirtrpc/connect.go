@@ -112,6 +112,9 @@ func (s *Server) open(_ context.Context, c *conn, args *libvirt.ConnectOpenArgs)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.opened {
+		return struct{}{}, errorf(errInternal, fromRPC, "connection already open")
+	}
 	if !c.readOnly && !s.cfg.Access.Allows(c.peer) {
 		if args.Flags&libvirt.ConnectRo == 0 {
 			return struct{}{}, errorf(errOperationDenied, fromNone,
