@@ -48,7 +48,7 @@ func startQsnapd(t *testing.T, bin, ctl, dir string) *qsnapd {
 	q := &qsnapd{ctl: ctl, socket: filepath.Join(dir, "qsnapd.sock")}
 	ro := filepath.Join(dir, "qsnapd-ro.sock")
 	cmd := exec.Command(bin, "--socket", q.socket, "--socket-ro", ro, "--state-dir", filepath.Join(dir, "state"),
-		"--metrics-listen", "", "--log-level", "warn")
+		"--libvirt-socket", "", "--libvirt-socket-ro", "", "--metrics-listen", "", "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
