@@ -150,6 +150,8 @@ install: build man
 	install -D -m 0644 configs/qsnapd.service $(DESTDIR)$(UNITDIR)/qsnapd.service
 	install -D -m 0644 configs/qsnapd.socket $(DESTDIR)$(UNITDIR)/qsnapd.socket
 	install -D -m 0644 configs/qsnapd-ro.socket $(DESTDIR)$(UNITDIR)/qsnapd-ro.socket
+	install -D -m 0644 configs/qsnapd-libvirt.socket $(DESTDIR)$(UNITDIR)/qsnapd-libvirt.socket
+	install -D -m 0644 configs/qsnapd-libvirt-ro.socket $(DESTDIR)$(UNITDIR)/qsnapd-libvirt-ro.socket
 	sed -i 's|/usr/bin/qsnapd|$(PREFIX)/bin/qsnapd|' $(DESTDIR)$(UNITDIR)/qsnapd.service
 	install -D -m 0644 configs/qsnapd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/qsnapd.conf
 	install -D -m 0644 configs/qsnapd.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/qsnapd.conf

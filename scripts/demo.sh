@@ -57,7 +57,7 @@ qemu_pid=$!
 step "Start qsnapd on temporary sockets and state"
 export QSNAPD_SOCKET=$work/qsnapd.sock
 bin/qsnapd --socket "$QSNAPD_SOCKET" --socket-ro "$work/qsnapd-ro.sock" --state-dir "$work/state" \
-	--log-level warn &
+	--libvirt-socket "$work/libvirt-sock" --libvirt-socket-ro "$work/libvirt-sock-ro" --log-level warn &
 daemon_pid=$!
 for _ in $(seq 100); do [ -S "$QSNAPD_SOCKET" ] && [ -S "$work/qmp.sock" ] && break; sleep 0.1; done
 show bin/qsnapctl attach demo --qmp "$work/qmp.sock" --agent "$work/qga.sock"

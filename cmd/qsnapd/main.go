@@ -105,9 +105,12 @@ const usageHead = `Usage: qsnapd [OPTION]...
 Take live external disk-only snapshots of running QEMU guests.
 
 qsnapd serves management frontends on a unix-socket API (qsnapctl is
-its command line client), on D-Bus and with Prometheus metrics, with
-libvirt's snapshot semantics. Under systemd it runs as qsnapd.service,
-started by the first connection to qsnapd.socket or qsnapd-ro.socket.
+its command line client), on libvirt's RPC protocol (stock virsh and
+libvirt clients, with the URI qemu+unix:///system?socket=SOCKET), on
+D-Bus and with Prometheus metrics, with libvirt's snapshot semantics.
+Under systemd it runs as qsnapd.service, started by the first
+connection to any of its sockets (qsnapd.socket, qsnapd-ro.socket,
+qsnapd-libvirt.socket, qsnapd-libvirt-ro.socket).
 
 Options:
 Every option is also a key of the configuration file, with underscores
@@ -120,6 +123,8 @@ Files:
   /var/lib/qsnapd/             the metadata store and operation journal
   /run/qsnapd/qsnapd.sock      the read-write API socket (root, group qsnapd)
   /run/qsnapd/qsnapd-ro.sock   the read-only API socket (anyone)
+  /run/qsnapd/libvirt-sock     the read-write libvirt socket (root, group qsnapd)
+  /run/qsnapd/libvirt-sock-ro  the read-only libvirt socket (anyone)
 
 Signals:
   SIGTERM and SIGINT stop it once running operations have ended or rolled
@@ -157,9 +162,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.String("config", configFile, "TOML config file; flags given on the command line override it")
 	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "read-write API socket")
 	fs.StringVar(&cfg.SocketRO, "socket-ro", cfg.SocketRO, "read-only API socket")
-	fs.Var(&intList{p: &cfg.AllowUIDs}, "allow-uid", "uid allowed on the read-write socket besides root (repeatable)")
-	fs.Var(&intList{p: &cfg.AllowGIDs}, "allow-gid", "gid allowed on the read-write socket (repeatable)")
-	fs.Var(&stringList{p: &cfg.AllowGroups}, "allow-group", "group allowed on the read-write socket, by name (repeatable)")
+	fs.StringVar(&cfg.LibvirtSocket, "libvirt-socket", cfg.LibvirtSocket, "read-write socket of libvirt's RPC protocol, for virsh and libvirt clients; empty turns it off")
+	fs.StringVar(&cfg.LibvirtSocketRO, "libvirt-socket-ro", cfg.LibvirtSocketRO, "read-only socket of libvirt's RPC protocol; empty turns it off")
+	fs.Var(&intList{p: &cfg.AllowUIDs}, "allow-uid", "uid allowed on the read-write sockets (API and libvirt) besides root (repeatable)")
+	fs.Var(&intList{p: &cfg.AllowGIDs}, "allow-gid", "gid allowed on the read-write sockets (repeatable)")
+	fs.Var(&stringList{p: &cfg.AllowGroups}, "allow-group", "group allowed on the read-write sockets, by name (repeatable)")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the metadata store and journal")
 	fs.StringVar(&cfg.Transaction, "transaction", cfg.Transaction, "auto: one QMP transaction when QEMU has it; never: disk by disk")
 	fs.StringVar(&cfg.Switch, "switch", cfg.Switch, "auto: QEMU opens the overlays in the switch command unless the guest is frozen for it; preadd: always before; sync: always in it")

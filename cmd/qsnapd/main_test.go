@@ -15,6 +15,9 @@ func TestFlags(t *testing.T) {
 	}{
 		{[]string{"--version"}, 0, "qsnapd ", ""},
 		{[]string{"--help"}, 0, "-version", ""},
+		{[]string{"--help"}, 0, "-libvirt-socket-ro", ""},
+		{[]string{"--libvirt-socket", "libvirt-sock"}, 2, "", `libvirt_socket: "libvirt-sock" is not an absolute path`},
+		{[]string{"--libvirt-socket-ro", "/run/qsnapd/qsnapd.sock"}, 2, "", "libvirt_socket_ro: must differ from socket"},
 		{[]string{"--bogus"}, 2, "", "-version"},
 		{[]string{"--bogus"}, 2, "", "flag provided but not defined"},
 	} {

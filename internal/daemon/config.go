@@ -51,6 +51,8 @@ type DomainEntry struct {
 type Config struct {
 	Socket          string        `toml:"socket"`
 	SocketRO        string        `toml:"socket_ro"`
+	LibvirtSocket   string        `toml:"libvirt_socket"`    // libvirt's RPC; "" turns it off
+	LibvirtSocketRO string        `toml:"libvirt_socket_ro"` // read-only; "" turns it off
 	AllowUIDs       []int         `toml:"allow_uid"`
 	AllowGIDs       []int         `toml:"allow_gid"`
 	AllowGroups     []string      `toml:"allow_group"`
@@ -84,6 +86,8 @@ func Default() Config {
 	return Config{
 		Socket:          api.DefaultSocket,
 		SocketRO:        api.DefaultSocketRO,
+		LibvirtSocket:   "/run/qsnapd/libvirt-sock",
+		LibvirtSocketRO: "/run/qsnapd/libvirt-sock-ro",
 		StateDir:        "/var/lib/qsnapd",
 		Transaction:     dc.Transaction,
 		Switch:          dc.Switch,
@@ -130,18 +134,30 @@ func (c *Config) Validate() error {
 		}
 		return nil
 	}
-	for _, kv := range []struct{ key, path string }{{"socket", c.Socket}, {"socket_ro", c.SocketRO}, {"state_dir", c.StateDir}} {
+	if err := absolute("state_dir", c.StateDir); err != nil {
+		return err
+	}
+	// The libvirt sockets may be off (""); the API's may not.
+	sockets := []struct {
+		key, path string
+		optional  bool
+	}{{"socket", c.Socket, false}, {"socket_ro", c.SocketRO, false},
+		{"libvirt_socket", c.LibvirtSocket, true}, {"libvirt_socket_ro", c.LibvirtSocketRO, true}}
+	usedBy := map[string]string{}
+	for _, kv := range sockets {
+		if kv.optional && kv.path == "" {
+			continue
+		}
 		if err := absolute(kv.key, kv.path); err != nil {
 			return err
 		}
-	}
-	for _, kv := range []struct{ key, path string }{{"socket", c.Socket}, {"socket_ro", c.SocketRO}} {
 		if len(kv.path) >= 108 {
 			return keyErr(kv.key, "unix socket paths must be under 108 bytes, got %d", len(kv.path))
 		}
-	}
-	if c.Socket == c.SocketRO {
-		return keyErr("socket_ro", "must differ from socket")
+		if other, ok := usedBy[kv.path]; ok {
+			return keyErr(kv.key, "must differ from %s", other)
+		}
+		usedBy[kv.path] = kv.key
 	}
 	for _, d := range c.AllowedDirs {
 		if err := absolute("allowed_dir", d); err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qsnapd/qsnapd/api"
 	"github.com/qsnapd/qsnapd/driver"
 )
 
@@ -27,6 +28,9 @@ func TestExampleConfigLoads(t *testing.T) {
 	}
 	if len(c.Domains) != 0 {
 		t.Errorf("the example attaches domains: %+v", c.Domains)
+	}
+	if d := Default(); c.LibvirtSocket != d.LibvirtSocket || c.LibvirtSocketRO != d.LibvirtSocketRO {
+		t.Errorf("the example's libvirt sockets %q, %q; want the defaults %q, %q", c.LibvirtSocket, c.LibvirtSocketRO, d.LibvirtSocket, d.LibvirtSocketRO)
 	}
 	// Its commented-out [[domain]] entries are valid once uncommented.
 	data, _ := os.ReadFile("../../configs/qsnapd.toml")
@@ -76,6 +80,8 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 		{"unknown key in a domain", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\ncpu = 2\n", ":4: domain.cpu: unknown key"},
 		{"bad agent channel", "[[domain]]\nname = \"a\"\nqmp = \"/q\"\nagent = \"/g\"\nagent_channel = \"shared\"\n", ":5: domain[0].agent_channel:"},
 		{"malformed", "socket = \n", ":1:"},
+		{"relative libvirt socket", "# c\nlibvirt_socket = \"libvirt-sock\"\n", ":2: libvirt_socket: \"libvirt-sock\" is not an absolute path"},
+		{"libvirt socket on the API's", "libvirt_socket_ro = \"/run/qsnapd/qsnapd-ro.sock\"\n", ":1: libvirt_socket_ro: must differ from socket_ro"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "qsnapd.toml")
@@ -176,5 +182,51 @@ func TestAllowGroup(t *testing.T) {
 	var ke *KeyError
 	if err := c.Validate(); !errors.As(err, &ke) || ke.Key != "allow_group" || !strings.Contains(err.Error(), "no-such-group-here") {
 		t.Errorf("an unknown group: %v, want an allow_group error naming it", err)
+	}
+}
+
+func TestLibvirtSocketConfig(t *testing.T) {
+	d := Default()
+	if d.LibvirtSocket != "/run/qsnapd/libvirt-sock" || d.LibvirtSocketRO != "/run/qsnapd/libvirt-sock-ro" {
+		t.Errorf("defaults %q, %q; want /run/qsnapd/libvirt-sock, /run/qsnapd/libvirt-sock-ro", d.LibvirtSocket, d.LibvirtSocketRO)
+	}
+	long := "/run/" + strings.Repeat("x", 103)
+	for _, tc := range []struct {
+		name    string
+		rw, ro  string
+		wantKey string // "" when valid
+		wantMsg string
+	}{
+		{"defaults", d.LibvirtSocket, d.LibvirtSocketRO, "", ""},
+		{"read-write off", "", d.LibvirtSocketRO, "", ""},
+		{"read-only off", d.LibvirtSocket, "", "", ""},
+		{"both off", "", "", "", ""},
+		{"relative", "libvirt-sock", "", "libvirt_socket", "is not an absolute path"},
+		{"too long", "", long, "libvirt_socket_ro", "under 108 bytes"},
+		{"the same twice", "/run/l.sock", "/run/l.sock", "libvirt_socket_ro", "must differ from libvirt_socket"},
+		{"the API's", api.DefaultSocket, "", "libvirt_socket", "must differ from socket"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			c.LibvirtSocket, c.LibvirtSocketRO = tc.rw, tc.ro
+			err := c.Validate()
+			var ke *KeyError
+			switch {
+			case tc.wantKey == "" && err != nil:
+				t.Errorf("got %v, want valid", err)
+			case tc.wantKey != "" && (!errors.As(err, &ke) || ke.Key != tc.wantKey || !strings.Contains(ke.Msg, tc.wantMsg)):
+				t.Errorf("got %v, want a %s error saying %q", err, tc.wantKey, tc.wantMsg)
+			}
+		})
+	}
+	// An empty value in the file turns a socket off, as the flag does.
+	path := filepath.Join(t.TempDir(), "qsnapd.toml")
+	writeFile(t, path, []byte("libvirt_socket = \"\"\n"))
+	c := Default()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Check(nil); err != nil || c.LibvirtSocket != "" || c.LibvirtSocketRO != d.LibvirtSocketRO {
+		t.Errorf("libvirt_socket = \"\": %v; sockets %q, %q", err, c.LibvirtSocket, c.LibvirtSocketRO)
 	}
 }

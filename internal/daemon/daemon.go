@@ -1,6 +1,6 @@
 // Package daemon wires qsnapd together: configuration, logging, the
-// driver, the API sockets (or systemd's), metrics, D-Bus, systemd
-// notifications, and an orderly shutdown.
+// driver, the API's and libvirt RPC's sockets (or systemd's), metrics,
+// D-Bus, systemd notifications, and an orderly shutdown.
 package daemon
 
 import (
@@ -21,7 +21,9 @@ import (
 	"github.com/qsnapd/qsnapd/api/server"
 	"github.com/qsnapd/qsnapd/dbusapi"
 	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/internal/peercred"
 	"github.com/qsnapd/qsnapd/internal/version"
+	"github.com/qsnapd/qsnapd/libvirtrpc"
 	"github.com/qsnapd/qsnapd/metrics"
 	"github.com/qsnapd/qsnapd/qmp"
 )
@@ -116,17 +118,18 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}
 	}
 
-	rw, ro, ownSockets, err := listeners(cfg)
+	socks, err := listeners(cfg, log)
 	if err != nil {
 		drv.Close()
 		return err
 	}
-	srv := server.New(drv, server.Config{Access: server.Access{UIDs: cfg.AllowUIDs, GIDs: cfg.AllowedGIDs()},
-		OpRetention: time.Duration(cfg.OpRetention)}, log)
+	access := peercred.Access{UIDs: cfg.AllowUIDs, GIDs: cfg.AllowedGIDs()}
+	srv := server.New(drv, server.Config{Access: access, OpRetention: time.Duration(cfg.OpRetention)}, log)
 	serveCtx, stopServing := context.WithCancel(context.Background())
 	defer stopServing()
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(serveCtx, rw, ro) }()
+	go func() { served <- srv.Serve(serveCtx, socks.rw, socks.ro) }()
+	lv, libvirtErr := serveLibvirt(drv, access, socks, log)
 
 	metricsErr := make(chan error, 1)
 	go func() {
@@ -148,7 +151,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	notify(log, "READY=1")
 	notify(log, fmt.Sprintf("STATUS=serving %d domains", len(drv.Domains())))
 	log.Info("qsnapd ready", zap.String("version", version.String()), zap.String("socket", cfg.Socket),
-		zap.String("socket_ro", cfg.SocketRO), zap.String("state_dir", cfg.StateDir),
+		zap.String("socket_ro", cfg.SocketRO), zap.String("libvirt_socket", addr(socks.libvirt)),
+		zap.String("libvirt_socket_ro", addr(socks.libvirtRO)), zap.String("state_dir", cfg.StateDir),
 		zap.String("metrics", cfg.MetricsListen), zap.String("dbus", cfg.DBus))
 
 	stopWatchdog := watchdog(ctx, drv, log)
@@ -159,70 +163,186 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		runErr = fmt.Errorf("api: %w", runErr)
 	case err := <-metricsErr:
 		runErr = fmt.Errorf("metrics: %w", err)
+	case err := <-libvirtErr:
+		runErr = fmt.Errorf("libvirt: %w", err)
 	}
 	stopWatchdog()
 	notify(log, "STOPPING=1")
 	notify(log, "STATUS=stopping: finishing running operations")
+	// Both front ends stop accepting at once and drain side by side;
+	// the driver shuts down only once no call can reach it.
 	stopServing()
+	lvStopped := make(chan error, 1)
+	go func() { lvStopped <- stopLibvirt(lv) }()
 	if runErr == nil {
 		runErr = <-served
 	}
+	runErr = errors.Join(runErr, <-lvStopped)
 	sctx, cancel2 := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel2()
 	err = errors.Join(runErr, drv.Shutdown(sctx))
-	// systemd's socket files stay: the socket units go on listening
-	// and start the next daemon.
-	if ownSockets {
-		os.Remove(cfg.Socket)
-		os.Remove(cfg.SocketRO)
+	for _, p := range socks.own {
+		os.Remove(p)
 	}
 	log.Info("qsnapd stopped")
 	return err
 }
 
-// listeners returns the read-write and read-only sockets: systemd's
-// (named "rw" and "ro" by FileDescriptorName, else in that order) when
-// it passed them, or our own, which own says.
-func listeners(cfg Config) (rw, ro net.Listener, own bool, err error) {
+// serveLibvirt serves libvirt's RPC on the libvirt sockets; nil when
+// both are off. A Serve that fails for another reason than Shutdown
+// reports on the channel.
+func serveLibvirt(drv *driver.Driver, access peercred.Access, socks *sockets, log *zap.Logger) (*libvirtrpc.Server, <-chan error) {
+	failed := make(chan error, 2)
+	if socks.libvirt == nil && socks.libvirtRO == nil {
+		return nil, failed
+	}
+	lv := libvirtrpc.New(drv, libvirtrpc.Config{Access: access}, log.Named("libvirt"))
+	for _, l := range []struct {
+		ln       net.Listener
+		readOnly bool
+	}{{socks.libvirt, false}, {socks.libvirtRO, true}} {
+		if l.ln == nil {
+			continue
+		}
+		go func() {
+			if err := lv.Serve(l.ln, l.readOnly); !errors.Is(err, libvirtrpc.ErrServerClosed) {
+				failed <- err
+			}
+		}()
+	}
+	return lv, failed
+}
+
+// stopLibvirt stops the libvirt server, if any: at once for new
+// connections, after its own drain at most for calls under way.
+func stopLibvirt(lv *libvirtrpc.Server) error {
+	if lv == nil {
+		return nil
+	}
+	if err := lv.Shutdown(context.Background()); err != nil {
+		return fmt.Errorf("libvirt: %w", err)
+	}
+	return nil
+}
+
+// sockets are the daemon's listeners, systemd's or its own; a nil one
+// is off.
+type sockets struct {
+	rw, ro             net.Listener
+	libvirt, libvirtRO net.Listener
+	// own are the socket files the daemon bound, removed at its exit;
+	// systemd's stay: the socket units go on listening and start the
+	// next daemon.
+	own []string
+}
+
+// close closes every listener, for a start that fails half-way.
+func (s *sockets) close() {
+	for _, ln := range []net.Listener{s.rw, s.ro, s.libvirt, s.libvirtRO} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+}
+
+// addr is a listener's address for the log; "" when it is off.
+func addr(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}
+
+// listeners returns systemd's sockets when it passed some, else binds
+// the config's.
+func listeners(cfg Config, log *zap.Logger) (*sockets, error) {
 	// Read before activation unsets it.
 	if os.Getenv("LISTEN_FDS") != "" {
-		named, err := activation.ListenersWithNames()
+		return activated(cfg, log)
+	}
+	s := &sockets{}
+	for _, l := range []struct {
+		ln   *net.Listener
+		path string
+		mode os.FileMode
+	}{{&s.rw, cfg.Socket, 0o660}, {&s.ro, cfg.SocketRO, 0o666},
+		{&s.libvirt, cfg.LibvirtSocket, 0o660}, {&s.libvirtRO, cfg.LibvirtSocketRO, 0o666}} {
+		if l.path == "" { // a libvirt socket turned off; Validate allows no other
+			continue
+		}
+		ln, err := listen(l.path, l.mode)
 		if err != nil {
-			return nil, nil, false, fmt.Errorf("socket activation: %w", err)
+			s.close()
+			return nil, err
 		}
-		var all []net.Listener
-		for name, lns := range named {
-			for _, ln := range lns {
-				switch name {
-				case "rw":
-					rw = ln
-				case "ro":
-					ro = ln
-				default:
-					all = append(all, ln)
-				}
-			}
-		}
-		for _, ln := range all {
-			if rw == nil {
-				rw = ln
-			} else if ro == nil {
-				ro = ln
-			}
-		}
-		if rw == nil {
-			return nil, nil, false, errors.New("socket activation: no read-write socket passed")
-		}
-		return rw, ro, false, nil
+		*l.ln = ln
+		s.own = append(s.own, l.path)
 	}
-	if rw, err = listen(cfg.Socket, 0o660); err != nil {
-		return nil, nil, false, err
+	return s, nil
+}
+
+// activated takes the sockets systemd passed, by FileDescriptorName:
+// "rw" and "ro" for the API, "libvirt" and "libvirt-ro" for libvirt's
+// RPC. Unnamed ones are the API's, read-write first, in the order
+// passed. A libvirt socket comes only from systemd here: the service
+// cannot bind under its read-only /run.
+func activated(cfg Config, log *zap.Logger) (*sockets, error) {
+	s := &sockets{}
+	var unnamed []net.Listener
+	// Files, not ListenersWithNames: a map loses the order the
+	// unnamed fallback needs.
+	for _, f := range activation.Files(true) {
+		ln, err := net.FileListener(f)
+		f.Close() // ln holds a dup
+		if err != nil {
+			s.close()
+			return nil, fmt.Errorf("socket activation: fd %s: %w", f.Name(), err)
+		}
+		switch f.Name() {
+		case "rw":
+			s.rw = ln
+		case "ro":
+			s.ro = ln
+		case "libvirt":
+			s.libvirt = ln
+		case "libvirt-ro":
+			s.libvirtRO = ln
+		default:
+			unnamed = append(unnamed, ln)
+		}
 	}
-	if ro, err = listen(cfg.SocketRO, 0o666); err != nil {
-		rw.Close()
-		return nil, nil, false, err
+	for _, ln := range unnamed {
+		switch {
+		case s.rw == nil:
+			s.rw = ln
+		case s.ro == nil:
+			s.ro = ln
+		default:
+			log.Warn("socket activation: a socket of no known name; not served", zap.String("addr", ln.Addr().String()))
+			_ = ln.Close()
+		}
 	}
-	return rw, ro, true, nil
+	if s.rw == nil {
+		s.close()
+		return nil, errors.New("socket activation: no read-write socket passed")
+	}
+	// The config can turn off what the units still listen on; its
+	// clients then wait unanswered, so say which unit to disable.
+	for _, l := range []struct {
+		ln   *net.Listener
+		key  string
+		path string
+		unit string
+	}{{&s.libvirt, "libvirt_socket", cfg.LibvirtSocket, "qsnapd-libvirt.socket"},
+		{&s.libvirtRO, "libvirt_socket_ro", cfg.LibvirtSocketRO, "qsnapd-libvirt-ro.socket"}} {
+		if *l.ln != nil && l.path == "" {
+			log.Warn("socket activation: a libvirt socket the config turns off; not served",
+				zap.String("key", l.key), zap.String("addr", addr(*l.ln)), zap.String("disable", l.unit))
+			_ = (*l.ln).Close()
+			*l.ln = nil
+		}
+	}
+	return s, nil
 }
 
 // listen binds a unix socket with the given mode, replacing a stale

@@ -66,6 +66,7 @@ func startDaemonEnv(t *testing.T, env []string, extra ...string) *daemon {
 	dir := qemutest.TempDir(t)
 	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "rw.sock"), env: env, exited: make(chan error, 1)}
 	d.args = append([]string{"--socket", d.socket, "--socket-ro", filepath.Join(dir, "ro.sock"),
+		"--libvirt-socket", filepath.Join(dir, "libvirt-sock"), "--libvirt-socket-ro", filepath.Join(dir, "libvirt-sock-ro"),
 		"--state-dir", filepath.Join(dir, "state"), "--log-format", "json", "--log-level", "debug",
 		"--metrics-listen", ""}, extra...)
 	d.launch()

@@ -76,15 +76,17 @@ func TestNotify(t *testing.T) {
 	want("STOPPING=1")
 }
 
-// TestSocketActivation passes two listening sockets the way systemd
-// does: LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES with fds 3 and 4, at
-// the paths of the config, as the units do. The socket files are
-// systemd's: they outlive the daemon, for the next one.
+// TestSocketActivation passes four listening sockets the way systemd
+// does: LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES with fds 3 to 6, at
+// the paths of the config, as the units do, in an order that only
+// their names make right. The socket files are systemd's: they outlive
+// the daemon, for the next one.
 func TestSocketActivation(t *testing.T) {
 	dir := qemutest.TempDir(t)
 	var files []*os.File
 	paths := map[string]string{}
-	for _, name := range []string{"rw", "ro"} {
+	names := []string{"libvirt-ro", "rw", "libvirt", "ro"}
+	for _, name := range names {
 		p := filepath.Join(dir, name+".sock")
 		ln, err := net.Listen("unix", p)
 		if err != nil {
@@ -102,9 +104,10 @@ func TestSocketActivation(t *testing.T) {
 	}
 	// LISTEN_PID must be the daemon's pid: the shell sets it, then execs.
 	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, filepath.Join(binDir, "qsnapd"),
-		"--state-dir", filepath.Join(dir, "state"), "--metrics-listen", "",
-		"--socket", paths["rw"], "--socket-ro", paths["ro"])
-	cmd.Env = append(os.Environ(), "LISTEN_FDS=2", "LISTEN_FDNAMES=rw:ro")
+		"--state-dir", filepath.Join(dir, "state"), "--metrics-listen", "", "--log-format", "json",
+		"--socket", paths["rw"], "--socket-ro", paths["ro"],
+		"--libvirt-socket", paths["libvirt"], "--libvirt-socket-ro", paths["libvirt-ro"])
+	cmd.Env = append(os.Environ(), fmt.Sprintf("LISTEN_FDS=%d", len(files)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
 	cmd.ExtraFiles = files
 	var log qemutest.LockedBuffer
 	cmd.Stderr = &log
@@ -133,6 +136,16 @@ func TestSocketActivation(t *testing.T) {
 	if api.Code(err) != api.CodeForbidden {
 		t.Errorf("passed read-only socket took a mutating request: %v", err)
 	}
+	if r := virsh(t, nil, paths["libvirt"], "list", "--all"); r.code != 0 {
+		t.Errorf("passed libvirt socket: virsh list: exit %d:\n%s", r.code, r.out)
+	}
+	if r := virsh(t, nil, paths["libvirt-ro"], "list", "--all"); r.code != 0 {
+		t.Errorf("passed read-only libvirt socket: virsh list: exit %d:\n%s", r.code, r.out)
+	}
+	// Which is which, by name: the ready line says.
+	if want := fmt.Sprintf(`"libvirt_socket":%q,"libvirt_socket_ro":%q`, paths["libvirt"], paths["libvirt-ro"]); !waitLogged(&log, want) {
+		t.Errorf("the ready line does not say %s", want)
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +167,7 @@ func TestUnitFiles(t *testing.T) {
 		t.Fatal("systemd-analyze is needed (Debian's systemd): run make deps")
 	}
 	dir := t.TempDir()
-	units := []string{"qsnapd.service", "qsnapd.socket", "qsnapd-ro.socket"}
+	units := []string{"qsnapd.service", "qsnapd.socket", "qsnapd-ro.socket", "qsnapd-libvirt.socket", "qsnapd-libvirt-ro.socket"}
 	for _, name := range units {
 		data, err := os.ReadFile(filepath.Join("..", "..", "..", "configs", name))
 		if err != nil {
@@ -396,7 +409,8 @@ func TestMakeInstall(t *testing.T) {
 	}
 	for _, f := range []string{
 		"usr/bin/qsnapd", "usr/bin/qsnapctl", "lib/systemd/system/qsnapd.service", "lib/systemd/system/qsnapd.socket",
-		"lib/systemd/system/qsnapd-ro.socket", "usr/lib/sysusers.d/qsnapd.conf", "usr/lib/tmpfiles.d/qsnapd.conf",
+		"lib/systemd/system/qsnapd-ro.socket", "lib/systemd/system/qsnapd-libvirt.socket", "lib/systemd/system/qsnapd-libvirt-ro.socket",
+		"usr/lib/sysusers.d/qsnapd.conf", "usr/lib/tmpfiles.d/qsnapd.conf",
 		"usr/share/dbus-1/system.d/io.github.qsnapd.conf", "usr/share/qsnapd/qsnapd-alerts.yml", "etc/qsnapd/qsnapd.toml",
 		"usr/share/man/man8/qsnapd.8.gz", "usr/share/man/man1/qsnapctl.1.gz", "usr/share/doc/qsnapd/copyright",
 		"usr/share/doc/qsnapd/examples/images.conf",

@@ -21,10 +21,14 @@ import (
 // on a host, and read-only to the service like all of /run.
 const vmRun = "/run/qemu-test"
 
+// pkgUnits are the package's units: the sockets, then the service.
+var pkgUnits = []string{"qsnapd.socket", "qsnapd-ro.socket", "qsnapd-libvirt.socket", "qsnapd-libvirt-ro.socket", "qsnapd.service"}
+
 // TestServiceUnderSystemd installs the Debian package in a Debian 12
 // root booted with systemd as PID 1 and meets the service as an
 // operator does: the sockets before the daemon, socket activation, a
-// snapshot through the hardened unit, a restart after SIGKILL, the
+// snapshot through the hardened unit, the stock virsh through the
+// libvirt sockets, a restart after SIGKILL, the
 // watchdog, a stop that thaws the guest, and remove and purge. QEMU and
 // the guest agent run outside the container, the service inside; the
 // VM's directory is bound at the same path (its images, which the
@@ -68,18 +72,18 @@ func TestServiceUnderSystemd(t *testing.T) {
 	s.sh("mkdir -p /etc/systemd/system/qsnapd.service.d && " +
 		"printf '[Service]\\nWatchdogSec=2s\\nTimeoutAbortSec=2s\\n' > /etc/systemd/system/qsnapd.service.d/watchdog.conf && " +
 		"systemctl daemon-reload")
-	s.logf("units: %s", s.states("qsnapd.socket", "qsnapd-ro.socket", "qsnapd.service"))
+	s.logf("units: %s", s.states(pkgUnits...))
 
 	s.step("sockets before the daemon")
-	if got := s.states("qsnapd.socket", "qsnapd-ro.socket", "qsnapd.service"); got != "active active inactive" {
-		t.Fatalf("after install: socket, ro socket, service = %s, want active active inactive", got)
+	if got := s.states(pkgUnits...); got != "active active active active inactive" {
+		t.Fatalf("after install: %s = %s, want the sockets active, the service inactive", strings.Join(pkgUnits, ", "), got)
 	}
 	gid := s.groupID("qsnapd")
 	for _, sock := range []struct {
 		name string
 		mode os.FileMode
 		gid  uint32
-	}{{"qsnapd.sock", 0o660, gid}, {"qsnapd-ro.sock", 0o666, 0}} {
+	}{{"qsnapd.sock", 0o660, gid}, {"qsnapd-ro.sock", 0o666, 0}, {"libvirt-sock", 0o660, gid}, {"libvirt-sock-ro", 0o666, 0}} {
 		fi, err := os.Stat(filepath.Join(apiDir, sock.name))
 		if err != nil {
 			t.Fatalf("socket: %v", err)
@@ -142,6 +146,33 @@ func TestServiceUnderSystemd(t *testing.T) {
 		}
 	}
 
+	s.step("virsh from the host")
+	// The stock virsh outside, through the bound libvirt sockets: the
+	// first connection starts the stopped service, which lists the
+	// snapshot qsnapctl took. bob is refused the read-write socket by
+	// its mode, and reads through the read-only one.
+	s.sh("systemctl stop qsnapd.service")
+	lvRW, lvRO := filepath.Join(apiDir, "libvirt-sock"), filepath.Join(apiDir, "libvirt-sock-ro")
+	if r := virsh(t, nil, lvRW, "snapshot-list", "vm1", "--name"); r.code != 0 || strings.TrimSpace(r.out) != "s1" {
+		t.Errorf("virsh snapshot-list vm1 through %s: exit %d, want s1:\n%s", lvRW, r.code, r.out)
+	}
+	s.logf("after virsh: %s", s.states("qsnapd-libvirt.socket", "qsnapd.service"))
+	if got := s.states("qsnapd.service"); got != "active" {
+		t.Errorf("the libvirt socket's connection left the service %s", got)
+	}
+	// bob is the container's, with the same ids outside; the test's
+	// directory lets any user through to the sockets.
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bob := &syscall.Credential{Uid: s.id("-u", "bob"), Gid: s.id("-g", "bob")}
+	if r := virsh(t, bob, lvRW, "snapshot-list", "vm1", "--name"); r.code == 0 || !strings.Contains(strings.ToLower(r.out), "permission denied") {
+		t.Errorf("bob: virsh snapshot-list through %s: exit %d, want permission denied:\n%s", lvRW, r.code, r.out)
+	}
+	if r := virsh(t, bob, lvRO, "snapshot-list", "vm1", "--name"); r.code != 0 || strings.TrimSpace(r.out) != "s1" {
+		t.Errorf("bob: virsh snapshot-list through %s: exit %d, want s1:\n%s", lvRO, r.code, r.out)
+	}
+
 	s.step("SIGKILL")
 	pid := s.mainPID()
 	s.sh("systemctl kill -s SIGKILL qsnapd")
@@ -169,7 +200,7 @@ func TestServiceUnderSystemd(t *testing.T) {
 	pid = s.mainPID()
 	s.sh("dpkg -i " + deb)
 	newPID = s.waitRestart(pid)
-	s.logf("main pid %d restarted as %d; %s", pid, newPID, s.states("qsnapd.socket", "qsnapd-ro.socket", "qsnapd.service"))
+	s.logf("main pid %d restarted as %d; %s", pid, newPID, s.states(pkgUnits...))
 	if out := s.sh("qsnapctl snapshot-list vm1 --name"); strings.TrimSpace(out) != "s1" {
 		t.Errorf("after the upgrade, snapshots of vm1: %q, want s1", out)
 	}
@@ -192,7 +223,7 @@ func TestServiceUnderSystemd(t *testing.T) {
 
 	s.step("dpkg -r")
 	s.sh("dpkg -r qsnapd")
-	s.logf("units: %s", s.states("qsnapd.socket", "qsnapd-ro.socket", "qsnapd.service"))
+	s.logf("units: %s", s.states(pkgUnits...))
 	if entries, _ := os.ReadDir(apiDir); len(entries) != 0 {
 		t.Errorf("sockets left after dpkg -r: %v", entries)
 	}
@@ -236,8 +267,11 @@ func (s *systemTest) sh(cmd string) string {
 }
 
 func (s *systemTest) journal() string {
-	out, _ := s.c.Exec(s.ctx, "journalctl", "-u", "qsnapd.service", "-u", "qsnapd.socket", "-u", "qsnapd-ro.socket",
-		"--no-pager", "-n", "60")
+	args := []string{"journalctl", "--no-pager", "-n", "60"}
+	for _, u := range pkgUnits {
+		args = append(args, "-u", u)
+	}
+	out, _ := s.c.Exec(s.ctx, args...)
 	return string(out)
 }
 
@@ -279,6 +313,16 @@ func (s *systemTest) waitRestart(old int) int {
 	}
 	s.t.Fatalf("qsnapd.service not back within 60s: %s\n%s", s.states("qsnapd.service"), s.journal())
 	return 0
+}
+
+// id is a user's id inside, as id(1) prints it with flag.
+func (s *systemTest) id(flag, user string) uint32 {
+	s.t.Helper()
+	n, err := strconv.ParseUint(strings.TrimSpace(s.sh("id "+flag+" "+user)), 10, 32)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return uint32(n)
 }
 
 func (s *systemTest) groupID(name string) uint32 {

@@ -298,7 +298,7 @@ func startDaemon(t *testing.T, bin, dir string) *daemon {
 	t.Helper()
 	d := &daemon{socket: filepath.Join(dir, "rw.sock"), socketRO: filepath.Join(dir, "ro.sock"), metrics: freePort(t)}
 	d.cmd = exec.Command(bin, "--socket", d.socket, "--socket-ro", d.socketRO, "--state-dir", filepath.Join(dir, "state"),
-		"--metrics-listen", d.metrics, "--log-level", "warn")
+		"--libvirt-socket", "", "--libvirt-socket-ro", "", "--metrics-listen", d.metrics, "--log-level", "warn")
 	d.cmd.Stderr = os.Stderr
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := d.cmd.Start(); err != nil {
