@@ -47,10 +47,12 @@ const (
 	lenSize = 4
 	// headerSize is the header's six words.
 	headerSize = 24
-	// maxMessage is VIR_NET_MESSAGE_MAX: libvirt's largest message, the
-	// length word included. A longer one ends the connection, as in
-	// libvirtd.
+	// maxMessage is VIR_NET_MESSAGE_MAX: libvirt's largest message
+	// after the length word (libvirtd takes a length word of 4 + 32 MiB
+	// and closes the connection at one more).
 	maxMessage = 32 << 20
+	// firstChunk is what readFrame allocates before the body arrives.
+	firstChunk = 64 << 10
 	// maxString is VIR_NET_MESSAGE_STRING_MAX, libvirt's longest string.
 	maxString = 4 << 20
 )
@@ -80,15 +82,15 @@ func readFrame(r io.Reader) (header, []byte, error) {
 	switch {
 	case n < lenSize+headerSize:
 		return header{}, nil, fmt.Errorf("%w: length %d is shorter than a header", errFrame, n)
-	case n > maxMessage:
-		return header{}, nil, fmt.Errorf("%w: length %d is over the maximum %d", errFrame, n, maxMessage)
+	case n-lenSize > maxMessage:
+		return header{}, nil, fmt.Errorf("%w: length %d is over the maximum %d", errFrame, n, lenSize+maxMessage)
 	}
-	msg := make([]byte, n-lenSize)
-	if got, err := io.ReadFull(r, msg); err != nil {
+	msg, err := readBody(r, int(n-lenSize))
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return header{}, nil, fmt.Errorf("%w: %d of %d bytes: %w", errFrame, got+lenSize, n, err)
+		return header{}, nil, fmt.Errorf("%w: %d of %d bytes: %w", errFrame, len(msg)+lenSize, n, err)
 	}
 	h := header{
 		Program:   binary.BigEndian.Uint32(msg[0:]),
@@ -99,6 +101,24 @@ func readFrame(r io.Reader) (header, []byte, error) {
 		Status:    binary.BigEndian.Uint32(msg[20:]),
 	}
 	return h, msg[headerSize:], nil
+}
+
+// readBody reads size bytes. It allocates as they arrive, doubling,
+// not the size up front: a client that sends a length of 32 MiB and
+// stalls costs the server firstChunk, not 32 MiB.
+func readBody(r io.Reader, size int) ([]byte, error) {
+	msg := make([]byte, 0, min(size, firstChunk))
+	for len(msg) < size {
+		if len(msg) == cap(msg) {
+			msg = append(make([]byte, 0, min(2*cap(msg), size)), msg...)
+		}
+		n, err := r.Read(msg[len(msg):cap(msg)])
+		msg = msg[:len(msg)+n]
+		if err != nil && len(msg) < size {
+			return msg, err
+		}
+	}
+	return msg, nil
 }
 
 // appendFrame encodes a message: the length word, the header and the
@@ -120,8 +140,8 @@ func appendFrame(buf []byte, h header, body any) ([]byte, error) {
 		buf = w.Bytes()
 	}
 	n := len(buf) - start
-	if n > maxMessage {
-		return buf[:start], fmt.Errorf("encode the reply to procedure %d: %d bytes, over libvirt's maximum %d", h.Procedure, n, maxMessage)
+	if n-lenSize > maxMessage {
+		return buf[:start], fmt.Errorf("encode the reply to procedure %d: %d bytes, over libvirt's maximum %d", h.Procedure, n, lenSize+maxMessage)
 	}
 	binary.BigEndian.PutUint32(buf[start:], uint32(n))
 	return buf, nil
