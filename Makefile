@@ -125,6 +125,8 @@ fuzz:
 	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./qmp/
 	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzDecodeCreateRequest$$' -fuzztime $(FUZZTIME) ./api/server/
 	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzDiskspec$$' -fuzztime $(FUZZTIME) ./cmd/qsnapctl/
+	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./libvirtrpc/
+	$(GO) test -timeout 60m -run '^$$' -fuzz '^FuzzDecodeCall$$' -fuzztime $(FUZZTIME) ./libvirtrpc/
 
 # man writes qsnapd(8) and qsnapctl(1) from the programs' own --help
 # and --version, with help2man.

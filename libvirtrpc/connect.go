@@ -51,7 +51,7 @@ func (s *Server) connectProcedures(t map[int32]procedure) {
 		}
 		return libvirt.ConnectGetHostnameRet{Hostname: name}, nil
 	})}
-	t[procConnectGetURI] = procedure{run: handler(func(context.Context, *conn, *struct{}) (libvirt.ConnectGetUriRet, error) {
+	t[procConnectGetUri] = procedure{run: handler(func(context.Context, *conn, *struct{}) (libvirt.ConnectGetUriRet, error) {
 		return libvirt.ConnectGetUriRet{Uri: connectURI}, nil
 	})}
 	t[procConnectGetCapabilities] = procedure{run: handler(s.capabilities)}

@@ -58,6 +58,7 @@ const (
 
 // prefixes are libvirt's messages for its error numbers (virerror.c),
 // which it puts before the detail: "Domain snapshot not found: ...".
+// VIR_ERR_RPC has none: libvirtd sends "unknown procedure: 9999" bare.
 var prefixes = map[int32]string{
 	1:  "internal error",
 	3:  "this function is not supported by the connection driver",
@@ -65,7 +66,6 @@ var prefixes = map[int32]string{
 	9:  "operation failed",
 	28: "operation failed",
 	29: "operation forbidden",
-	39: "RPC error",
 	42: "Domain not found",
 	55: "Requested operation is not valid",
 	67: "unsupported configuration",

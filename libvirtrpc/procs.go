@@ -34,7 +34,7 @@ const (
 	procConnectGetHostname              int32 = 59
 	procConnectSupportsFeature          int32 = 60
 	procAuthList                        int32 = 66
-	procConnectGetURI                   int32 = 110
+	procConnectGetUri                   int32 = 110
 	procDomainGetSecurityLabel          int32 = 121
 	procNodeGetSecurityModel            int32 = 122
 	procConnectIsSecure                 int32 = 149
@@ -114,9 +114,22 @@ func procName(p int32) string {
 }
 
 // apiName is the libvirt API a procedure implements, as libvirt names
-// it in its "not supported" errors: DomainSnapshotCreateXML is
-// virDomainSnapshotCreateXML.
-func apiName(p int32) string { return "vir" + procNames[p] }
+// it in its "not supported" and "read only" errors:
+// DomainSnapshotCreateXML is virDomainSnapshotCreateXML.
+func apiName(p int32) string {
+	if name, ok := apiNames[p]; ok {
+		return name
+	}
+	return "vir" + procNames[p]
+}
+
+// apiNames are the mutating procedures (whose name a read-only refusal
+// says) that go-libvirt spells otherwise than libvirt's C API: it
+// capitalizes the protocol's words, the API has its own acronyms.
+var apiNames = map[int32]string{
+	procDomainFsfreeze: "virDomainFSFreeze",
+	procDomainFsthaw:   "virDomainFSThaw",
+}
 
 // dispatch runs one call of the remote program.
 func (c *conn) dispatch(h header, body []byte) (any, error) {

@@ -246,6 +246,10 @@ func (c *conn) serve() {
 		switch {
 		case h.Program == keepaliveProgram && h.Version == keepaliveVersion:
 			c.keepalive(h)
+		case h.Type == typeCallWithFDs && h.Program == remoteProgram:
+			// Only calls qsnapd does not serve pass descriptors; an answer
+			// keeps the client from waiting for one.
+			c.reply(h, nil, errorf(errRPC, fromRPC, "passing file descriptors is not supported"))
 		case h.Type != typeCall:
 			// Only calls get replies; libvirtd drops the rest too.
 			c.log.Debug("libvirt client: message dropped", zap.Uint32("program", h.Program),

@@ -33,6 +33,8 @@ const (
 	typeCall    uint32 = 0
 	typeReply   uint32 = 1
 	typeMessage uint32 = 2
+	// typeCallWithFDs is a call whose descriptors follow on the socket.
+	typeCallWithFDs uint32 = 3
 )
 
 // Reply statuses (virNetMessageStatus).
@@ -51,6 +53,8 @@ const (
 	// after the length word. A longer one ends the connection, as in
 	// libvirtd.
 	maxMessage = 32 << 20
+	// firstChunk is what readFrame allocates before the body arrives.
+	firstChunk = 64 << 10
 	// maxString is VIR_NET_MESSAGE_STRING_MAX, libvirt's longest string.
 	maxString = 4 << 20
 )
@@ -83,12 +87,12 @@ func readFrame(r io.Reader) (header, []byte, error) {
 	case n > lenSize+maxMessage:
 		return header{}, nil, fmt.Errorf("%w: length %d is over the maximum %d", errFrame, n, lenSize+maxMessage)
 	}
-	msg := make([]byte, n-lenSize)
-	if got, err := io.ReadFull(r, msg); err != nil {
+	msg, err := readBody(r, int(n-lenSize))
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return header{}, nil, fmt.Errorf("%w: %d of %d bytes: %w", errFrame, got+lenSize, n, err)
+		return header{}, nil, fmt.Errorf("%w: %d of %d bytes: %w", errFrame, len(msg)+lenSize, n, err)
 	}
 	h := header{
 		Program:   binary.BigEndian.Uint32(msg[0:]),
@@ -99,6 +103,24 @@ func readFrame(r io.Reader) (header, []byte, error) {
 		Status:    binary.BigEndian.Uint32(msg[20:]),
 	}
 	return h, msg[headerSize:], nil
+}
+
+// readBody reads size bytes. It allocates as they arrive, doubling,
+// not the size up front: a client that sends a length of 32 MiB and
+// stalls costs the server firstChunk, not 32 MiB.
+func readBody(r io.Reader, size int) ([]byte, error) {
+	msg := make([]byte, 0, min(size, firstChunk))
+	for len(msg) < size {
+		if len(msg) == cap(msg) {
+			msg = append(make([]byte, 0, min(2*cap(msg), size)), msg...)
+		}
+		n, err := r.Read(msg[len(msg):cap(msg)])
+		msg = msg[:len(msg)+n]
+		if err != nil && len(msg) < size {
+			return msg, err
+		}
+	}
+	return msg, nil
 }
 
 // appendFrame encodes a message: the length word, the header and the
