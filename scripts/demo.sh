@@ -88,6 +88,14 @@ bin/qsnapctl --json snapshot-create-as demo snap2 --disk-only --atomic --quiesce
 	--diskspec "data1,file=$work/data1.snap2" --diskspec "data2,file=$work/data2.snap2" > "$work/snap2.json"
 grep -E '"(quiesced|total_ms|switch_ms|freeze_ms|code)"' "$work/snap2.json" | sed 's/^ */  /'
 
+if command -v virsh >/dev/null; then
+	step "The same daemon from the stock virsh, through qsnapd's libvirt endpoint"
+	uri="qemu+unix:///system?socket=$work/libvirt-sock"
+	show virsh -c "$uri" snapshot-create-as demo snap3 --disk-only --atomic --quiesce \
+		--diskspec "data1,file=$work/data1.snap3" --diskspec "data2,file=$work/data2.snap3"
+	show virsh -c "$uri" snapshot-list demo --tree
+fi
+
 step "The guest is thawed"
 show bin/qsnapctl domfsstatus demo
 
