@@ -13,7 +13,6 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
-	"github.com/qsnapd/qsnapd/qmp"
 )
 
 // go-libvirt, as a Go program would use it, drives the endpoint on the
@@ -209,16 +208,7 @@ func checkGoLibvirtSnapshots(t *testing.T) {
 		t.Errorf("DomainSnapshotCurrent after delete: %+v, %v; want s1", cur, err)
 	}
 	// QEMU's view: each disk on s1's overlay, over its first image.
-	mon, err := qmp.Dial(testCtx(t), vm.QMP2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mon.Close()
-	disks, err := mon.Disks(testCtx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, d := range disks {
+	for i, d := range qemuDisks(t, vm) {
 		if len(d.Backing) != 1 || d.File != overlay(vm, "s1", d.Target) || d.Backing[0].File != vm.Disks[i].Path {
 			t.Errorf("disk %s: %s over %+v; want %s over %s", d.Target, d.File, d.Backing, overlay(vm, "s1", d.Target), vm.Disks[i].Path)
 		}
@@ -231,8 +221,8 @@ func checkGoLibvirtSnapshots(t *testing.T) {
 	if recs, err := e.drv.Snapshots("vm1"); err != nil || len(recs) != 0 {
 		t.Errorf("metadata after the deletes: %+v, %v; want none", recs, err)
 	}
-	if again, err := mon.Disks(testCtx(t)); err != nil || again[0].File != overlay(vm, "s1", again[0].Target) {
-		t.Errorf("after METADATA_ONLY: %+v, %v; want the disks still on s1's overlays", again, err)
+	if again := qemuDisks(t, vm); again[0].File != overlay(vm, "s1", again[0].Target) {
+		t.Errorf("after METADATA_ONLY: %+v; want the disks still on s1's overlays", again)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/libvirtrpc"
+	"github.com/qsnapd/qsnapd/qmp"
 )
 
 // endpoint is an in-process libvirt endpoint over a real driver, whose
@@ -143,4 +144,20 @@ func testCtx(t *testing.T) context.Context {
 func execOut(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err
+}
+
+// qemuDisks are a VM's disks as QEMU has them, read through its second
+// monitor, which the endpoint does not use.
+func qemuDisks(t *testing.T, vm *qemutest.VM) []qmp.Disk {
+	t.Helper()
+	obs, err := qmp.Dial(testCtx(t), vm.QMP2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Close()
+	disks, err := obs.Disks(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return disks
 }

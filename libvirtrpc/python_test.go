@@ -12,7 +12,6 @@ import (
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
 	"github.com/qsnapd/qsnapd/internal/testing/testguest"
-	"github.com/qsnapd/qsnapd/qmp"
 )
 
 // TestPythonClient drives the endpoint with the unmodified libvirt-python
@@ -78,16 +77,7 @@ func TestPythonClient(t *testing.T) {
 	// QEMU's view, through a monitor the endpoint does not use: each disk
 	// runs on s4's overlay, over nm's, over s1's (s2's merged into it),
 	// over the image QEMU started with.
-	ctx := testCtx(t)
-	mon, err := qmp.Dial(ctx, vm.QMP2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mon.Close()
-	disks, err := mon.Disks(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	disks := qemuDisks(t, vm)
 	if len(disks) != 2 {
 		t.Fatalf("QEMU has %d disks, want 2", len(disks))
 	}

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
-	"github.com/qsnapd/qsnapd/qmp"
 )
 
 // TestVirshCommands covers what the libvirtd comparison does not: the
@@ -76,16 +75,7 @@ func TestVirshCommands(t *testing.T) {
 // VM's second monitor.
 func activeImage(t *testing.T, vm *qemutest.VM, target string) string {
 	t.Helper()
-	obs, err := qmp.Dial(testCtx(t), vm.QMP2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer obs.Close()
-	disks, err := obs.Disks(testCtx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range disks {
+	for _, d := range qemuDisks(t, vm) {
 		if d.Target == target {
 			return d.File
 		}

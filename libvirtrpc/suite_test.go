@@ -11,7 +11,6 @@ import (
 
 	"github.com/qsnapd/qsnapd/driver"
 	"github.com/qsnapd/qsnapd/internal/testing/qemutest"
-	"github.com/qsnapd/qsnapd/qmp"
 )
 
 // The endpoint's robustness checks run on the fake backend (under
@@ -39,15 +38,7 @@ var checks = []qemutest.Check{
 func (e *endpoint) state(name string) string {
 	e.t.Helper()
 	vm := e.vms[name]
-	obs, err := qmp.Dial(testCtx(e.t), vm.QMP2)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer obs.Close()
-	disks, err := obs.Disks(testCtx(e.t))
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	disks := qemuDisks(e.t, vm)
 	entries, err := os.ReadDir(vm.Dir)
 	if err != nil {
 		e.t.Fatal(err)
@@ -71,17 +62,8 @@ func (e *endpoint) state(name string) string {
 // activeFiles are the domain's disks' active images, as QEMU says.
 func (e *endpoint) activeFiles(name string) []string {
 	e.t.Helper()
-	obs, err := qmp.Dial(testCtx(e.t), e.vms[name].QMP2)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer obs.Close()
-	disks, err := obs.Disks(testCtx(e.t))
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	var files []string
-	for _, d := range disks {
+	for _, d := range qemuDisks(e.t, e.vms[name]) {
 		files = append(files, d.File)
 	}
 	slices.Sort(files)
