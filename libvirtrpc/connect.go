@@ -27,6 +27,9 @@ const (
 // CONNECT_SUPPORTS_FEATURE; every other is answered "no".
 const (
 	featureProgramKeepalive = 10 // VIR_DRV_FEATURE_PROGRAM_KEEPALIVE
+	// featureCloseCallback is VIR_DRV_FEATURE_REMOTE_CLOSE_CALLBACK: the
+	// client may ask to hear when the hypervisor connection closes.
+	featureCloseCallback = 14
 )
 
 // errNoConnect is VIR_ERR_NO_CONNECT, for a URI no driver here serves.
@@ -37,6 +40,15 @@ func (s *Server) connectProcedures(t map[int32]procedure) {
 	t[procConnectSupportsFeature] = procedure{beforeOpen: true, run: handler(s.supportsFeature)}
 	t[procConnectOpen] = procedure{beforeOpen: true, run: optionalFirst(handler(s.open))}
 	t[procConnectClose] = procedure{beforeOpen: true, run: handler(s.close)}
+	// The close callback: the "hypervisor connection" is the daemon
+	// itself, which closes only with the socket, as the client sees
+	// anyway; registering is accepted and no event is ever sent.
+	t[procConnectRegisterCloseCallback] = procedure{run: handler(func(context.Context, *conn, *struct{}) (struct{}, error) {
+		return struct{}{}, nil
+	})}
+	t[procConnectUnregisterCloseCallback] = procedure{run: handler(func(context.Context, *conn, *struct{}) (struct{}, error) {
+		return struct{}{}, nil
+	})}
 	t[procConnectGetType] = procedure{run: handler(func(context.Context, *conn, *struct{}) (libvirt.ConnectGetTypeRet, error) {
 		return libvirt.ConnectGetTypeRet{Type: hypervisorType}, nil
 	})}
@@ -78,7 +90,8 @@ func (s *Server) supportsFeature(_ context.Context, c *conn, args *libvirt.Conne
 	if args.Feature != featureProgramKeepalive && !c.isOpen() {
 		return libvirt.ConnectSupportsFeatureRet{}, errNotOpen
 	}
-	if args.Feature == featureProgramKeepalive {
+	switch args.Feature {
+	case featureProgramKeepalive, featureCloseCallback:
 		return libvirt.ConnectSupportsFeatureRet{Supported: 1}, nil
 	}
 	return libvirt.ConnectSupportsFeatureRet{Supported: 0}, nil

@@ -36,6 +36,8 @@ func sampleArgs() map[int32]any {
 		procConnectIsSecure:                 nil,
 		procNodeGetSecurityModel:            nil,
 		procAuthList:                        nil,
+		procConnectRegisterCloseCallback:    nil,
+		procConnectUnregisterCloseCallback:  nil,
 		procConnectSupportsFeature:          &libvirt.ConnectSupportsFeatureArgs{Feature: 10},
 		procConnectListAllDomains:           &libvirt.ConnectListAllDomainsArgs{NeedResults: 1, Flags: 3},
 		procConnectNumOfDomains:             nil,

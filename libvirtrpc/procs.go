@@ -63,6 +63,8 @@ const (
 	procDomainGetSecurityLabelList      int32 = 278
 	procDomainFsfreeze                  int32 = 335
 	procDomainFsthaw                    int32 = 336
+	procConnectRegisterCloseCallback    int32 = 360
+	procConnectUnregisterCloseCallback  int32 = 361
 )
 
 // procedure is one served procedure.

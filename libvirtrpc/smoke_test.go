@@ -65,10 +65,31 @@ func TestVirshCommands(t *testing.T) {
 		t.Errorf("vda runs on %s after the NO_METADATA snapshot", got)
 	}
 
+	// A read-only connection on the read-write socket (virsh -r) reads
+	// and changes nothing.
+	ro := func(args ...string) virshResult {
+		return e.virshURI(e.uri(false), nil, append([]string{"-r"}, args...)...)
+	}
+	if r := ro("snapshot-list", "vm1", "--name"); r.exit != 0 || !strings.Contains(r.stdout, "s1") {
+		t.Errorf("virsh -r snapshot-list: exit %d\n%s%s", r.exit, r.stdout, r.stderr)
+	}
+	if r := ro("snapshot-create-as", "vm1", "rox", "--disk-only"); r.exit != 1 || !strings.Contains(r.stderr, "operation forbidden") {
+		t.Errorf("virsh -r snapshot-create-as: exit %d\n%s%s", r.exit, r.stdout, r.stderr)
+	}
+
+	// --children-only merges s1's descendants and keeps s1.
+	run(0, "snapshot-create-as", "vm1", "c1", "--disk-only", "--atomic")
+	run(0, "snapshot-create-as", "vm1", "c2", "--disk-only", "--atomic")
+	contains(run(0, "snapshot-delete", "vm1", "s1", "--children-only"), "Domain snapshot s1 children deleted")
+	if got := strings.Fields(run(0, "snapshot-list", "vm1", "--name")); len(got) != 1 || got[0] != "s1" {
+		t.Errorf("after --children-only: %v, want [s1]", got)
+	}
+
 	// HALT: the snapshot, then QEMU quits; the domain is shut off.
 	contains(run(0, "snapshot-create-as", "vm1", "h", "--disk-only", "--halt"), "Domain snapshot h created")
 	contains(run(0, "list", "--all"), "vm1", "shut off")
 	contains(run(0, "snapshot-list", "vm1", "--name"), "s1", "h")
+	contains(run(0, "dominfo", "vm1"), "State:          shut off")
 }
 
 // activeImage is the image a disk runs on, as QEMU says through the
