@@ -78,6 +78,9 @@ var errorTable = []ErrorClass{
 	{errkind.OperationTimeout, CodeOperationInProgress, http.StatusConflict, DBusOperationInProgress, LibvirtFromQEMU},
 	{errkind.OperationUnsupported, CodeOperationUnsupported, http.StatusNotImplemented, DBusOperationUnsupported, LibvirtFromQEMU},
 	{errkind.AgentUnresponsive, CodeAgentUnresponsive, http.StatusServiceUnavailable, DBusAgentUnresponsive, LibvirtFromQEMU},
+	// No agent at all: the same answer as one that does not answer, but
+	// for libvirt's number.
+	{errkind.AgentNotConfigured, CodeAgentUnresponsive, http.StatusServiceUnavailable, DBusAgentUnresponsive, LibvirtFromQEMU},
 	{errkind.OperationInvalid, CodeOperationInvalid, http.StatusConflict, DBusOperationInvalid, LibvirtFromQEMU},
 	// Worth a retry: QEMU cannot be reached now, or the daemon stops.
 	{errkind.Unavailable, CodeOperationInvalid, http.StatusServiceUnavailable, DBusOperationInvalid, LibvirtFromQEMU},

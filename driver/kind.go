@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/qsnapd/qsnapd/errkind"
+	"github.com/qsnapd/qsnapd/guestagent"
 )
 
 // kinds sorts the driver's errors, most specific first: an error may
@@ -20,6 +21,9 @@ var kinds = []struct {
 	{errkind.NoDomainSnapshot, []error{ErrNoSnapshot}},
 	{errkind.SnapshotExists, []error{ErrSnapshotExists}},
 	{errkind.OperationTimeout, []error{ErrBusy}},
+	// Before AgentUnresponsive, which wraps it: libvirt tells a missing
+	// agent from one that does not answer.
+	{errkind.AgentNotConfigured, []error{guestagent.ErrNotConfigured}},
 	{errkind.AgentUnresponsive, []error{ErrAgentUnresponsive}},
 	{errkind.OperationUnsupported, []error{ErrUnsupported}},
 	{errkind.Unavailable, []error{ErrDisconnected, ErrClosed}},

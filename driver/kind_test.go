@@ -36,7 +36,7 @@ func TestKind(t *testing.T) {
 		{"operation failed", fmt.Errorf("%w: journal: disk full", ErrOperationFailed), errkind.OperationFailed},
 		{"quiesce", fmt.Errorf("%w: deadline-exceeded: 12s", ErrQuiesce), errkind.OperationFailed},
 
-		{"agent not configured", agentErr(guestagent.ErrNotConfigured), errkind.AgentUnresponsive},
+		{"agent not configured", agentErr(guestagent.ErrNotConfigured), errkind.AgentNotConfigured},
 		{"agent not connected", agentErr(fmt.Errorf("dial: %w", guestagent.ErrNotConnected)), errkind.AgentUnresponsive},
 		{"agent unresponsive", agentErr(guestagent.ErrUnresponsive), errkind.AgentUnresponsive},
 		{"agent disabled", agentErr(guestagent.ErrDisabled), errkind.OperationUnsupported},

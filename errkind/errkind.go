@@ -70,6 +70,11 @@ const (
 	// operation stays open and recovery completes it when QEMU returns.
 	// libvirt would have waited on its monitor: VIR_ERR_OPERATION_TIMEOUT.
 	OutcomeUnknown
+	// AgentNotConfigured is a quiesce or freeze of a domain that has no
+	// guest agent: VIR_ERR_ARGUMENT_UNSUPPORTED, as libvirt says "QEMU
+	// guest agent is not configured". The HTTP API and D-Bus answer it as
+	// AgentUnresponsive.
+	AgentNotConfigured
 
 	// The kinds below only front ends report: they are about the
 	// request, not the engine's work.
@@ -108,6 +113,7 @@ var kinds = [numKinds]struct {
 	OperationDenied:      {"OperationDenied", 29},      // VIR_ERR_OPERATION_DENIED
 	NoOperation:          {"NoOperation", 8},           // VIR_ERR_INVALID_ARG
 	OutcomeUnknown:       {"OutcomeUnknown", 68},       // VIR_ERR_OPERATION_TIMEOUT
+	AgentNotConfigured:   {"AgentNotConfigured", 74},   // VIR_ERR_ARGUMENT_UNSUPPORTED
 	OperationIDReused:    {"OperationIDReused", 8},     // VIR_ERR_INVALID_ARG
 }
 

@@ -21,6 +21,7 @@ func TestNumbers(t *testing.T) {
 		NoDomainSnapshot:     72, // VIR_ERR_NO_DOMAIN_SNAPSHOT
 		OperationUnsupported: 84, // VIR_ERR_OPERATION_UNSUPPORTED
 		AgentUnresponsive:    86, // VIR_ERR_AGENT_UNRESPONSIVE
+		AgentNotConfigured:   74, // VIR_ERR_ARGUMENT_UNSUPPORTED
 		NoOperation:          8,  // VIR_ERR_INVALID_ARG
 		OutcomeUnknown:       68, // VIR_ERR_OPERATION_TIMEOUT
 		OperationIDReused:    8,  // VIR_ERR_INVALID_ARG

@@ -71,6 +71,7 @@ var prefixes = map[int32]string{
 	67: "unsupported configuration",
 	68: "Timed out during operation",
 	72: "Domain snapshot not found",
+	74: "argument unsupported",
 	78: "operation aborted",
 	84: "Operation not supported",
 	86: "Guest agent is not responding",
@@ -108,6 +109,11 @@ var sentinels = []error{
 	driver.ErrAgentUnresponsive, driver.ErrNoOperation, driver.ErrCancelled, driver.ErrOutcomeUnknown,
 }
 
+// fixedDetails are kinds libvirt words one way whatever the cause.
+var fixedDetails = map[errkind.Kind]string{
+	errkind.AgentNotConfigured: "QEMU guest agent is not configured",
+}
+
 // toRemote renders any error as remote_error: the front end's own with
 // their number, the engine's by their kind through api's error table.
 func toRemote(err error) remoteError {
@@ -123,6 +129,9 @@ func toRemote(err error) remoteError {
 				detail = rest
 				break
 			}
+		}
+		if fixed, ok := fixedDetails[k]; ok {
+			detail = fixed
 		}
 		re = &rpcError{code: int32(k.Number()), domain: int32(api.ClassOf(k).LibvirtFrom), detail: detail}
 	}

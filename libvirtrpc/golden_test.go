@@ -100,16 +100,11 @@ var knownDifferences = map[string]string{
 	"list-after-last-delete":  "r0, redefined without <domain>, is listed",
 	// The engine's own words for a flag combination libvirt refuses too.
 	"quiesce-without-disk-only": "same error number (VIR_ERR_INVALID_ARG), the engine's wording",
-	// libvirt checks that the domain runs before it asks the agent, and
-	// reports an unconfigured agent as VIR_ERR_ARGUMENT_UNSUPPORTED;
-	// qsnapd's engine asks the agent channel first (a paused guest's
-	// agent may still answer) and has one kind for an agent it cannot
-	// use, VIR_ERR_AGENT_UNRESPONSIVE.
-	"quiesce-paused":            "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not 'domain is not running'",
-	"fsfreeze-paused":           "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not 'domain is not running'",
-	"fsfreeze-running-no-agent": "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not VIR_ERR_ARGUMENT_UNSUPPORTED",
-	"fsthaw-running-no-agent":   "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not VIR_ERR_ARGUMENT_UNSUPPORTED",
-	"quiesce-running-no-agent":  "no agent: VIR_ERR_AGENT_UNRESPONSIVE, not VIR_ERR_ARGUMENT_UNSUPPORTED",
+	// libvirt checks that the domain runs before it looks for the
+	// agent; qsnapd's engine does not (a paused guest's agent may still
+	// answer), so a paused domain without one hears that it has none.
+	"quiesce-paused":  "a paused domain without an agent: 'not configured', not 'domain is not running'",
+	"fsfreeze-paused": "a paused domain without an agent: 'not configured', not 'domain is not running'",
 	// qsnapd starts, stops, pauses and resumes no VM: virDomainResume and
 	// virDomainSuspend answer VIR_ERR_NO_SUPPORT.
 	"resume":  "virDomainResume is not served (VIR_ERR_NO_SUPPORT)",

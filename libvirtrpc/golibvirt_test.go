@@ -257,9 +257,9 @@ func checkGoLibvirtErrors(t *testing.T) {
 	wantCode(t, "DomainSnapshotDelete(nosuch)", err, libvirt.ErrNoDomainSnapshot)
 	_, _, err = l.DomainListAllSnapshots(libvirt.Domain{Name: "nosuch"}, 1, 0)
 	wantCode(t, "DomainListAllSnapshots of no domain", err, libvirt.ErrNoDomain)
-	// No agent configured.
+	// No agent configured: libvirt's VIR_ERR_ARGUMENT_UNSUPPORTED.
 	_, err = l.DomainFsfreeze(dom, nil, 0)
-	wantCode(t, "DomainFsfreeze without an agent", err, libvirt.ErrAgentUnresponsive)
+	wantCode(t, "DomainFsfreeze without an agent", err, libvirt.ErrArgumentUnsupported)
 
 	// None of it changed the metadata.
 	if recs, err := e.drv.Snapshots("vm1"); err != nil || len(recs) != 1 || recs[0].Name != "s1" {
