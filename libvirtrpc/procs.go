@@ -16,8 +16,6 @@ const (
 	procConnectClose                    int32 = 2
 	procConnectGetType                  int32 = 3
 	procConnectGetVersion               int32 = 4
-	procConnectGetMaxVcpus              int32 = 5
-	procNodeGetInfo                     int32 = 6
 	procConnectGetCapabilities          int32 = 7
 	procDomainGetXMLDesc                int32 = 14
 	procDomainGetAutostart              int32 = 15
@@ -60,7 +58,6 @@ const (
 	procConnectListAllDomains           int32 = 273
 	procDomainListAllSnapshots          int32 = 274
 	procDomainSnapshotListAllChildren   int32 = 275
-	procDomainGetSecurityLabelList      int32 = 278
 	procDomainFsfreeze                  int32 = 335
 	procDomainFsthaw                    int32 = 336
 	procConnectRegisterCloseCallback    int32 = 360

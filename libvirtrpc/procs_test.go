@@ -55,9 +55,15 @@ func TestProcConstants(t *testing.T) {
 	if len(named) < 50 {
 		t.Fatalf("found %d proc constants in procs.go: has its form changed?", len(named))
 	}
-	for p := range New(nil, Config{}, nil).procs {
+	served := New(nil, Config{}, nil).procs
+	for p := range served {
 		if _, ok := named[p]; !ok {
 			t.Errorf("procedure %d (%s) is served but has no constant in procs.go", p, procName(p))
+		}
+	}
+	for p, name := range named {
+		if _, ok := served[p]; !ok {
+			t.Errorf("%s has a constant but is not served: the table is the list of what is", name)
 		}
 	}
 }
