@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/qsnapd/qsnapd/errkind"
 	"github.com/qsnapd/qsnapd/guestagent"
@@ -50,6 +51,21 @@ func Kind(err error) errkind.Kind {
 		}
 	}
 	return errkind.InternalError
+}
+
+// Detail is an error's message without the word of its kind it starts
+// with ("invalid argument: x" is "x"), for a front end that words the
+// kind itself, as libvirt prefixes "invalid argument: " of its own.
+func Detail(err error) string {
+	msg := err.Error()
+	for _, k := range kinds {
+		for _, sentinel := range k.errs {
+			if rest, ok := strings.CutPrefix(msg, sentinel.Error()+": "); ok {
+				return rest
+			}
+		}
+	}
+	return msg
 }
 
 // sentinelNamed is the first sentinel of the kind named name (as

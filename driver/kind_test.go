@@ -108,3 +108,22 @@ func TestSentinelNamed(t *testing.T) {
 		}
 	}
 }
+
+// TestDetail: the kind's word goes, the rest of the message stays; a
+// message that does not start with one stays whole.
+func TestDetail(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("%w: CURRENT requires REDEFINE", ErrInvalidArg), "CURRENT requires REDEFINE"},
+		{fmt.Errorf("%w: domain moment s1 already exists", ErrSnapshotExists), "domain moment s1 already exists"},
+		{fmt.Errorf("%w: quiesce: %w", ErrQuiesce, guestagent.ErrUnresponsive), "quiesce: " + guestagent.ErrUnresponsive.Error()},
+		{fmt.Errorf("prepare: %w", ErrOperationFailed), "prepare: operation failed"},
+		{errors.New("no kind at all"), "no kind at all"},
+	} {
+		if got := Detail(tc.err); got != tc.want {
+			t.Errorf("Detail(%q) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}

@@ -80,14 +80,7 @@ func (d *Driver) SetCurrent(ctx context.Context, domain, name string) error {
 
 // Disks lists a connected domain's disks as QEMU sees them now.
 func (d *Driver) Disks(ctx context.Context, domain string) ([]qmp.Disk, error) {
-	dom, err := d.domain(domain)
-	if err != nil {
-		return nil, err
-	}
-	if err := dom.awaitFirstAttempt(ctx); err != nil {
-		return nil, err
-	}
-	client, err := dom.ready()
+	client, err := d.connectedClient(ctx, domain)
 	if err != nil {
 		return nil, err
 	}
@@ -98,12 +91,37 @@ func (d *Driver) Disks(ctx context.Context, domain string) ([]qmp.Disk, error) {
 	return disks, nil
 }
 
+// connectedClient is a domain's QMP client once its first connection
+// attempt is over; ErrDisconnected while QEMU cannot be reached.
+func (d *Driver) connectedClient(ctx context.Context, domain string) (*qmp.Client, error) {
+	dom, err := d.domain(domain)
+	if err != nil {
+		return nil, err
+	}
+	if err := dom.awaitFirstAttempt(ctx); err != nil {
+		return nil, err
+	}
+	return dom.ready()
+}
+
+// RunState asks the domain's QEMU for its run state (query-status), all
+// a listing of domains needs.
+func (d *Driver) RunState(ctx context.Context, domain string) (qmp.Status, error) {
+	client, err := d.connectedClient(ctx, domain)
+	if err != nil {
+		return qmp.Status{}, err
+	}
+	st, err := client.QueryStatus(ctx)
+	if err != nil {
+		return qmp.Status{}, qmpErr("query-status", err)
+	}
+	return st, nil
+}
+
 // Runtime is what QEMU says of a running domain, for libvirt's
 // virDomainGetInfo: its run state, memory and vCPUs.
 type Runtime struct {
-	// Status is query-status's: running, paused, prelaunch, ...
-	Status      string
-	Running     bool
+	qmp.Status
 	MemoryBytes int64
 	VCPUs       int
 	// KVM is set when the guest runs under KVM rather than TCG.
@@ -112,27 +130,22 @@ type Runtime struct {
 
 // Runtime asks the domain's QEMU for its run state, memory and vCPUs.
 func (d *Driver) Runtime(ctx context.Context, domain string) (Runtime, error) {
-	dom, err := d.domain(domain)
+	client, err := d.connectedClient(ctx, domain)
 	if err != nil {
 		return Runtime{}, err
 	}
-	client, err := dom.ready()
-	if err != nil {
-		return Runtime{}, err
+	var rt Runtime
+	if rt.Status, err = client.QueryStatus(ctx); err != nil {
+		return Runtime{}, qmpErr("query-status", err)
 	}
-	st, err := client.QueryStatus(ctx)
-	if err != nil {
-		return Runtime{}, fmt.Errorf("%w: domain '%s': query-status: %w", ErrOperationFailed, domain, err)
-	}
-	rt := Runtime{Status: st.Status, Running: st.Running}
 	if rt.MemoryBytes, err = client.QueryMemorySizeSummary(ctx); err != nil {
-		return Runtime{}, fmt.Errorf("%w: domain '%s': query-memory-size-summary: %w", ErrOperationFailed, domain, err)
+		return Runtime{}, qmpErr("query-memory-size-summary", err)
 	}
 	if rt.VCPUs, err = client.QueryCPUCount(ctx); err != nil {
-		return Runtime{}, fmt.Errorf("%w: domain '%s': query-cpus-fast: %w", ErrOperationFailed, domain, err)
+		return Runtime{}, qmpErr("query-cpus-fast", err)
 	}
 	if rt.KVM, err = client.QueryKVM(ctx); err != nil {
-		return Runtime{}, fmt.Errorf("%w: domain '%s': query-kvm: %w", ErrOperationFailed, domain, err)
+		return Runtime{}, qmpErr("query-kvm", err)
 	}
 	return rt, nil
 }

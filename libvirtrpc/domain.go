@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/qsnapd/qsnapd/driver"
+	"github.com/qsnapd/qsnapd/qmp"
 )
 
 // domainIDs numbers the domains as libvirt numbers running ones: from 1,
@@ -215,16 +216,19 @@ func (s *Server) listAllDomains(ctx context.Context, _ *conn, args *libvirt.Conn
 	flags := uint32(args.Flags)
 	var ret libvirt.ConnectListAllDomainsRet
 	for _, info := range s.drv.Domains() {
-		snaps, err := s.drv.Snapshots(info.Name)
-		if err != nil && !errors.Is(err, driver.ErrNoDomain) {
-			return ret, err
-		}
 		keep := pick(flags, listActive, listInactive, info.Connected) &&
 			pick(flags, listPersistent, listTransient, true) &&
 			pick(flags, listManagedSave, listNoManagedSave, false) &&
 			pick(flags, listAutostart, listNoAutostart, false) &&
-			pick(flags, listHasSnapshot, listNoSnapshot, len(snaps) > 0) &&
 			pick(flags, listHasCheckpoint, listNoCheckpoint, false)
+		if keep && flags&(listHasSnapshot|listNoSnapshot) != 0 {
+			// One index entry says whether there is any.
+			page, err := s.drv.ListSnapshots(info.Name, driver.ListQuery{Limit: 1})
+			if err != nil && !errors.Is(err, driver.ErrNoDomain) {
+				return ret, err
+			}
+			keep = pick(flags, listHasSnapshot, listNoSnapshot, len(page.Snapshots) > 0)
+		}
 		if keep && flags&(listRunning|listPaused|listShutoff|listOther) != 0 {
 			state, _ := s.state(ctx, info)
 			keep = flags&listRunning != 0 && state == libvirt.DomainRunning ||
@@ -250,18 +254,18 @@ func (s *Server) state(ctx context.Context, info driver.DomainInfo) (libvirt.Dom
 	if !info.Connected {
 		return libvirt.DomainShutoff, nil
 	}
-	rt, err := s.drv.Runtime(ctx, info.Name)
+	st, err := s.drv.RunState(ctx, info.Name)
 	if err != nil {
 		if errors.Is(err, driver.ErrDisconnected) {
 			return libvirt.DomainShutoff, nil
 		}
 		return libvirt.DomainNostate, err
 	}
-	return runState(rt), nil
+	return runState(st), nil
 }
 
 // runState is libvirt's name for a query-status state.
-func runState(rt driver.Runtime) libvirt.DomainState {
+func runState(rt qmp.Status) libvirt.DomainState {
 	switch rt.Status {
 	case "running":
 		return libvirt.DomainRunning
@@ -304,7 +308,7 @@ func (s *Server) domainInfo(ctx context.Context, dom libvirt.Domain) (libvirt.Do
 	}
 	kib := uint64(rt.MemoryBytes) >> 10
 	// QEMU does not say how much CPU time its guest used: 0.
-	return libvirt.DomainGetInfoRet{State: uint8(runState(rt)), MaxMem: kib, Memory: kib, NrVirtCPU: uint16(rt.VCPUs)}, nil
+	return libvirt.DomainGetInfoRet{State: uint8(runState(rt.Status)), MaxMem: kib, Memory: kib, NrVirtCPU: uint16(rt.VCPUs)}, nil
 }
 
 func (s *Server) domainGetInfo(ctx context.Context, _ *conn, args *libvirt.DomainGetInfoArgs) (libvirt.DomainGetInfoRet, error) {

@@ -3,7 +3,6 @@ package libvirtrpc
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	libvirt "github.com/digitalocean/go-libvirt"
 
@@ -34,16 +33,14 @@ const levelError = 2
 // Error numbers (virErrorNumber) this front end raises itself; the
 // engine's come from its kinds.
 const (
-	errInternal          = 1  // VIR_ERR_INTERNAL_ERROR
-	errNoSupport         = 3  // VIR_ERR_NO_SUPPORT
-	errInvalidArg        = 8  // VIR_ERR_INVALID_ARG
-	errOperationDenied   = 29 // VIR_ERR_OPERATION_DENIED
-	errRPC               = 39 // VIR_ERR_RPC
-	errNoDomain          = 42 // VIR_ERR_NO_DOMAIN
-	errOperationInvalid  = 55 // VIR_ERR_OPERATION_INVALID
-	errNoDomainSnapshot  = 72 // VIR_ERR_NO_DOMAIN_SNAPSHOT
-	errOperationUnsupp   = 84 // VIR_ERR_OPERATION_UNSUPPORTED
-	errUnsupportedConfig = 67 // VIR_ERR_CONFIG_UNSUPPORTED
+	errInternal         = 1  // VIR_ERR_INTERNAL_ERROR
+	errNoSupport        = 3  // VIR_ERR_NO_SUPPORT
+	errInvalidArg       = 8  // VIR_ERR_INVALID_ARG
+	errOperationDenied  = 29 // VIR_ERR_OPERATION_DENIED
+	errRPC              = 39 // VIR_ERR_RPC
+	errNoDomain         = 42 // VIR_ERR_NO_DOMAIN
+	errNoDomainSnapshot = 72 // VIR_ERR_NO_DOMAIN_SNAPSHOT
+	errOperationUnsupp  = 84 // VIR_ERR_OPERATION_UNSUPPORTED
 )
 
 // Error domains (virErrorDomain).
@@ -51,7 +48,6 @@ const (
 	fromNone           = 0
 	fromRPC            = 7
 	fromQEMU           = 10
-	fromRemote         = 13
 	fromDomain         = 20
 	fromDomainSnapshot = 35
 )
@@ -99,16 +95,6 @@ func errorf(code, domain int32, format string, args ...any) error {
 	return &rpcError{code: code, domain: domain, detail: fmt.Sprintf(format, args...)}
 }
 
-// sentinels are the engine's error values whose text libvirt's prefix
-// replaces: "domain snapshot not found: x" becomes "Domain snapshot not
-// found: x".
-var sentinels = []error{
-	driver.ErrInvalidArg, driver.ErrUnsupported, driver.ErrSnapshotExists, driver.ErrNoDomain,
-	driver.ErrDomainExists, driver.ErrNoSnapshot, driver.ErrDisconnected, driver.ErrBusy,
-	driver.ErrOperationInvalid, driver.ErrOperationFailed, driver.ErrClosed,
-	driver.ErrAgentUnresponsive, driver.ErrNoOperation, driver.ErrCancelled, driver.ErrOutcomeUnknown,
-}
-
 // fixedDetails are kinds libvirt words one way whatever the cause.
 var fixedDetails = map[errkind.Kind]string{
 	errkind.AgentNotConfigured: "QEMU guest agent is not configured",
@@ -123,13 +109,7 @@ func toRemote(err error) remoteError {
 		if k == errkind.OK {
 			k = errkind.InternalError
 		}
-		detail := err.Error()
-		for _, s := range sentinels {
-			if rest, ok := strings.CutPrefix(detail, s.Error()+": "); ok {
-				detail = rest
-				break
-			}
-		}
+		detail := driver.Detail(err)
 		if fixed, ok := fixedDetails[k]; ok {
 			detail = fixed
 		}

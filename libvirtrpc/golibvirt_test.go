@@ -253,6 +253,8 @@ func checkGoLibvirtErrors(t *testing.T) {
 	// libvirt reports a name taken as "operation failed".
 	_, err = l.DomainSnapshotCreateXML(dom, snapshotXML(vm, "s1"), diskOnlyAtomic)
 	wantCode(t, "DomainSnapshotCreateXML of an existing name", err, libvirt.ErrOperationFailed)
+	_, _, err = l.DomainSnapshotListAllChildren(libvirt.DomainSnapshot{Name: "nosuch", Dom: dom}, 1, 0)
+	wantCode(t, "DomainSnapshotListAllChildren(nosuch)", err, libvirt.ErrNoDomainSnapshot)
 	err = l.DomainSnapshotDelete(libvirt.DomainSnapshot{Name: "nosuch", Dom: dom}, 0)
 	wantCode(t, "DomainSnapshotDelete(nosuch)", err, libvirt.ErrNoDomainSnapshot)
 	_, _, err = l.DomainListAllSnapshots(libvirt.Domain{Name: "nosuch"}, 1, 0)

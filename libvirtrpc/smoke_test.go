@@ -49,6 +49,15 @@ func TestVirshCommands(t *testing.T) {
 	}
 	contains(run(0, "dumpxml", "vm1"), "<source file=\""+dir+"/vda.s1\"", "<source file=\""+dir+"/vda.qcow2\"", "<target dev=\"vdb\"")
 
+	// The listing's filters that ask QEMU (state) or the metadata (any
+	// snapshot).
+	contains(run(0, "list", "--all", "--state-paused", "--with-snapshot"), "vm1")
+	for _, args := range [][]string{{"--state-running"}, {"--without-snapshot"}} {
+		if out := run(0, append([]string{"list", "--all"}, args...)...); strings.Contains(out, "vm1") {
+			t.Errorf("virsh list --all %v lists vm1:\n%s", args, out)
+		}
+	}
+
 	// REUSE_EXT of a missing file: refused, nothing changes.
 	before := run(0, "domblklist", "vm1")
 	contains(run(1, "snapshot-create-as", "vm1", "ru", "--disk-only", "--reuse-external", "--diskspec", "vda,file="+dir+"/none.qcow2",

@@ -3,6 +3,7 @@ package libvirtrpc
 import (
 	"context"
 	"errors"
+	"slices"
 
 	libvirt "github.com/digitalocean/go-libvirt"
 
@@ -39,9 +40,15 @@ func (s *Server) snapshot(snap libvirt.DomainSnapshot) (driver.SnapshotRecord, e
 	}
 	rec, err := s.drv.Snapshot(snap.Dom.Name, snap.Name)
 	if errors.Is(err, driver.ErrNoSnapshot) {
-		return rec, errorf(errNoDomainSnapshot, fromQEMU, "no domain snapshot with matching name '%s'", snap.Name)
+		return rec, errNoSnapshot(snap.Name)
 	}
 	return rec, err
+}
+
+// errNoSnapshot is libvirtd's answer for a snapshot name it does not
+// know.
+func errNoSnapshot(name string) error {
+	return errorf(errNoDomainSnapshot, fromQEMU, "no domain snapshot with matching name '%s'", name)
 }
 
 // remoteSnapshot names a snapshot of a domain on the wire.
@@ -184,10 +191,8 @@ func (s *Server) listing(dom libvirt.Domain, from string, flags uint32, api stri
 	if err != nil {
 		return nil, err
 	}
-	if from != "" {
-		if _, err := s.snapshot(remoteSnapshot(dom, from)); err != nil {
-			return nil, err
-		}
+	if from != "" && !slices.ContainsFunc(recs, func(r driver.SnapshotRecord) bool { return r.Name == from }) {
+		return nil, errNoSnapshot(from)
 	}
 	return filterSnapshots(recs, from, flags), nil
 }

@@ -78,14 +78,7 @@ type bench struct {
 // qsnapctl, each side on its own copy of the same VM, runs interleaved,
 // and prints the medians, the ratios and the targets.
 func TestBenchLibvirt(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("the side-by-side bench needs root: it drives libvirt's system instance")
-	}
-	qemutest.Require(t)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, benchTimeout)
-	defer cancel()
+	ctx := benchContext(t)
 
 	selected := selectCases(t)
 	work := workDir(t)
@@ -122,6 +115,22 @@ func TestBenchLibvirt(t *testing.T) {
 			t.Errorf("write the report: %v", err)
 		}
 	}
+}
+
+// benchContext checks that a side-by-side bench can run here (root,
+// QEMU) and returns its context: ended by Ctrl-C, SIGTERM or SIGHUP (the
+// bench then cleans up) or after benchTimeout.
+func benchContext(t *testing.T) context.Context {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the side-by-side bench needs root: it drives libvirt's system instance")
+	}
+	qemutest.Require(t)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	t.Cleanup(stop)
+	ctx, cancel := context.WithTimeout(ctx, benchTimeout)
+	t.Cleanup(cancel)
+	return ctx
 }
 
 // side is one VM as one side sees it: its domain name, its disk targets

@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -25,14 +23,7 @@ import (
 // VMs. Each run takes one snapshot per way, the order rotating, and adds
 // a layer to every disk of every VM, so the chains stay equally deep.
 func TestBenchEndpoint(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("the side-by-side bench needs root: it drives libvirt's system instance")
-	}
-	qemutest.Require(t)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, benchTimeout)
-	defer cancel()
+	ctx := benchContext(t)
 
 	work := workDir(t)
 	daemonBin, ctlBin := binaries(t, work)
